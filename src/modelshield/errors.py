@@ -1,0 +1,66 @@
+"""The modelshield exception tree and warning categories.
+
+    ModelShieldError(Exception)
+    ├── ConfigError(ValueError)             bad attack / defence / command settings
+    ├── InputError(ValueError)              bad tensors: shape, dtype, NaN, bounds, labels, device
+    ├── DataError(ValueError)               a data set that cannot be read or is malformed
+    │   └── MissingDataError(FileNotFoundError)
+    ├── ModelCapabilityError(TypeError)     the model cannot do what the caller needs
+    ├── QueryBudgetExceeded(RuntimeError)   a query budget ran out
+    └── NotFittedError(ValueError, AttributeError)
+
+    EvaluationWarning(UserWarning)          "this result may be misleading"
+
+Each error also inherits the matching builtin so that ``except ValueError`` keeps working.
+Messages follow one template: ``"<Owner>: <what> must be <constraint>; got <value>. <Fix>."``
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "EvaluationWarning",
+    "InputError",
+    "MissingDataError",
+    "ModelCapabilityError",
+    "ModelShieldError",
+    "NotFittedError",
+    "QueryBudgetExceeded",
+]
+
+
+class ModelShieldError(Exception):
+    """Root of every error modelshield raises on purpose."""
+
+
+class ConfigError(ModelShieldError, ValueError):
+    """A setting (attack, defence, command option) is invalid."""
+
+
+class InputError(ModelShieldError, ValueError):
+    """Input tensors are malformed: shape, dtype, NaN/inf, out of bounds, bad labels, device."""
+
+
+class DataError(ModelShieldError, ValueError):
+    """A data set cannot be read or is malformed."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A data file or folder does not exist."""
+
+
+class ModelCapabilityError(ModelShieldError, TypeError):
+    """The model cannot do what the caller needs (e.g. gradients from a black-box model)."""
+
+
+class QueryBudgetExceeded(ModelShieldError, RuntimeError):
+    """A model's query budget ran out."""
+
+
+class NotFittedError(ModelShieldError, ValueError, AttributeError):
+    """A stateful object was used before ``fit``."""
+
+
+class EvaluationWarning(UserWarning):
+    """A result may be misleading (e.g. signs of gradient masking)."""

@@ -1,0 +1,76 @@
+"""The one model protocol, its adapters, safe loading and the reference-model zoo."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+from torch import nn
+
+from modelshield._checks import check_bounds
+from modelshield.errors import ModelCapabilityError
+from modelshield.models._budget import QueryCounter
+from modelshield.models._callable import CallableModel, OutputKind
+from modelshield.models._protocol import GradientModel, Model
+from modelshield.models._torch import TorchModel, eval_mode
+
+__all__ = [
+    "CallableModel",
+    "GradientModel",
+    "Model",
+    "ModelLike",
+    "QueryCounter",
+    "TorchModel",
+    "as_gradient_model",
+    "as_model",
+    "eval_mode",
+]
+
+ModelLike: TypeAlias = nn.Module | TorchModel | CallableModel | Any
+
+BLACK_BOX_HINT = "Black-box models work with query-only attacks (Square, SimBA, HopSkipJump)."
+
+
+def as_model(
+    obj: ModelLike,
+    *,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    output: OutputKind = "auto",
+    n_classes: int | None = None,
+    budget: int | None = None,
+) -> TorchModel | CallableModel:
+    """Wrap a torch module, a predict_proba object or a plain callable; Models pass through.
+
+    Args:
+        obj: a ``torch.nn.Module`` returning logits (white-box), an object with
+            ``predict_proba`` (e.g. a fitted scikit-learn classifier), or a callable
+            ``x -> probabilities (N, C)`` or ``x -> labels (N,)`` (black-box).
+        bounds: the natural input range; inputs outside it are rejected.
+        output: for callables, ``"proba"``, ``"labels"`` or ``"auto"`` (decide on first call).
+        n_classes: number of classes, when it cannot be inferred.
+        budget: maximum number of forward queries (input rows), or None for no limit.
+
+    Raises:
+        ModelCapabilityError: obj is none of the above.
+        ConfigError: bounds are not a valid (lo, hi) pair.
+
+    Example:
+        model = as_model(my_cnn, bounds=(0.0, 1.0))
+        model.predict(x)
+    """
+    if isinstance(obj, TorchModel | CallableModel):
+        return obj
+    lo_hi = check_bounds(bounds, owner="as_model")
+    if isinstance(obj, nn.Module):
+        return TorchModel(obj, bounds=lo_hi, n_classes=n_classes, budget=budget)
+    return CallableModel(obj, bounds=lo_hi, output=output, n_classes=n_classes, budget=budget)
+
+
+def as_gradient_model(obj: ModelLike, *, caller: str) -> TorchModel:
+    """Return a white-box TorchModel for obj, or raise ModelCapabilityError naming the caller."""
+    model = as_model(obj)
+    if not isinstance(model, TorchModel):
+        raise ModelCapabilityError(
+            f"{caller}: needs gradients, so the model must be a torch.nn.Module returning logits; "
+            f"got a black-box {type(model).__name__}. {BLACK_BOX_HINT}"
+        )
+    return model

@@ -1,0 +1,153 @@
+"""White-box adapter for torch.nn.Module classifiers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from modelshield.errors import InputError, ModelCapabilityError
+from modelshield.models._budget import QueryCounter
+
+__all__ = ["TorchModel", "eval_mode"]
+
+
+def _infer_n_classes(module: nn.Module) -> int | None:
+    """out_features of the last nn.Linear registered in the module, if any."""
+    last = None
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            last = sub.out_features
+    return last
+
+
+class TorchModel:
+    """A torch.nn.Module classifier seen through the model protocol (white-box).
+
+    The module must map a float batch ``(N, *input_shape)`` in ``bounds`` to logits ``(N, C)``.
+    A binary model with one output logit ``z`` is presented as two logits ``[0, z]``, so that
+    softmax gives ``sigmoid(z)`` for class 1 and every attack works unchanged.
+    The adapter never moves the module, never touches parameter ``.grad`` and counts every
+    forward row and every input-gradient row.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        n_classes: int | None = None,
+        budget: int | None = None,
+    ) -> None:
+        self.module = module
+        self.bounds = bounds
+        self.queries = QueryCounter(budget=budget)
+        inferred = _infer_n_classes(module) if n_classes is None else n_classes
+        # A single output logit is a binary classifier.
+        self._n_classes: int | None = 2 if inferred == 1 else inferred
+
+    def __repr__(self) -> str:
+        return f"TorchModel({type(self.module).__name__}, bounds={self.bounds})"
+
+    @property
+    def n_classes(self) -> int:
+        if self._n_classes is None:
+            raise ModelCapabilityError(
+                "TorchModel: the number of classes is unknown until the model has seen an input. "
+                "Pass n_classes=... to as_model()."
+            )
+        return self._n_classes
+
+    @property
+    def device(self) -> torch.device | None:
+        for p in self.module.parameters():
+            return p.device
+        for b in self.module.buffers():
+            return b.device
+        return None
+
+    def _check_device(self, x: Tensor) -> None:
+        dev = self.device
+        if dev is not None and dev != x.device:
+            raise InputError(
+                f"TorchModel: x is on {x.device} but the model is on {dev}. "
+                f"Move the inputs with x.to('{dev}') (the model is never moved for you)."
+            )
+
+    def _raw_logits(self, x: Tensor) -> Tensor:
+        out = self.module(x)
+        if isinstance(out, tuple | list):
+            out = out[0]
+        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ModelCapabilityError(
+                f"TorchModel: the module must return logits of shape (N, C) for N inputs; got "
+                f"{shape} for N={x.shape[0]}. Make forward() return one row of class logits per "
+                "input (not probabilities, labels or features)."
+            )
+        if out.shape[1] == 1:
+            out = torch.cat([torch.zeros_like(out), out], dim=1)
+        if self._n_classes is None:
+            self._n_classes = int(out.shape[1])
+        elif out.shape[1] != self._n_classes:
+            raise ModelCapabilityError(
+                f"TorchModel: expected {self._n_classes} logits per input; got {out.shape[1]}. "
+                "Pass the right n_classes to as_model()."
+            )
+        return out
+
+    def logits(self, x: Tensor) -> Tensor:
+        """(N, C) logits, differentiable with respect to x; counts N forward queries."""
+        self._check_device(x)
+        self.queries.add_forward(x.shape[0])
+        return self._raw_logits(x)
+
+    def scores(self, x: Tensor) -> Tensor:
+        """(N, C) logits without autograd; counts N forward queries."""
+        with torch.no_grad():
+            return self.logits(x)
+
+    def predict(self, x: Tensor) -> Tensor:
+        """(N,) int64 labels; counts N forward queries."""
+        return self.scores(x).argmax(1)
+
+    def value_and_grad(
+        self, x: Tensor, loss_fn: Callable[[Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Logits at x (detached) and the gradient of ``loss_fn(logits).sum()`` w.r.t. x.
+
+        ``loss_fn`` maps (N, C) logits to (N,) per-point losses. One forward and one backward
+        pass; parameter gradients are never computed or stored (``torch.autograd.grad`` on x).
+        """
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            z = self.logits(x)
+            loss = loss_fn(z)
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+        self.queries.add_backward(x.shape[0])
+        return z.detach(), grad
+
+
+@contextmanager
+def eval_mode(model: TorchModel) -> Iterator[None]:
+    """Run the block with every submodule in eval mode and with parameters frozen; restore both.
+
+    Freezing ``requires_grad`` on parameters means the backward pass computes input gradients
+    only (no weight-gradient work) and nothing is written to parameter ``.grad``.
+    """
+    modules = list(model.module.modules())
+    saved_modes = [m.training for m in modules]
+    params = list(model.module.parameters())
+    saved_grads = [p.requires_grad for p in params]
+    model.module.eval()
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m, flag in zip(modules, saved_modes, strict=True):
+            m.training = flag
+        for p, flag in zip(params, saved_grads, strict=True):
+            p.requires_grad_(flag)
