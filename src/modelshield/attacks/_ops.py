@@ -36,8 +36,9 @@ def lp_norms(delta: Tensor, norm: Norm) -> Tensor:
     """(N,) L-inf or L2 norm of each row of delta (N, ...)."""
     flat = delta.flatten(1)
     if norm == "inf":
-        return flat.abs().amax(dim=1)
-    return flat.norm(p=2, dim=1)
+        out: Tensor = flat.abs().amax(dim=1)
+        return out
+    return torch.linalg.vector_norm(flat, ord=2, dim=1)
 
 
 def project(delta: Tensor, eps: float | Tensor, norm: Norm) -> Tensor:

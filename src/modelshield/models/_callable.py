@@ -108,7 +108,7 @@ class CallableModel:
                 "probabilities."
             )
         out = self._call(x)
-        if self._output == "labels":
+        if out.dim() == 1:  # auto-detected on this call: the model answers with labels
             raise ModelCapabilityError(
                 "CallableModel: this model returned labels, not probabilities. Use a "
                 "decision-based attack, or wrap a function that returns probabilities."
