@@ -38,7 +38,8 @@ def lp_norms(delta: Tensor, norm: Norm) -> Tensor:
     if norm == "inf":
         out: Tensor = flat.abs().amax(dim=1)
         return out
-    return torch.linalg.vector_norm(flat, ord=2, dim=1)
+    l2: Tensor = torch.linalg.vector_norm(flat, ord=2, dim=1)
+    return l2
 
 
 def project(delta: Tensor, eps: float | Tensor, norm: Norm) -> Tensor:

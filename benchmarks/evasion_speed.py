@@ -1,0 +1,168 @@
+"""Speed of modelshield's white-box evasion attacks, measured in one run (issue #3).
+
+Prints one JSON object:
+- PGD-10 and PGD-40 time divided by the time of the same number of bare forward+backward
+  passes (forward, cross-entropy, ``torch.autograd.grad`` w.r.t. the input) on the same batch;
+- with the ``peers`` extra installed: ART, torchattacks and foolbox running the same PGD
+  (same eps, steps, step size, random start) on the same model and points, with their robust
+  accuracy re-checked here on the returned inputs;
+- ``Ensemble`` against torchattacks' ``AutoAttack`` (standard version) on the same points.
+
+Usage: python benchmarks/evasion_speed.py [--model digits-cnn] [--n 500] [--eps 0.1] [--repeats 3]
+Timings are the median of ``--repeats`` runs; every ratio is taken within this one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from modelshield.attacks.evasion import PGD
+from modelshield.models import zoo
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def bare_passes(module: nn.Module, x: Tensor, y: Tensor, k: int) -> None:
+    """k forward+backward passes w.r.t. the input: the least work any k-step attack needs."""
+    for _ in range(k):
+        xr = x.detach().requires_grad_(True)
+        loss = nn.functional.cross_entropy(module(xr), y)
+        torch.autograd.grad(loss, xr)
+
+
+def robust_acc(module: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, eps: float) -> dict[str, float]:
+    """Robust accuracy re-checked here, with the eps-ball and bounds verified."""
+    with torch.no_grad():
+        clean_ok = module(x).argmax(1) == y
+        adv_ok = module(x_adv).argmax(1) == y
+    linf = (x_adv - x).flatten(1).abs().amax(1)
+    inside = (linf <= eps + 1e-6) & (x_adv.flatten(1).amin(1) >= -1e-6) & (x_adv.flatten(1).amax(1) <= 1 + 1e-6)
+    return {
+        "robust_accuracy": float((clean_ok & (adv_ok | ~inside)).float().mean()),
+        "points_outside_budget": int((~inside).sum()),
+    }
+
+
+def peers_pgd(module: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, alpha: float,
+              repeats: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    try:
+        import torchattacks
+
+        atk = torchattacks.PGD(module, eps=eps, alpha=alpha, steps=steps, random_start=True)
+        t, xa = median_time(lambda: atk(x, y), repeats)
+        out["torchattacks"] = {"time_s": round(t, 4), **robust_acc(module, x, xa, y, eps)}
+    except ImportError as exc:
+        out["torchattacks"] = {"skipped": str(exc)}
+    try:
+        from art.attacks.evasion import ProjectedGradientDescentPyTorch
+        from art.estimators.classification import PyTorchClassifier
+
+        clf = PyTorchClassifier(module, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
+                                nb_classes=10, clip_values=(0.0, 1.0))
+        art_pgd = ProjectedGradientDescentPyTorch(clf, norm="inf", eps=eps, eps_step=alpha, max_iter=steps,
+                                                  num_random_init=1, batch_size=x.shape[0], verbose=False)
+        xn = x.numpy()
+        t, xa = median_time(lambda: art_pgd.generate(xn), repeats)
+        out["art"] = {"time_s": round(t, 4), **robust_acc(module, x, torch.as_tensor(xa), y, eps)}
+    except ImportError as exc:
+        out["art"] = {"skipped": str(exc)}
+    try:
+        import foolbox as fb
+
+        fmodel = fb.PyTorchModel(module, bounds=(0.0, 1.0))
+        fpgd = fb.attacks.LinfPGD(abs_stepsize=alpha, steps=steps, random_start=True)
+        t, res = median_time(lambda: fpgd(fmodel, x, y, epsilons=eps), repeats)
+        out["foolbox"] = {"time_s": round(t, 4), **robust_acc(module, x, res[1], y, eps)}
+    except ImportError as exc:
+        out["foolbox"] = {"skipped": str(exc)}
+    return out
+
+
+def ensemble_vs_autoattack(module: nn.Module, x: Tensor, y: Tensor, eps: float) -> dict[str, Any]:
+    from modelshield.attacks.evasion import Ensemble
+
+    ens = Ensemble.standard(eps=eps)
+    t0 = time.perf_counter()
+    res = ens(module, x, y)
+    ours = {"time_s": round(time.perf_counter() - t0, 3), **robust_acc(module, x, res.x_adv, y, eps)}
+    out: dict[str, Any] = {"modelshield_ensemble": ours}
+    try:
+        import torchattacks
+
+        aa = torchattacks.AutoAttack(module, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)
+        t0 = time.perf_counter()
+        xa = aa(x, y)
+        out["torchattacks_autoattack"] = {"time_s": round(time.perf_counter() - t0, 3),
+                                          **robust_acc(module, x, xa, y, eps)}
+    except ImportError as exc:
+        out["torchattacks_autoattack"] = {"skipped": str(exc)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="digits-cnn")
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-peers", action="store_true")
+    args = p.parse_args(argv)
+
+    zm = zoo.load(args.model)
+    module = zm.module.eval()
+    for prm in module.parameters():
+        prm.requires_grad_(False)
+    x, y = zoo.test_split(args.model, n=args.n)
+    report: dict[str, Any] = {
+        "benchmark": "evasion_speed", "model": args.model, "n": int(x.shape[0]), "eps": args.eps,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+        "pgd": {},
+    }
+    for steps in (10, 40):
+        alpha = 2.5 * args.eps / steps
+        t_bare, _ = median_time(lambda: bare_passes(module, x, y, steps), args.repeats)
+        atk = PGD(eps=args.eps, steps=steps, step_size=alpha)
+        t_ours, res = median_time(lambda: atk(module, x, y), args.repeats)
+        # The same attack at a tiny eps, where almost no point breaks, shows the pure overhead.
+        tiny = PGD(eps=0.01, steps=steps)
+        t_tiny, res_tiny = median_time(lambda: tiny(module, x, y), args.repeats)
+        entry: dict[str, Any] = {
+            "bare_fwd_bwd_time_s": round(t_bare, 4),
+            "modelshield": {"time_s": round(t_ours, 4), "ratio_to_bare": round(t_ours / t_bare, 3),
+                            **robust_acc(module, x, res.x_adv, y, args.eps),
+                            "queries_forward": res.queries_forward, "queries_backward": res.queries_backward},
+            "modelshield_eps_0.01": {"time_s": round(t_tiny, 4), "ratio_to_bare": round(t_tiny / t_bare, 3),
+                                     "robust_accuracy": round(res_tiny.robust_accuracy, 4)},
+        }
+        if not args.no_peers:
+            peers = peers_pgd(module, x, y, args.eps, steps, alpha, args.repeats)
+            for name, r in peers.items():
+                if "time_s" in r:
+                    r["modelshield_speedup"] = round(r["time_s"] / t_ours, 2)
+            entry["peers"] = peers
+        report["pgd"][f"pgd{steps}"] = entry
+    report["ensemble_vs_autoattack"] = ensemble_vs_autoattack(module, x, y, args.eps) if not args.no_peers else {}
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

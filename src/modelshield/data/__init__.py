@@ -1,0 +1,63 @@
+"""Data set loaders: bundled digits, MNIST and Fashion-MNIST (IDX files), by name or directly.
+
+Every loader returns a :class:`Dataset` with float32 images in [0, 1] shaped ``(N, 1, H, W)``
+and int64 labels, and raises :class:`~modelshield.errors.DataError` (or
+:class:`~modelshield.errors.MissingDataError`) with the fix when the files are absent or broken.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from modelshield.data._dataset import DATA_ENV, Dataset, data_dir
+from modelshield.data.digits import load_digits
+from modelshield.data.idx import load_fashion_mnist, load_idx, load_mnist
+from modelshield.errors import ConfigError
+
+__all__ = [
+    "DATASETS",
+    "DATA_ENV",
+    "Dataset",
+    "data_dir",
+    "load_dataset",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_idx",
+    "load_mnist",
+]
+
+DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist")
+
+
+def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
+    """Load a data set by name.
+
+    Args:
+        name: one of ``DATASETS``: ``"digits"`` (bundled with scikit-learn, ``root`` is ignored),
+            ``"mnist"`` or ``"fashion-mnist"`` (IDX files under ``root``).
+        root: the data folder; None means ``$MODELSHIELD_DATA``.
+
+    Returns:
+        The Dataset, with the default split for digits.
+
+    Raises:
+        ConfigError: unknown name (the message lists the names).
+        MissingDataError: the files are not found (the message says how to fix it).
+        DataError: a file is truncated or corrupt.
+
+    Example:
+        ds = load_dataset("fashion-mnist", root="/data")
+    """
+    if name == "digits":
+        return load_digits()
+    if name == "mnist":
+        return load_mnist(root)
+    if name == "fashion-mnist":
+        return load_fashion_mnist(root)
+    close = difflib.get_close_matches(str(name), DATASETS, n=1)
+    hint = f"Did you mean {close[0]!r}? " if close else ""
+    raise ConfigError(
+        f"load_dataset: 'name' must be one of {', '.join(map(repr, DATASETS))}; got {name!r}. "
+        f"{hint}Use one of the listed names."
+    )
