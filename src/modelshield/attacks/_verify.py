@@ -82,6 +82,7 @@ def verify_evasion(
     queries_start: tuple[int, int],
     started: float,
     extra: dict[str, Any] | None = None,
+    point_queries: Tensor | None = None,
 ) -> EvasionResult:
     """Build an EvasionResult whose every claim is checked.
 
@@ -133,6 +134,7 @@ def verify_evasion(
         queries_backward=bwd - queries_start[1],
         time_s=time.perf_counter() - started,
         extra=extra or {},
+        point_queries=point_queries,
     )
 
 
@@ -162,12 +164,13 @@ class AttackCall:
         norm: Norm | None,
         clean_pred: Tensor | None = None,
         extra: dict[str, Any] | None = None,
+        point_queries: Tensor | None = None,
     ) -> EvasionResult:
         """Verify x_adv and build the result (see verify_evasion)."""
         return verify_evasion(
             self.model, self.x, self.y, x_adv, attack=attack, eps=eps, norm=norm,
             target=self.target, clean_pred=clean_pred, queries_start=self.queries_start,
-            started=self.started, extra=extra,
+            started=self.started, extra=extra, point_queries=point_queries,
         )
 
 

@@ -40,6 +40,8 @@ class EvasionResult:
         norms: (N,) perturbation size ||x_adv - x|| in the attack's norm.
         queries_forward, queries_backward: input rows scored / differentiated, verification included.
         time_s: wall time of the call.
+        extra: attack-specific JSON-safe details (e.g. per-member counts of an ensemble).
+        point_queries: (N,) forward queries spent on each point, for query-based attacks.
     """
 
     attack: str
@@ -58,6 +60,7 @@ class EvasionResult:
     queries_backward: int
     time_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    point_queries: Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -105,8 +108,23 @@ class EvasionResult:
         sel = self.norms[self.success & self.eligible]
         return float(sel.median()) if sel.numel() else math.nan
 
+    @property
+    def queries_per_success(self) -> tuple[float, float]:
+        """(median, mean) forward queries per successful eligible point (nan when unknown)."""
+        if self.point_queries is None:
+            return math.nan, math.nan
+        sel = self.point_queries[self.success & self.eligible].double()
+        if not sel.numel():
+            return math.nan, math.nan
+        return float(sel.median()), float(sel.mean())
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (no tensors)."""
+        per_point: dict[str, Any] = {}
+        if self.point_queries is not None:
+            med, mean = self.queries_per_success
+            per_point = {"median_queries_per_success": _json_float(med),
+                         "mean_queries_per_success": _json_float(mean)}
         return {
             "attack": self.attack,
             "eps": self.eps,
@@ -122,6 +140,7 @@ class EvasionResult:
             "queries_forward": self.queries_forward,
             "queries_backward": self.queries_backward,
             "time_s": round(self.time_s, 4),
+            **per_point,
             "params": self.params,
             **self.extra,
         }
@@ -150,4 +169,6 @@ class EvasionResult:
             queries_backward=sum(p.queries_backward for p in parts),
             time_s=sum(p.time_s for p in parts),
             extra=first.extra,
+            point_queries=None if first.point_queries is None
+            else torch.cat([p.point_queries for p in parts if p.point_queries is not None]),
         )
