@@ -12,6 +12,10 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The tests run many small tensor ops, which one thread runs fastest (and a second thread
+# fights every other process on a 2-core CI machine). Benchmarks set their own thread count.
+torch.set_num_threads(1)
+
 
 def shared_data_root() -> Path:
     """$MODELSHIELD_DATA, else ../shared/data beside the checkout."""

@@ -20,6 +20,10 @@ from modelshield.attacks.evasion import (
     DeepFool,
     Ensemble,
     EvasionAttack,
+    HopSkipJump,
+    SimBA,
+    Square,
+    Transfer,
 )
 
 EPS_INF = 0.15
@@ -35,6 +39,7 @@ class Case:
     stochastic: bool = False  # uses the seeded generator
     min_norm: bool = False  # minimum-norm attack (eps may be None)
     supports_targeted: bool = True
+    rejects_target: bool = False  # raises ConfigError when given target=
     # Black-box attacks (needs_gradients False) skip the "black-box model is refused" check.
 
     @property
@@ -59,15 +64,27 @@ CASES: tuple[Case, ...] = (
          min_norm=True),
     Case(attack=CarliniWagnerL2(eps=EPS_L2, steps=20, binary_search_steps=3, initial_const=1.0),
          owner="CarliniWagnerL2", min_norm=True),
-    Case(attack=DeepFool(steps=10), owner="DeepFool", min_norm=True, supports_targeted=False),
+    Case(attack=DeepFool(steps=10), owner="DeepFool", min_norm=True, supports_targeted=False,
+         rejects_target=True),
     Case(attack=DeepFool(norm="inf", eps=EPS_INF, steps=10), owner="DeepFool", min_norm=True,
-         supports_targeted=False),
+         supports_targeted=False, rejects_target=True),
     Case(attack=Ensemble(members=(APGD(eps=EPS_INF, steps=8), APGDT(eps=EPS_INF, steps=5,
                                                                     n_target_classes=2))),
          owner="Ensemble", stochastic=True),
     Case(attack=Ensemble(members=(FGSM(eps=EPS_L2, norm="2"), DeepFool(steps=10))),
-         owner="Ensemble", supports_targeted=False),
+         owner="Ensemble", supports_targeted=False, rejects_target=True),
+    Case(attack=Square(eps=EPS_INF, max_queries=300), owner="Square", stochastic=True),
+    Case(attack=Square(eps=EPS_L2, norm="2", max_queries=300), owner="Square", stochastic=True),
+    Case(attack=SimBA(eps_step=0.2, eps=EPS_L2, max_queries=300), owner="SimBA", stochastic=True),
+    # Targeted HopSkipJump needs x_init rows already at the target; its targeted contract lives
+    # in test_blackbox_contract.py.
+    Case(attack=HopSkipJump(max_queries=300), owner="HopSkipJump", stochastic=True, min_norm=True,
+         supports_targeted=False),
 )
+
+# Meta-attacks whose contract is checked in test_blackbox_contract.py (a Transfer attack's
+# surrogate is tied to one input shape, so it cannot run on every fixture here).
+EXEMPT: frozenset[type] = frozenset({Transfer})
 
 
 def blobs(
