@@ -1,0 +1,68 @@
+"""Assessment: run a threat suite on a model and report it as JSON and self-contained HTML.
+
+Example:
+    from modelshield.assess import AssessmentPlan, run, write_report
+    result = run(net, x, y, plan=AssessmentPlan(n=300), model_info={"name": "cnn"},
+                 data_info={"name": "digits"})
+    write_report(result, "modelshield-report")
+"""
+
+from __future__ import annotations
+
+from modelshield.assess._batched import run_in_batches
+from modelshield.assess._section import (
+    ATLAS,
+    SECTIONS,
+    SEVERITIES,
+    AssessmentContext,
+    Figure,
+    Progress,
+    Section,
+    SectionRunner,
+    Severity,
+    Table,
+    atlas,
+    max_severity,
+    register_section,
+)
+from modelshield.assess.plan import DEFAULT_ATTACKS, DEFAULT_EPS, AssessmentPlan, EvasionPlan
+from modelshield.assess.report import check_new_files, render_html, write_json, write_report
+from modelshield.assess.sections import SEVERITY_THRESHOLDS, EvasionSection, evasion_severity
+from modelshield.assess.suite import SCHEMA_VERSION, Assessment, package_versions, provenance, run
+from modelshield.assess.thresholds import Threshold, check_thresholds, parse_threshold
+
+__all__ = [
+    "ATLAS",
+    "DEFAULT_ATTACKS",
+    "DEFAULT_EPS",
+    "SCHEMA_VERSION",
+    "SECTIONS",
+    "SEVERITIES",
+    "SEVERITY_THRESHOLDS",
+    "Assessment",
+    "AssessmentContext",
+    "AssessmentPlan",
+    "EvasionPlan",
+    "EvasionSection",
+    "Figure",
+    "Progress",
+    "Section",
+    "SectionRunner",
+    "Severity",
+    "Table",
+    "Threshold",
+    "atlas",
+    "check_new_files",
+    "check_thresholds",
+    "evasion_severity",
+    "max_severity",
+    "package_versions",
+    "parse_threshold",
+    "provenance",
+    "register_section",
+    "render_html",
+    "run",
+    "run_in_batches",
+    "write_json",
+    "write_report",
+]

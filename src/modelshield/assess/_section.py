@@ -1,0 +1,223 @@
+"""Report sections, the context a section runs in, and the section plugin registry."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeAlias
+
+from torch import Tensor
+
+from modelshield._checks import check_choice
+from modelshield.errors import ConfigError
+from modelshield.models import CallableModel, TorchModel
+
+__all__ = [
+    "ATLAS",
+    "SECTIONS",
+    "SEVERITIES",
+    "AssessmentContext",
+    "Figure",
+    "Progress",
+    "Section",
+    "SectionRunner",
+    "Severity",
+    "Table",
+    "atlas",
+    "json_float",
+    "max_severity",
+    "register_section",
+]
+
+Severity: TypeAlias = Literal["none", "low", "medium", "high", "critical"]
+SEVERITIES: tuple[Severity, ...] = ("none", "low", "medium", "high", "critical")
+"""Severities from least to most serious; the overall severity of a report is the maximum."""
+
+Progress: TypeAlias = Callable[[int, int, str], None]
+"""Progress callback: ``progress(done, total, description)``, called after each unit of work."""
+
+ATLAS: dict[str, str] = {
+    "AML.T0015": "Evade ML Model",
+    "AML.T0043": "Craft Adversarial Data",
+    "AML.T0043.000": "White-Box Optimization",
+    "AML.T0043.001": "Black-Box Optimization",
+    "AML.T0043.002": "Black-Box Transfer",
+    "AML.T0020": "Poison Training Data",
+}
+"""MITRE ATLAS techniques (https://atlas.mitre.org) that sections cite, by id; sections that
+cite another technique add it here before calling ``atlas()``."""
+
+
+def atlas(*ids: str) -> tuple[dict[str, str], ...]:
+    """ATLAS references ``({"id", "name"}, ...)`` for technique ids listed in ``ATLAS``."""
+    for tid in ids:
+        check_choice("atlas id", tid, ATLAS, owner="atlas", fix="Add the technique to ATLAS first.")
+    return tuple({"id": tid, "name": ATLAS[tid]} for tid in ids)
+
+
+def max_severity(severities: Sequence[str]) -> Severity:
+    """The most serious of ``severities`` ("none" for an empty sequence)."""
+    return max(severities, key=SEVERITIES.index, default="none")  # type: ignore[arg-type]  # validated members
+
+
+def json_float(v: float | None, digits: int = 6) -> float | None:
+    """Round v for JSON; nan and None become None."""
+    return None if v is None or math.isnan(v) else round(float(v), digits)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Figure:
+    """A PNG figure embedded in the report.
+
+    Attributes:
+        title: short heading shown above the image.
+        caption: one or two sentences saying how to read it.
+        png_base64: the PNG bytes, base64-encoded (ASCII).
+    """
+
+    title: str
+    caption: str
+    png_base64: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"title": self.title, "caption": self.caption, "png_base64": self.png_base64}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Table:
+    """A small table: column headers and rows of JSON scalars (already formatted or raw)."""
+
+    title: str
+    columns: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "columns", tuple(self.columns))
+        object.__setattr__(self, "rows", tuple(tuple(r) for r in self.rows))
+        for i, row in enumerate(self.rows):
+            if len(row) != len(self.columns):
+                raise ConfigError(
+                    f"Table: row {i} must have {len(self.columns)} cells like the columns; "
+                    f"got {len(row)}. Give one value per column."
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "columns": list(self.columns), "rows": [list(r) for r in self.rows]}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Section:
+    """One threat's part of an assessment: what was tested, how bad it is and what fixes it.
+
+    Sequence fields are stored as tuples (lists are accepted).
+
+    Attributes:
+        id: stable identifier, e.g. ``"evasion"`` (the key in the report JSON).
+        title: heading, e.g. ``"Evasion (white-box, L-inf)"``.
+        summary: one or two sentences for the risk table.
+        severity: ``"none"``, ``"low"``, ``"medium"``, ``"high"`` or ``"critical"``.
+        atlas: MITRE ATLAS techniques, each ``{"id": ..., "name": ...}`` (see ``atlas()``).
+        recommendation: the defence that addresses the finding.
+        metrics: JSON-safe numbers and nested dicts backing the findings.
+        headline: scalar metrics promoted to the report summary (and to ``--fail-under``);
+            names must be unique across sections.
+        findings: plain-language statements of what was found.
+        figures: embedded plots.
+        tables: tables shown in the section.
+        warnings: sanity-check flags: reasons the numbers may be misleading.
+        provenance: settings needed to reproduce the section (e.g. each attack's config).
+    """
+
+    id: str
+    title: str
+    summary: str
+    severity: Severity
+    atlas: Sequence[Mapping[str, str]] = ()
+    recommendation: str = ""
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    headline: Mapping[str, float | None] = field(default_factory=dict)
+    findings: Sequence[str] = ()
+    figures: Sequence[Figure] = ()
+    tables: Sequence[Table] = ()
+    warnings: Sequence[str] = ()
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_choice("severity", self.severity, SEVERITIES, owner=f"Section {self.id!r}")
+        for name in ("atlas", "findings", "figures", "tables", "warnings"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict of every field."""
+        return {
+            "id": self.id,
+            "title": self.title,
+            "summary": self.summary,
+            "severity": self.severity,
+            "atlas": [dict(a) for a in self.atlas],
+            "recommendation": self.recommendation,
+            "metrics": dict(self.metrics),
+            "headline": dict(self.headline),
+            "findings": list(self.findings),
+            "warnings": list(self.warnings),
+            "tables": [t.to_dict() for t in self.tables],
+            "figures": [f.to_dict() for f in self.figures],
+            "provenance": dict(self.provenance),
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssessmentContext:
+    """Everything a section runner may use.
+
+    Attributes:
+        model: the adapted model (white-box ``TorchModel`` or black-box ``CallableModel``).
+        x: ``(N, *input_shape)`` assessment inputs in ``bounds``. y: ``(N,)`` true labels.
+        plan: the ``AssessmentPlan`` (sections read their own sub-plan from it).
+        model_info: ``name``, ``weights_sha256``, ``path`` and anything else known.
+        data_info: ``name``, ``sha256`` and anything else known (e.g. ``classes``).
+        bounds: the input range. seed: base seed for every attack. batch_size: rows per call.
+    """
+
+    model: TorchModel | CallableModel
+    x: Tensor
+    y: Tensor
+    plan: Any
+    model_info: Mapping[str, Any]
+    data_info: Mapping[str, Any]
+    bounds: tuple[float, float]
+    seed: int
+    batch_size: int
+
+
+class SectionRunner(Protocol):
+    """A threat plugin: builds one Section from the context.
+
+    Register an instance with ``register_section``; an ``AssessmentPlan`` then names it in
+    ``sections=(..., id)``.
+    """
+
+    @property
+    def id(self) -> str: ...
+
+    def __call__(self, ctx: AssessmentContext, progress: Progress | None) -> Section: ...
+
+
+SECTIONS: dict[str, SectionRunner] = {}
+"""Registered section runners by id, in registration order."""
+
+
+def register_section(runner: SectionRunner, *, replace: bool = False) -> SectionRunner:
+    """Add a section runner to ``SECTIONS`` and return it.
+
+    Raises:
+        ConfigError: a runner with the same id is registered and ``replace`` is False.
+    """
+    if runner.id in SECTIONS and not replace:
+        raise ConfigError(
+            f"register_section: 'id' must be unique; got {runner.id!r}, which is already "
+            "registered. Pick another id or pass replace=True."
+        )
+    SECTIONS[runner.id] = runner
+    return runner

@@ -1,0 +1,103 @@
+"""Report writers: the JSON (source of truth) and a self-contained HTML page rendered from it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from modelshield.assess._section import SEVERITIES
+from modelshield.assess.suite import Assessment
+from modelshield.errors import ConfigError
+
+__all__ = ["check_new_files", "render_html", "write_json", "write_report"]
+
+TEMPLATE = "report.html.j2"
+
+
+def check_new_files(paths: Iterable[Path], *, overwrite: bool, owner: str) -> None:
+    """Raise ConfigError if any path exists and overwrite is False (checked before any work)."""
+    if overwrite:
+        return
+    for path in paths:
+        if path.exists():
+            raise ConfigError(
+                f"{owner}: the output file must not exist yet; got {str(path)!r}, which exists. "
+                "Pass overwrite=True (CLI: --force) or choose another output location."
+            )
+
+
+def _pct(v: Any, digits: int = 1) -> str:
+    return "n/a" if v is None else f"{100 * float(v):.{digits}f}%"
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return str(v)
+    return f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
+
+
+def _cell(v: Any, column: str) -> str:
+    """Format a table cell: rates as percentages, other numbers compactly."""
+    rate = any(w in column for w in ("accuracy", "rate", "eps="))
+    return _pct(v) if rate and isinstance(v, int | float) and not isinstance(v, bool) else _num(v)
+
+
+def render_html(report: Assessment | Mapping[str, Any]) -> str:
+    """Render the report dict with the package's one Jinja2 template (autoescaped, no external assets)."""
+    data = report.to_dict() if isinstance(report, Assessment) else report
+    source = resources.files("modelshield.assess").joinpath("templates", TEMPLATE).read_text("utf-8")
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(pct=_pct, num=_num, cell=_cell)
+    env.globals["severities"] = SEVERITIES
+    return env.from_string(source).render(r=data, provenance_json=json.dumps(
+        data.get("provenance", {}), indent=2, sort_keys=True))
+
+
+def write_json(path: str | Path, payload: Mapping[str, Any], *, overwrite: bool = False) -> Path:
+    """Write payload as indented JSON to path (parents created); refuse to overwrite by default.
+
+    Raises:
+        ConfigError: path exists and overwrite is False.
+    """
+    out = Path(path)
+    check_new_files([out], overwrite=overwrite, owner="write_json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return out
+
+
+def write_report(
+    assessment: Assessment | Mapping[str, Any], out_dir: str | Path, *, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.html`` into out_dir (created if needed).
+
+    The HTML is rendered from the same dict as the JSON and embeds its figures as data URIs,
+    so the single file can be mailed or archived.
+
+    Args:
+        assessment: the result of ``assess.run`` (or its ``to_dict()``).
+        out_dir: the output folder.
+        overwrite: replace existing report files.
+
+    Returns:
+        (path to report.json, path to report.html).
+
+    Raises:
+        ConfigError: a report file exists and overwrite is False (nothing is written).
+    """
+    folder = Path(out_dir)
+    json_path, html_path = folder / "report.json", folder / "report.html"
+    check_new_files([json_path, html_path], overwrite=overwrite, owner="write_report")
+    data = assessment.to_dict() if isinstance(assessment, Assessment) else dict(assessment)
+    html = render_html(data)
+    write_json(json_path, data, overwrite=True)
+    html_path.write_text(html, encoding="utf-8")
+    return json_path, html_path

@@ -1,0 +1,220 @@
+"""Run an assessment plan on a model: each section runner contributes one Section."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+import platform
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import PurePath
+from typing import Any
+
+from torch import Tensor
+
+from modelshield._checks import check_choice
+from modelshield.assess._section import SECTIONS, AssessmentContext, Progress, Section, Severity, max_severity
+from modelshield.assess.plan import AssessmentPlan
+from modelshield.attacks._verify import check_batch
+from modelshield.models import ModelLike, TorchModel, as_model
+
+__all__ = ["SCHEMA_VERSION", "Assessment", "jsonable", "package_versions", "provenance", "run"]
+
+SCHEMA_VERSION = 1
+"""Version of the report JSON layout; bumped on any incompatible change."""
+
+_PACKAGES = ("modelshield", "torch", "numpy", "scikit-learn", "matplotlib", "jinja2")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of modelshield and the libraries behind its numbers, plus Python."""
+    out: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    out["python"] = platform.python_version()
+    return out
+
+
+def jsonable(obj: Any) -> Any:
+    """A JSON-safe copy of obj: mappings, sequences, paths, numbers (nan/inf become None)."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, str | int | bool):
+        return obj
+    if isinstance(obj, Tensor) and obj.numel() == 1:
+        return jsonable(obj.item())
+    return str(obj)
+
+
+def provenance(
+    *,
+    model_info: Mapping[str, Any],
+    data_info: Mapping[str, Any],
+    seed: int | None,
+    attacks: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Everything needed to reproduce a number: package versions, model and data hashes, settings.
+
+    Args:
+        model_info: at least ``name`` and ``weights_sha256`` when known.
+        data_info: at least ``name`` and ``sha256`` when known.
+        seed: the seed given to the attacks.
+        attacks: each attack's settings by name.
+    """
+    out: dict[str, Any] = jsonable({
+        "packages": package_versions(),
+        "platform": platform.platform(),
+        "model": {"name": model_info.get("name"), "weights_sha256": model_info.get("weights_sha256"),
+                  "path": model_info.get("path")},
+        "data": {"name": data_info.get("name"), "sha256": data_info.get("sha256"),
+                 "points_sha256": data_info.get("points_sha256"), "n": data_info.get("n")},
+        "model_weights_sha256": model_info.get("weights_sha256"),
+        "data_sha256": data_info.get("sha256"),
+        "seed": seed,
+        "attacks": dict(attacks),
+    })
+    return out
+
+
+def _points_sha256(x: Tensor, y: Tensor) -> str:
+    h = hashlib.sha256()
+    h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    h.update(y.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Assessment:
+    """The outcome of ``run``: one Section per threat plus what is needed to reproduce it.
+
+    ``to_dict()`` is the report's source of truth; the HTML is rendered from it.
+    """
+
+    plan: AssessmentPlan
+    model_info: Mapping[str, Any]
+    data_info: Mapping[str, Any]
+    sections: tuple[Section, ...]
+    generated_at: str
+    time_s: float
+
+    @property
+    def severity(self) -> Severity:
+        """The most serious section severity."""
+        return max_severity([s.severity for s in self.sections])
+
+    def metrics(self) -> dict[str, float | None]:
+        """Summary metrics: every section's headline metrics, plus ``<section>.<metric>`` scalars."""
+        out: dict[str, float | None] = {}
+        for s in self.sections:
+            out.update(s.headline)
+        for s in self.sections:
+            for k, v in s.metrics.items():
+                if k not in s.headline and isinstance(v, int | float) and not isinstance(v, bool):
+                    out[f"{s.id}.{k}"] = v
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe report: schema_version, generated_at, model, data, summary, sections, provenance."""
+        attacks: dict[str, Any] = {}
+        for s in self.sections:
+            attacks.update(s.provenance.get("attacks", {}))
+        prov = provenance(model_info=self.model_info, data_info=self.data_info,
+                          seed=self.plan.seed, attacks=attacks)
+        prov["plan"] = self.plan.to_dict()
+        prov["sections"] = jsonable({s.id: dict(s.provenance) for s in self.sections})
+        prov["time_s"] = round(self.time_s, 3)
+        report: dict[str, Any] = jsonable({
+            "schema_version": SCHEMA_VERSION,
+            "generated_at": self.generated_at,
+            "model": dict(self.model_info),
+            "data": dict(self.data_info),
+            "summary": {
+                "severity": self.severity,
+                "n": self.data_info.get("n"),
+                "metrics": self.metrics(),
+                "risks": [
+                    {"section": s.id, "title": s.title, "severity": s.severity, "summary": s.summary,
+                     "atlas": [dict(a) for a in s.atlas], "recommendation": s.recommendation,
+                     "warnings": len(s.warnings)}
+                    for s in self.sections
+                ],
+            },
+            "sections": [s.to_dict() for s in self.sections],
+            "provenance": prov,
+        })
+        return report
+
+
+def run(
+    model: ModelLike,
+    x: Tensor,
+    y: Tensor,
+    *,
+    plan: AssessmentPlan,
+    model_info: Mapping[str, Any],
+    data_info: Mapping[str, Any],
+    bounds: tuple[float, float] = (0.0, 1.0),
+    progress: Progress | None = None,
+) -> Assessment:
+    """Assess a model against the threats in ``plan`` on the points (x, y).
+
+    Args:
+        model: a ``torch.nn.Module`` returning logits, a ``predict_proba`` object or callable,
+            or an adapted model (see ``as_model``).
+        x: ``(N, *input_shape)`` float inputs in ``bounds``; y: ``(N,)`` true labels.
+        plan: what to run; ``plan.n`` keeps the first n points.
+        model_info: ``name`` plus ``weights_sha256`` and ``path`` when known (the hash is
+            computed for torch modules when missing).
+        data_info: ``name`` and ``sha256`` of the data set, ``classes`` when known.
+        bounds: the input range, used when model is not adapted yet.
+        progress: ``progress(done, total, description)``, forwarded to each section.
+
+    Returns:
+        The Assessment; ``to_dict()`` is the report JSON, ``write_report`` writes it with HTML.
+
+    Raises:
+        ConfigError: an unknown section id. InputError: malformed x or y.
+
+    Example:
+        result = run(net, x, y, plan=AssessmentPlan(n=300), model_info={"name": "cnn"},
+                     data_info={"name": "digits"})
+        write_report(result, "report/")
+    """
+    import modelshield.assess.sections  # noqa: F401  # registers the built-in sections
+
+    for sid in plan.sections:
+        check_choice("sections", sid, SECTIONS, owner="assess.run",
+                     fix="Register the section with register_section() first.")
+    started = time.perf_counter()
+    m = as_model(model, bounds=bounds)
+    x_t, y_t, _ = check_batch(m, x, y, owner="assess.run")
+    if plan.n is not None:
+        x_t, y_t = x_t[: plan.n], y_t[: plan.n]
+    info = dict(model_info)
+    info.setdefault("name", type(model).__name__)
+    if info.get("weights_sha256") is None and isinstance(m, TorchModel):
+        from modelshield.models.load import weights_sha256
+
+        info["weights_sha256"] = weights_sha256(m.module)
+    data = {**dict(data_info), "n": int(x_t.shape[0]), "points_sha256": _points_sha256(x_t, y_t)}
+    data.setdefault("name", None)
+    ctx = AssessmentContext(model=m, x=x_t, y=y_t, plan=plan, model_info=info, data_info=data,
+                            bounds=m.bounds, seed=plan.seed, batch_size=plan.batch_size)
+    sections = tuple(SECTIONS[sid](ctx, progress) for sid in plan.sections)
+    return Assessment(
+        plan=plan, model_info=info, data_info=data, sections=sections,
+        generated_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        time_s=time.perf_counter() - started,
+    )

@@ -1,0 +1,99 @@
+"""``modelshield assess`` and ``modelshield demo``: run the threat suite and write the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from modelshield.assess import (
+    AssessmentPlan,
+    EvasionPlan,
+    Threshold,
+    check_new_files,
+    check_thresholds,
+    parse_threshold,
+    run,
+    write_report,
+)
+from modelshield.assess.plan import DEFAULT_ATTACKS, DEFAULT_EPS, parse_floats
+from modelshield.cli import _render as render
+from modelshield.cli._target import Target, load_target, parse_norm, torch_threads
+from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, DATA_HELP, MODEL_HELP
+
+__all__ = ["DEMO_MODEL", "DEMO_PLAN", "assess", "demo"]
+
+DEMO_MODEL = "digits-cnn"
+DEMO_PLAN = AssessmentPlan(n=300, batch_size=300, seed=0, evasion=EvasionPlan(steps=20))
+"""The demo: the default attacks and eps grid on 300 digits test points, 20 steps per attack."""
+
+_EPS_DEFAULT = ",".join(f"{e:g}" for e in DEFAULT_EPS)
+_ATTACKS_DEFAULT = ",".join(DEFAULT_ATTACKS)
+
+
+def _assess_and_write(target: Target, plan: AssessmentPlan, out: Path, *, force: bool,
+                      thresholds: list[Threshold]) -> None:
+    with render.progress_bar("assessing") as progress, render.show_warnings():
+        result = run(target.module, target.x, target.y, plan=plan, model_info=target.model_info,
+                     data_info=target.data_info, bounds=target.bounds, progress=progress)
+    paths = write_report(result, out, overwrite=force)
+    render.assessment_table(result.to_dict(), paths)
+    failures = check_thresholds(result, thresholds)
+    for text in failures:
+        render.say(f"[bold red]threshold missed:[/] {text}")
+    if failures:
+        raise typer.Exit(1)
+
+
+def assess(
+    model: Annotated[str, typer.Option("--model", help=MODEL_HELP)],
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.json and report.html.")],
+    data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+    attacks: Annotated[str, typer.Option(help="Comma-separated evasion attacks.")] = _ATTACKS_DEFAULT,
+    eps: Annotated[str, typer.Option(help="Comma-separated eps grid (input units).")] = _EPS_DEFAULT,
+    headline_eps: Annotated[float, typer.Option(help="Budget the severity and summary use.")] = 0.1,
+    norm: Annotated[str, typer.Option(help="Threat-model norm: 'inf' or '2'.")] = "inf",
+    steps: Annotated[int | None, typer.Option(help="Iterations (default: each attack's own).")] = None,
+    n: Annotated[int, typer.Option(help="Number of test points (the first n of the test split).")] = 500,
+    batch_size: Annotated[int, typer.Option(help="Points per attack call.")] = 250,
+    seed: Annotated[int, typer.Option(help="Seed given to every attack.")] = 0,
+    fail_under: Annotated[list[str] | None, typer.Option(
+        "--fail-under", metavar="METRIC=VALUE", help="Exit 1 when a summary metric is below VALUE "
+        "(repeatable), e.g. robust_accuracy=0.6; METRIC<=VALUE caps a metric instead.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing report files.")] = False,
+) -> None:
+    """Assess a model against the evasion threat suite; write report.json and report.html.
+
+    Exits with 1 when a --fail-under threshold is missed, 2 on bad input.
+    """
+    thresholds = [parse_threshold(t) for t in fail_under or []]
+    plan = AssessmentPlan(n=n, batch_size=batch_size, seed=seed, evasion=EvasionPlan(
+        attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
+        eps=parse_floats(eps, name="--eps", owner="modelshield assess"), headline_eps=headline_eps,
+        norm=parse_norm(norm), steps=steps))
+    check_new_files([out / "report.json", out / "report.html"], overwrite=force, owner="modelshield assess")
+    with render.progress_bar("loading model") as progress, render.show_warnings():
+        target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress)
+    _assess_and_write(target, plan, out, force=force, thresholds=thresholds)
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the report.")] = Path("modelshield-report"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing report files.")] = False,
+) -> None:
+    """Train (or load) the digits-cnn zoo model, assess it and write an HTML + JSON report.
+
+    Runs the default attacks (FGSM, PGD, APGD-CE, APGD-CE + APGD-T ensemble; 20 steps each) over
+    eps 0 to 0.3 on 300 test points, single-threaded (fastest for this small model).
+    """
+    check_new_files([out / "report.json", out / "report.html"], overwrite=force, owner="modelshield demo")
+    with torch_threads(1):
+        with render.progress_bar(f"loading {DEMO_MODEL} (trains it on first use)") as progress, \
+                render.show_warnings():
+            target = load_target(DEMO_MODEL, data=None, data_dir=None, arch=None, n=DEMO_PLAN.n,
+                                 progress=progress)
+        _assess_and_write(target, DEMO_PLAN, out, force=force, thresholds=[])
+    render.say(f"Open {(out / 'report.html').resolve()} in a browser.")
