@@ -16,9 +16,12 @@ DATA_ENV = "MODELSHIELD_DATA"
 """Environment variable naming the folder that holds the data sets (e.g. ``<dir>/mnist``)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Dataset:
     """A train/test split of an image classification data set, ready for a model.
+
+    Equality is identity (``eq=False``): element-wise tensor comparison has no single truth
+    value; compare ``sha256`` to check two loads hold the same data.
 
     Attributes:
         name: the data set's name, e.g. ``"digits"``, ``"mnist"``, ``"fashion-mnist"``.

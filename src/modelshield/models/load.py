@@ -1,0 +1,357 @@
+"""Safe model files: save a state dict with its architecture name, load without unpickling code.
+
+A ``modelshield-v1`` file is a ``torch.save`` of a plain dict::
+
+    {"format": "modelshield-v1", "arch": "<zoo architecture>", "state_dict": {...}, "meta": {...}}
+
+that loads with ``torch.load(weights_only=True)``: tensors and primitive containers only, so
+opening a file never runs code from it. TorchScript archives are accepted too. A pickled
+``nn.Module`` (``torch.save(model)``) is refused, because unpickling it could run arbitrary code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from modelshield.errors import ConfigError, DataError, MissingDataError, ModelCapabilityError
+
+__all__ = [
+    "FORMAT",
+    "UnsafeModelFileError",
+    "file_sha256",
+    "load_model",
+    "save_model",
+    "weights_sha256",
+]
+
+FORMAT = "modelshield-v1"
+
+_SAFE_ALTERNATIVES = (
+    "Save the weights instead: modelshield.models.load.save_model(model, path, arch=...) "
+    "(or torch.save(model.state_dict(), path) and load with arch=...), or export TorchScript "
+    "with torch.jit.script(model).save(path)"
+)
+
+
+class UnsafeModelFileError(DataError, ModelCapabilityError):
+    """A model file holds pickled Python objects, which modelshield refuses to unpickle.
+
+    It is both a DataError (the file cannot be read safely) and a ModelCapabilityError (the model
+    is not in a form that can be loaded safely), so either ``except`` clause catches it.
+    """
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file's bytes.
+
+    Raises:
+        MissingDataError: the file does not exist.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise MissingDataError(f"file_sha256: the file must exist; got {str(p)!r}. Check the path.")
+    digest = hashlib.sha256()
+    with p.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_sha256(module: nn.Module) -> str:
+    """SHA-256 over a module's state dict: stable provenance of its weights.
+
+    Each entry contributes its key, dtype, shape and raw bytes, in sorted key order, so the
+    digest depends only on the values (not on the device, memory layout or file format).
+
+    Args:
+        module: the model.
+
+    Returns:
+        The hex digest.
+    """
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        if not isinstance(value, Tensor):  # extra state set via get_extra_state()
+            digest.update(repr(value).encode())
+            continue
+        t = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{t.dtype}{tuple(value.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _plain_meta(value: object, where: str) -> Any:
+    """A copy of value made of plain str/int/float/bool/None, lists and str-keyed dicts.
+
+    Subclasses (e.g. ``torch.__version__``, a ``str`` subclass) become their base type, because
+    ``torch.load(weights_only=True)`` refuses any class it does not know.
+    """
+    if value is None or type(value) is bool:
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, list | tuple):
+        return [_plain_meta(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {str(k): _plain_meta(item, f"{where}[{k!r}]") for k, item in value.items()}
+    raise ConfigError(
+        f"save_model: 'meta' must hold only str, int, float, bool, None, lists and str-keyed dicts; "
+        f"got {type(value).__name__} at {where}. Convert it, e.g. str(value) or tensor.tolist()."
+    )
+
+
+def save_model(
+    module: nn.Module,
+    path: str | Path,
+    *,
+    arch: str,
+    meta: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Save a model's weights as a ``modelshield-v1`` file that loads without unpickling code.
+
+    The file is written to a temporary file in the same folder and moved into place with
+    ``os.replace``, so readers never see a half-written file. Tensors are stored on the CPU.
+
+    Args:
+        module: the model; it is neither moved nor changed.
+        path: destination file (conventionally ``.pt``); its folder is created if needed.
+        arch: the zoo architecture that ``load_model`` rebuilds, e.g. ``"lenet-28"`` (see
+            ``modelshield.models.zoo.ARCHS``).
+        meta: JSON-like metadata stored in the file (accuracy, provenance, ...).
+        overwrite: replace an existing file; otherwise an existing file is an error.
+
+    Returns:
+        The SHA-256 hex digest of the written file.
+
+    Raises:
+        ConfigError: the file exists and overwrite is False, arch is unknown, or meta holds
+            values other than JSON-like primitives.
+
+    Example:
+        digest = save_model(net, "net.pt", arch="cnn-8x8", meta={"note": "fine-tuned"})
+    """
+    from modelshield.models.zoo._archs import check_arch
+
+    check_arch(arch, owner="save_model")
+    plain_meta = _plain_meta({} if meta is None else meta, "meta")
+    target = Path(path).expanduser()
+    if target.exists() and not overwrite:
+        raise ConfigError(
+            f"save_model: 'path' must not exist unless overwrite=True; got {str(target)!r}, which "
+            "exists. Pass overwrite=True (CLI: --force) to replace it, or choose another path."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "arch": arch,
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "meta": plain_meta,
+    }
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return file_sha256(target)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """True when the file is a zip archive laid out like TorchScript (has code/ and constants.pkl)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.split("/")[-1] == "constants.pkl" or "/code/" in n for n in names)
+
+
+def _load_torchscript(path: Path) -> nn.Module:
+    """torch.jit.load on the CPU, turning torch's errors into DataError."""
+    try:
+        with warnings.catch_warnings():
+            # torch >= 2.9 deprecates TorchScript; the user chose this format, so the warning
+            # is not actionable here.
+            warnings.filterwarnings(
+                "ignore", message=r".*torch\.jit\.load.* is deprecated", category=DeprecationWarning
+            )
+            module: nn.Module = torch.jit.load(  # type: ignore[no-untyped-call]  # untyped in torch
+                str(path), map_location="cpu"
+            )
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise DataError(
+            f"load_model: {str(path)!r} looks like a TorchScript archive but cannot be loaded "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). Re-export it with "
+            "torch.jit.script(model).save(path)."
+        ) from exc
+    return module
+
+
+def _state_dict_of(obj: object) -> dict[str, Tensor] | None:
+    """obj as a state dict (all values tensors), or the 'state_dict' entry of a checkpoint dict."""
+    if isinstance(obj, Mapping):
+        if obj and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
+            return dict(obj)
+        inner = obj.get("state_dict")
+        if isinstance(inner, Mapping) and "format" not in obj:
+            return _state_dict_of(inner)
+    return None
+
+
+def _build_and_fill(arch: str, state: dict[str, Tensor], path: Path) -> nn.Module:
+    """Build the zoo architecture and load state into it (strict), or raise DataError."""
+    from modelshield.models.zoo._archs import build
+
+    module = build(arch)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise DataError(
+            f"load_model: the weights in {str(path)!r} must match architecture {arch!r}; they do "
+            f"not ({detail}). Pass the arch the weights were trained with."
+        ) from exc
+    return module
+
+
+def load_model(path: str | Path, *, arch: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a model file without unpickling arbitrary objects.
+
+    Accepted formats:
+
+    * ``modelshield-v1`` (written by :func:`save_model`): the file names its architecture.
+    * a bare state dict (``torch.save(model.state_dict(), path)``, or a checkpoint dict with a
+      ``"state_dict"`` entry): pass ``arch=`` naming a zoo architecture.
+    * a TorchScript archive (``torch.jit.script(model).save(path)``); ``arch`` is ignored.
+
+    Everything except TorchScript is read with ``torch.load(weights_only=True)``. A pickled
+    ``nn.Module`` (``torch.save(model)``) is refused rather than unpickled. Loading a TorchScript
+    archive runs no Python, but its compiled TorchScript code runs whenever the module is
+    called, so treat TorchScript from unknown sources like any other program.
+
+    Args:
+        path: the model file.
+        arch: zoo architecture for a bare state dict; for a modelshield-v1 file it must match
+            the stored name when given.
+
+    Returns:
+        ``(module, meta)``: the module on the CPU in eval mode, and the stored metadata plus
+        ``"sha256"`` (of the file), ``"format"``, ``"arch"`` (None for TorchScript) and ``"path"``.
+
+    Raises:
+        MissingDataError: the file does not exist.
+        UnsafeModelFileError: the file holds pickled Python objects (a DataError and a
+            ModelCapabilityError); the message lists the safe alternatives.
+        ConfigError: a bare state dict without ``arch``, an unknown ``arch``, or an ``arch``
+            that contradicts the file.
+        DataError: the file is corrupt, or the weights do not fit the architecture.
+
+    Example:
+        module, meta = load_model("net.pt")
+        module, meta = load_model("weights.pt", arch="lenet-28")
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise MissingDataError(
+            f"load_model: the model file must exist; got {str(p)!r}, which is "
+            f"{'a folder' if p.is_dir() else 'missing'}. Check the path, or use a zoo name "
+            "(`modelshield zoo list`)."
+        )
+    digest = file_sha256(p)
+    base_meta: dict[str, Any] = {"sha256": digest, "path": str(p.resolve())}
+    if _is_torchscript(p):
+        module = _load_torchscript(p)
+        return module.eval(), {**base_meta, "format": "torchscript", "arch": None}
+
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        marker = "Unsupported global: GLOBAL "
+        if marker in text:
+            name = text.split(marker, 1)[1].split()[0]
+            what = f"pickled Python objects ({name})"
+        else:
+            what = "data that is not a plain tensor file (corrupt, or pickled Python objects)"
+        raise UnsafeModelFileError(
+            f"load_model: {str(p)!r} must contain only tensors and plain containers; it holds "
+            f"{what}, which modelshield refuses to unpickle because that can run arbitrary code. "
+            f"{_SAFE_ALTERNATIVES}."
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        head = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"load_model: {str(p)!r} must be a torch.save file or TorchScript archive; it cannot "
+            f"be read ({head}). Re-save or re-download the file."
+        ) from exc
+
+    if isinstance(obj, Mapping) and "format" in obj:
+        fmt = obj.get("format")
+        if fmt != FORMAT:
+            raise DataError(
+                f"load_model: {str(p)!r} has format {fmt!r}; must be {FORMAT!r}. Re-save it with "
+                "modelshield.models.load.save_model."
+            )
+        stored_arch = obj.get("arch")
+        state = obj.get("state_dict")
+        meta = obj.get("meta") or {}
+        if not isinstance(stored_arch, str) or _state_dict_of(state) is None or not isinstance(meta, dict):
+            raise DataError(
+                f"load_model: {str(p)!r} must hold 'arch' (str), 'state_dict' (tensors) and 'meta' "
+                "(dict); it is malformed. Re-save it with modelshield.models.load.save_model."
+            )
+        if arch is not None and arch != stored_arch:
+            raise ConfigError(
+                f"load_model: 'arch' must match the architecture stored in {str(p)!r} "
+                f"({stored_arch!r}); got {arch!r}. Omit arch= for modelshield-v1 files."
+            )
+        from modelshield.models.zoo._archs import check_arch
+
+        check_arch(stored_arch, owner="load_model")
+        module = _build_and_fill(stored_arch, _state_dict_of(state) or {}, p)
+        return module.eval(), {**meta, **base_meta, "format": FORMAT, "arch": stored_arch}
+
+    state = _state_dict_of(obj)
+    if state is None:
+        raise DataError(
+            f"load_model: {str(p)!r} must hold a modelshield-v1 dict or a state dict of tensors; "
+            f"got {type(obj).__name__}. {_SAFE_ALTERNATIVES}."
+        )
+    if arch is None:
+        from modelshield.models.zoo._archs import ARCHS
+
+        raise ConfigError(
+            f"load_model: 'arch' must be given for a bare state dict; got None for {str(p)!r}. "
+            f"Pass arch= one of {', '.join(map(repr, sorted(ARCHS)))}, or re-save the model with "
+            "save_model(..., arch=...) so the file names its architecture."
+        )
+    from modelshield.models.zoo._archs import check_arch
+
+    check_arch(arch, owner="load_model")
+    module = _build_and_fill(arch, state, p)
+    return module.eval(), {**base_meta, "format": "state_dict", "arch": arch}
+

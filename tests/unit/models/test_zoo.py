@@ -1,0 +1,195 @@
+"""Reference-model zoo: specs, cache location, deterministic training, safe reload, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from modelshield.errors import ConfigError, DataError, MissingDataError
+from modelshield.models import zoo
+from modelshield.models.load import save_model, weights_sha256
+from modelshield.models.zoo._train import Recipe
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+Trained = tuple[Path, zoo.ZooModel, list[tuple[int, int, str]]]  # (cache folder, model, progress calls)
+
+
+def shared_data() -> Path:
+    env = os.environ.get("MODELSHIELD_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def digits_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
+    """Train digits-cnn once (about 2-4 s) into a private cache; yield (cache, model, progress calls)."""
+    cache = tmp_path_factory.mktemp("zoo-cache")
+    calls: list[tuple[int, int, str]] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MODELSHIELD_CACHE", str(cache))
+        rng_before = torch.random.get_rng_state()
+        threads_before = torch.get_num_threads()
+        model = zoo.train("digits-cnn", progress=lambda d, t, m: calls.append((d, t, m)))
+        # leave the world as we found it: global RNG and thread count untouched
+        assert torch.equal(rng_before, torch.random.get_rng_state())
+        assert torch.get_num_threads() == threads_before
+        yield cache, model, calls
+
+
+@pytest.fixture
+def in_cache(digits_cache: Trained,
+             monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MODELSHIELD_CACHE", str(digits_cache[0]))
+    return digits_cache[0]
+
+
+def test_names_and_specs() -> None:
+    assert zoo.names() == ["digits-cnn", "fashion-cnn", "mnist-cnn"]
+    s = zoo.spec("mnist-cnn")
+    assert (s.dataset, s.input_shape, s.n_classes, s.bounds) == ("mnist", (1, 28, 28), 10, (0.0, 1.0))
+    assert zoo.spec("digits-cnn").min_accuracy == 0.97 and zoo.spec("fashion-cnn").min_accuracy == 0.89
+    for name in zoo.names():
+        s = zoo.spec(name)
+        out = zoo.build(s.arch)(torch.zeros(2, *s.input_shape))
+        assert out.shape == (2, s.n_classes)
+
+
+def test_unknown_name_lists_names_and_suggests() -> None:
+    listed = r"'digits-cnn', 'fashion-cnn', 'mnist-cnn'; got 'mnist-cn'\. Did you mean 'mnist-cnn'"
+    with pytest.raises(ConfigError, match=listed):
+        zoo.spec("mnist-cn")
+    with pytest.raises(ConfigError, match="got 'resnet50'"):
+        zoo.load("resnet50")
+
+
+def test_build_is_seeded_and_leaves_global_rng_alone() -> None:
+    state = torch.random.get_rng_state()
+    a, b, c = zoo.build("lenet-28"), zoo.build("lenet-28"), zoo.build("lenet-28", seed=1)
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert weights_sha256(a) == weights_sha256(b) != weights_sha256(c)
+    expected = r"build: 'arch' must be one of .*got 'lenet'\. Did you mean 'lenet-28'"
+    with pytest.raises(ConfigError, match=expected):
+        zoo.build("lenet")
+
+
+def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MODELSHIELD_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert zoo.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("MODELSHIELD_CACHE")
+    assert zoo.cache_dir() == tmp_path / "x" / "modelshield"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert zoo.cache_dir() == tmp_path / "home" / ".cache" / "modelshield"
+
+
+def test_digits_cnn_meets_its_accuracy(digits_cache: Trained) -> None:
+    cache, model, _ = digits_cache
+    assert model.meta["test_accuracy"] >= 0.97
+    assert not model.module.training and model.path == cache / "zoo" / "digits-cnn.pt"
+    # recompute the accuracy independently on the held-out split
+    x, y = zoo.test_split("digits-cnn")
+    with torch.no_grad():
+        acc = (model.module(x).argmax(1) == y).double().mean().item()
+    assert acc == pytest.approx(model.meta["test_accuracy"]) and x.shape == (450, 1, 8, 8)
+    keys = ("train_time_s", "epochs", "seed", "weights_sha256", "data_sha256", "torch_version", "trained_at")
+    assert set(keys) <= set(model.meta)
+    assert model.meta["weights_sha256"] == weights_sha256(model.module)
+
+
+def test_load_gives_identical_weights(in_cache: Path, digits_cache: Trained) -> None:
+    trained = digits_cache[1]
+    assert zoo.is_cached("digits-cnn") and not zoo.is_cached("mnist-cnn")
+    loaded = zoo.load("digits-cnn", train_if_missing=False)
+    assert weights_sha256(loaded.module) == weights_sha256(trained.module)
+    assert loaded.meta["test_accuracy"] == trained.meta["test_accuracy"]
+    assert loaded.meta["sha256"] == trained.meta["sha256"] and not loaded.module.training
+    side = json.loads((in_cache / "zoo" / "digits-cnn.json").read_text())
+    assert side["weights_sha256"] == trained.meta["weights_sha256"]
+    assert zoo.cached_meta("digits-cnn") == side and zoo.cached_meta("mnist-cnn") is None
+
+
+def test_training_is_deterministic(in_cache: Path, digits_cache: Trained) -> None:
+    with pytest.raises(ConfigError, match=r"cached at .*digits-cnn\.pt.*force=True"):
+        zoo.train("digits-cnn")
+    again = zoo.train("digits-cnn", force=True)
+    assert again.meta["weights_sha256"] == digits_cache[1].meta["weights_sha256"]
+
+
+def test_progress_is_reported(digits_cache: Trained) -> None:
+    calls = digits_cache[2]
+    totals = {t for _, t, _ in calls}
+    assert len(totals) == 1
+    total = totals.pop()
+    assert total == 30 * 43 + 1  # 30 epochs of ceil(1347 / 32) batches, plus the evaluation
+    done = [d for d, _, _ in calls]
+    assert done == sorted(done) and done[-1] == total and sum("done" in m for _, _, m in calls) == 30
+
+
+def test_load_without_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELSHIELD_CACHE", str(tmp_path))
+    with pytest.raises(MissingDataError, match=r"Run `modelshield zoo train digits-cnn`"):
+        zoo.load("digits-cnn", train_if_missing=False)
+
+
+def test_tampered_weights_are_detected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, digits_cache: Trained
+) -> None:
+    monkeypatch.setenv("MODELSHIELD_CACHE", str(tmp_path))
+    trained = digits_cache[1]
+    module = zoo.build("cnn-8x8")
+    module.load_state_dict(trained.module.state_dict())
+    with torch.no_grad():
+        [m for m in module.modules() if isinstance(m, nn.Linear)][-1].bias[3] += 0.5
+    meta = {k: v for k, v in trained.meta.items() if k not in ("sha256", "path", "format", "arch")}
+    save_model(module, tmp_path / "zoo" / "digits-cnn.pt", arch="cnn-8x8", meta=meta)
+    with pytest.raises(DataError, match=r"recorded SHA-256.*zoo train digits-cnn --force"):
+        zoo.load("digits-cnn")
+
+
+def test_too_inaccurate_model_is_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELSHIELD_CACHE", str(tmp_path))
+    monkeypatch.setitem(zoo._RECIPES, "digits-cnn", Recipe(epochs=1, batch_size=512, lr=1e-6, num_threads=1))
+    expected = r"must reach test accuracy >= 0\.970; got 0\.\d+, so it was not cached"
+    with pytest.raises(DataError, match=expected):
+        zoo.train("digits-cnn")
+    assert not zoo.is_cached("digits-cnn") and not (tmp_path / "zoo" / "digits-cnn.pt").exists()
+
+
+def test_test_split_sizes() -> None:
+    x, y = zoo.test_split("digits-cnn", n=5)
+    assert x.shape == (5, 1, 8, 8) and y.shape == (5,) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert zoo.test_split("digits-cnn", n=10_000)[0].shape[0] == 450  # at most the split's size
+    with pytest.raises(ConfigError, match=r"'n' must be an int >= 1 or None; got 0"):
+        zoo.test_split("digits-cnn", n=0)
+
+
+def test_mnist_without_data_says_how_to_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELSHIELD_CACHE", str(tmp_path))
+    monkeypatch.delenv("MODELSHIELD_DATA", raising=False)
+    with pytest.raises(MissingDataError, match="MODELSHIELD_DATA"):
+        zoo.load("mnist-cnn")
+    assert not zoo.is_cached("mnist-cnn")
+
+
+@pytest.mark.slow
+@pytest.mark.data
+@pytest.mark.parametrize("name", ["mnist-cnn", "fashion-cnn"])
+def test_idx_models_train_to_their_accuracy(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = shared_data()
+    sub = zoo.spec(name).dataset
+    if not (root / sub).is_dir():
+        pytest.skip(f"{root / sub} not found; set MODELSHIELD_DATA to the folder holding {sub}/")
+    monkeypatch.setenv("MODELSHIELD_CACHE", str(tmp_path))
+    model = zoo.train(name, data_root=root)
+    assert model.meta["test_accuracy"] >= zoo.spec(name).min_accuracy
+    assert model.meta["n_test"] == 10_000
+    loaded = zoo.load(name, train_if_missing=False)
+    assert weights_sha256(loaded.module) == model.meta["weights_sha256"]
