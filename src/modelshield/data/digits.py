@@ -18,7 +18,7 @@ DIGITS_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
 _SOURCE = "sklearn.datasets.load_digits"
 
 
-def load_digits(*, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
+def load_digits(*, test_fraction: float = 0.3, seed: int = 0) -> Dataset:
     """Load the UCI optical digits bundled with scikit-learn (Alpaydin and Kaynak, 1998).
 
     1,797 grey-scale 8x8 images with pixel values 0..16, scaled to [0, 1] by dividing by 16.
@@ -52,7 +52,7 @@ def load_digits(*, test_fraction: float = 0.25, seed: int = 0) -> Dataset:
     ):
         raise ConfigError(
             f"load_digits: 'test_fraction' must be a number in (0, 1); got {test_fraction!r}. "
-            "Give the held-out share, e.g. test_fraction=0.25."
+            "Give the held-out share, e.g. test_fraction=0.3."
         )
     check_range("seed", seed, owner="load_digits", low=0, high=2**32 - 1, integer=True)
     x_train, y_train, x_test, y_test, digest = _split(float(test_fraction), int(seed))

@@ -96,7 +96,7 @@ def test_digits_cnn_meets_its_accuracy(digits_cache: Trained) -> None:
     x, y = zoo.test_split("digits-cnn")
     with torch.no_grad():
         acc = (model.module(x).argmax(1) == y).double().mean().item()
-    assert acc == pytest.approx(model.meta["test_accuracy"]) and x.shape == (450, 1, 8, 8)
+    assert acc == pytest.approx(model.meta["test_accuracy"]) and x.shape == (540, 1, 8, 8)
     keys = ("train_time_s", "epochs", "seed", "weights_sha256", "data_sha256", "torch_version", "trained_at")
     assert set(keys) <= set(model.meta)
     assert model.meta["weights_sha256"] == weights_sha256(model.module)
@@ -126,7 +126,7 @@ def test_progress_is_reported(digits_cache: Trained) -> None:
     totals = {t for _, t, _ in calls}
     assert len(totals) == 1
     total = totals.pop()
-    assert total == 30 * 43 + 1  # 30 epochs of ceil(1347 / 32) batches, plus the evaluation
+    assert total == 30 * 40 + 1  # 30 epochs of ceil(1257 / 32) batches, plus the evaluation
     done = [d for d, _, _ in calls]
     assert done == sorted(done) and done[-1] == total and sum("done" in m for _, _, m in calls) == 30
 
@@ -164,7 +164,7 @@ def test_too_inaccurate_model_is_not_cached(tmp_path: Path, monkeypatch: pytest.
 def test_test_split_sizes() -> None:
     x, y = zoo.test_split("digits-cnn", n=5)
     assert x.shape == (5, 1, 8, 8) and y.shape == (5,) and x.dtype == torch.float32 and y.dtype == torch.int64
-    assert zoo.test_split("digits-cnn", n=10_000)[0].shape[0] == 450  # at most the split's size
+    assert zoo.test_split("digits-cnn", n=10_000)[0].shape[0] == 540  # at most the split's size
     with pytest.raises(ConfigError, match=r"'n' must be an int >= 1 or None; got 0"):
         zoo.test_split("digits-cnn", n=0)
 
