@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from modelshield.attacks import FGSM, PGD, EvasionResult
+from modelshield.attacks import (
+    APGD,
+    APGDT,
+    FGSM,
+    PGD,
+    CarliniWagnerL2,
+    DeepFool,
+    Ensemble,
+    EvasionResult,
+    HopSkipJump,
+    SimBA,
+    Square,
+    Transfer,
+    build_attack,
+    sweep,
+)
 from modelshield.errors import (
     ConfigError,
     DataError,
@@ -19,18 +34,29 @@ from modelshield.models import as_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "APGD",
+    "APGDT",
     "FGSM",
     "PGD",
+    "CarliniWagnerL2",
     "ConfigError",
     "DataError",
+    "DeepFool",
+    "Ensemble",
     "EvaluationWarning",
     "EvasionResult",
+    "HopSkipJump",
     "InputError",
     "MissingDataError",
     "ModelCapabilityError",
     "ModelShieldError",
     "NotFittedError",
     "QueryBudgetExceeded",
+    "SimBA",
+    "Square",
+    "Transfer",
     "__version__",
     "as_model",
+    "build_attack",
+    "sweep",
 ]

@@ -15,7 +15,7 @@ def test_check_range_accepts_and_names_value_and_fix() -> None:
 
 @pytest.mark.parametrize("bad", [math.nan, "0.1", True, None])
 def test_check_range_rejects_non_numbers(bad: object) -> None:
-    with pytest.raises(ConfigError, match="'eps' must be a number"):
+    with pytest.raises(ConfigError, match=r"'eps' must be a number"):
         check_range("eps", bad, owner="X", low=0.0)
 
 
@@ -54,7 +54,9 @@ def test_check_inputs_messages() -> None:
     out = ok.clone()
     out[1, 0] = 1.5
     out[2, 0] = -0.02
-    with pytest.raises(InputError, match=r"2 values outside bounds \[0, 1\].*min -0.02.*row 1.*bounds=\(lo, hi\)"):
+    with pytest.raises(
+        InputError, match=r"2 values outside bounds \[0, 1\].*min -0.02.*row 1.*bounds=\(lo, hi\)"
+    ):
         check_inputs(out, bounds=(0.0, 1.0), owner="A")
 
 

@@ -16,7 +16,7 @@ def test_torch_module_becomes_white_box_and_counts(tiny_linear: nn.Linear) -> No
     assert isinstance(m, TorchModel) and m.n_classes == 3 and m.bounds == (0.0, 1.0)
     x = torch.rand(5, 4)
     assert torch.equal(m.predict(x), tiny_linear(x).argmax(1))
-    z, g = m.value_and_grad(x, lambda logits: logits[:, 0])
+    _, g = m.value_and_grad(x, lambda logits: logits[:, 0])
     assert torch.allclose(g, torch.tensor([1.0, 0, 0, 0]).expand(5, 4))
     assert m.queries.snapshot() == (10, 5)
     assert as_model(m) is m
@@ -54,9 +54,9 @@ def test_sklearn_estimator_is_black_box() -> None:
     assert torch.equal(m.predict(x), torch.as_tensor(clf.predict(xs[:10])))
     assert torch.allclose(m.scores(x), torch.as_tensor(clf.predict_proba(xs[:10]), dtype=torch.float32))
     assert m.queries.forward == 20
-    with pytest.raises(ModelCapabilityError, match="PGD: needs gradients.*Square"):
+    with pytest.raises(ModelCapabilityError, match=r"PGD: needs gradients.*Square"):
         as_gradient_model(clf, caller="PGD")
-    with pytest.raises(ModelCapabilityError, match="PGD: needs gradients"):
+    with pytest.raises(ModelCapabilityError, match=r"PGD: needs gradients"):
         PGD(eps=0.1)(clf, x, torch.as_tensor(ys[:10]))
 
 
