@@ -41,7 +41,7 @@ def test_check_bounds(bad: object) -> None:
 def test_check_inputs_messages() -> None:
     ok = torch.rand(3, 4)
     assert check_inputs(ok, bounds=(0.0, 1.0), owner="A") is ok
-    with pytest.raises(InputError, match="must be a torch.Tensor; got ndarray"):
+    with pytest.raises(InputError, match=r"must be a torch\.Tensor; got ndarray"):
         check_inputs(ok.numpy(), bounds=(0.0, 1.0), owner="A")
     with pytest.raises(InputError, match=r"floating-point tensor; got dtype torch.uint8.*/ 255"):
         check_inputs(torch.zeros(2, 3, dtype=torch.uint8), bounds=(0.0, 1.0), owner="A")

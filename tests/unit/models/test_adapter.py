@@ -69,7 +69,7 @@ def test_label_only_callable_refuses_scores() -> None:
 
 
 def test_bad_model_outputs_are_named() -> None:
-    with pytest.raises(ModelCapabilityError, match="as_model: expected a torch.nn.Module"):
+    with pytest.raises(ModelCapabilityError, match=r"as_model: expected a torch\.nn\.Module"):
         as_model(42)
     feats = nn.Sequential(nn.Flatten(0))  # returns a 1-D vector, not (N, C) logits
     with pytest.raises(ModelCapabilityError, match=r"logits of shape \(N, C\)"):
