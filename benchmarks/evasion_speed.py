@@ -9,7 +9,8 @@ Prints one JSON object:
 - ``Ensemble`` against torchattacks' ``AutoAttack`` (standard version) on the same points.
 
 Usage: python benchmarks/evasion_speed.py [--model digits-cnn] [--n 500] [--eps 0.1] [--repeats 3]
-Timings are the median of ``--repeats`` runs; every ratio is taken within this one process.
+Timings are medians of ``--repeats`` round-robin runs after a warm-up; every ratio is taken within
+this one process.
 """
 
 from __future__ import annotations
@@ -30,15 +31,6 @@ from modelshield.attacks.evasion import PGD
 from modelshield.models import zoo
 
 
-def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
 def bare_passes(module: nn.Module, x: Tensor, y: Tensor, k: int) -> None:
     """k forward+backward passes w.r.t. the input: the least work any k-step attack needs."""
     for _ in range(k):
@@ -53,24 +45,44 @@ def robust_acc(module: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, eps: floa
         clean_ok = module(x).argmax(1) == y
         adv_ok = module(x_adv).argmax(1) == y
     linf = (x_adv - x).flatten(1).abs().amax(1)
-    inside = (linf <= eps + 1e-6) & (x_adv.flatten(1).amin(1) >= -1e-6) & (x_adv.flatten(1).amax(1) <= 1 + 1e-6)
+    flat = x_adv.flatten(1)
+    inside = (linf <= eps + 1e-6) & (flat.amin(1) >= -1e-6) & (flat.amax(1) <= 1 + 1e-6)
     return {
         "robust_accuracy": float((clean_ok & (adv_ok | ~inside)).float().mean()),
         "points_outside_budget": int((~inside).sum()),
     }
 
 
-def peers_pgd(module: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, alpha: float,
-              repeats: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, Any]]:
+    """Median wall time and last output of each contender, timed round-robin after a warm-up.
+
+    Timing every contender once per round, in turn, means a slow spell on a shared machine
+    hits them all alike instead of skewing one ratio.
+    """
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    outs: dict[str, Any] = {}
+    for k, fn in contenders.items():
+        outs[k] = fn()  # warm-up (allocator, lazy imports, first-call kernels)
+    for _ in range(repeats):
+        for k, fn in contenders.items():
+            t0 = time.perf_counter()
+            outs[k] = fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: (statistics.median(v), outs[k]) for k, v in times.items()}
+
+
+def peer_pgd_contenders(module: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int,
+                        alpha: float) -> tuple[dict[str, Callable[[], Tensor]], dict[str, str]]:
+    """Callables running each installed peer's PGD (same eps, steps, step size, random start)."""
+    runs: dict[str, Callable[[], Tensor]] = {}
+    skipped: dict[str, str] = {}
     try:
         import torchattacks
 
-        atk = torchattacks.PGD(module, eps=eps, alpha=alpha, steps=steps, random_start=True)
-        t, xa = median_time(lambda: atk(x, y), repeats)
-        out["torchattacks"] = {"time_s": round(t, 4), **robust_acc(module, x, xa, y, eps)}
+        ta = torchattacks.PGD(module, eps=eps, alpha=alpha, steps=steps, random_start=True)
+        runs["torchattacks"] = lambda: ta(x, y)
     except ImportError as exc:
-        out["torchattacks"] = {"skipped": str(exc)}
+        skipped["torchattacks"] = str(exc)
     try:
         from art.attacks.evasion import ProjectedGradientDescentPyTorch
         from art.estimators.classification import PyTorchClassifier
@@ -80,20 +92,18 @@ def peers_pgd(module: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, a
         art_pgd = ProjectedGradientDescentPyTorch(clf, norm="inf", eps=eps, eps_step=alpha, max_iter=steps,
                                                   num_random_init=1, batch_size=x.shape[0], verbose=False)
         xn = x.numpy()
-        t, xa = median_time(lambda: art_pgd.generate(xn), repeats)
-        out["art"] = {"time_s": round(t, 4), **robust_acc(module, x, torch.as_tensor(xa), y, eps)}
+        runs["art"] = lambda: torch.as_tensor(art_pgd.generate(xn))
     except ImportError as exc:
-        out["art"] = {"skipped": str(exc)}
+        skipped["art"] = str(exc)
     try:
         import foolbox as fb
 
         fmodel = fb.PyTorchModel(module, bounds=(0.0, 1.0))
         fpgd = fb.attacks.LinfPGD(abs_stepsize=alpha, steps=steps, random_start=True)
-        t, res = median_time(lambda: fpgd(fmodel, x, y, epsilons=eps), repeats)
-        out["foolbox"] = {"time_s": round(t, 4), **robust_acc(module, x, res[1], y, eps)}
+        runs["foolbox"] = lambda: fpgd(fmodel, x, y, epsilons=eps)[1]
     except ImportError as exc:
-        out["foolbox"] = {"skipped": str(exc)}
-    return out
+        skipped["foolbox"] = str(exc)
+    return runs, skipped
 
 
 def ensemble_vs_autoattack(module: nn.Module, x: Tensor, y: Tensor, eps: float) -> dict[str, Any]:
@@ -122,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--model", default="digits-cnn")
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--eps", type=float, default=0.1)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-peers", action="store_true")
     args = p.parse_args(argv)
 
@@ -138,28 +148,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     for steps in (10, 40):
         alpha = 2.5 * args.eps / steps
-        t_bare, _ = median_time(lambda: bare_passes(module, x, y, steps), args.repeats)
-        atk = PGD(eps=args.eps, steps=steps, step_size=alpha)
-        t_ours, res = median_time(lambda: atk(module, x, y), args.repeats)
-        # The same attack at a tiny eps, where almost no point breaks, shows the pure overhead.
+        ours = PGD(eps=args.eps, steps=steps, step_size=alpha)
+        # The same attack at a tiny eps, where almost no point breaks, shows the pure overhead
+        # (every point runs every step).
         tiny = PGD(eps=0.01, steps=steps)
-        t_tiny, res_tiny = median_time(lambda: tiny(module, x, y), args.repeats)
+        contenders: dict[str, Callable[[], Any]] = {
+            "bare": lambda steps=steps: bare_passes(module, x, y, steps),
+            "modelshield": lambda ours=ours: ours(module, x, y),
+            "modelshield_eps_0.01": lambda tiny=tiny: tiny(module, x, y),
+        }
+        skipped: dict[str, str] = {}
+        if not args.no_peers:
+            peer_runs, skipped = peer_pgd_contenders(module, x, y, args.eps, steps, alpha)
+            contenders.update(peer_runs)
+        timed = interleaved(contenders, args.repeats)
+        t_bare = timed["bare"][0]
+        t_ours, res = timed["modelshield"]
+        t_tiny, res_tiny = timed["modelshield_eps_0.01"]
         entry: dict[str, Any] = {
             "bare_fwd_bwd_time_s": round(t_bare, 4),
             "modelshield": {"time_s": round(t_ours, 4), "ratio_to_bare": round(t_ours / t_bare, 3),
                             **robust_acc(module, x, res.x_adv, y, args.eps),
                             "queries_forward": res.queries_forward, "queries_backward": res.queries_backward},
             "modelshield_eps_0.01": {"time_s": round(t_tiny, 4), "ratio_to_bare": round(t_tiny / t_bare, 3),
-                                     "robust_accuracy": round(res_tiny.robust_accuracy, 4)},
+                                     "robust_accuracy": round(res_tiny.robust_accuracy, 4),
+                                     "queries_backward": res_tiny.queries_backward},
+            "peers": {name: {"skipped": why} for name, why in skipped.items()},
         }
-        if not args.no_peers:
-            peers = peers_pgd(module, x, y, args.eps, steps, alpha, args.repeats)
-            for name, r in peers.items():
-                if "time_s" in r:
-                    r["modelshield_speedup"] = round(r["time_s"] / t_ours, 2)
-            entry["peers"] = peers
+        for name in contenders:
+            if name in ("bare", "modelshield", "modelshield_eps_0.01"):
+                continue
+            t_peer, x_adv = timed[name]
+            entry["peers"][name] = {"time_s": round(t_peer, 4), "ratio_to_bare": round(t_peer / t_bare, 3),
+                                    "modelshield_speedup": round(t_peer / t_ours, 2),
+                                    **robust_acc(module, x, x_adv, y, args.eps)}
         report["pgd"][f"pgd{steps}"] = entry
-    report["ensemble_vs_autoattack"] = ensemble_vs_autoattack(module, x, y, args.eps) if not args.no_peers else {}
+    if not args.no_peers:
+        report["ensemble_vs_autoattack"] = ensemble_vs_autoattack(module, x, y, args.eps)
     print(json.dumps(report, indent=2))
     return report
 
