@@ -1,0 +1,26 @@
+"""Model extraction: stealing a classifier through its prediction API, and measuring the copy.
+
+Every attack follows the extraction call convention ``attack(victim, x_pool, y=None, *,
+eval_data=None, ...) -> ExtractionResult``: the victim is anything ``as_model`` accepts and is
+used only through ``scores``/``predict`` (queries counted, budgets enforced).
+"""
+
+from __future__ import annotations
+
+from modelshield.attacks.extraction.equation_solving import EquationSolving, LinearCopy
+from modelshield.attacks.extraction.jacobian import JacobianAugmentation
+from modelshield.attacks.extraction.knockoff import KnockoffNets
+from modelshield.attacks.extraction.metrics import accuracy, fidelity, transferability
+from modelshield.attacks.extraction.results import CurvePoint, ExtractionResult
+
+__all__ = [
+    "CurvePoint",
+    "EquationSolving",
+    "ExtractionResult",
+    "JacobianAugmentation",
+    "KnockoffNets",
+    "LinearCopy",
+    "accuracy",
+    "fidelity",
+    "transferability",
+]
