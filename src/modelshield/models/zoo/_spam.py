@@ -33,14 +33,18 @@ def spam_pipeline(kind: SpamKind, *, seed: int = 0) -> Any:
     from sklearn.pipeline import FeatureUnion, Pipeline
 
     if kind == "nb":
-        return Pipeline([
-            ("tfidf", TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2))),
-            ("clf", MultinomialNB(alpha=0.05)),
-        ])
-    features = FeatureUnion([
-        ("word", TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2))),
-        ("char", TfidfVectorizer(sublinear_tf=True, analyzer="char_wb", ngram_range=(2, 5), min_df=2)),
-    ])
+        return Pipeline(
+            [
+                ("tfidf", TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2))),
+                ("clf", MultinomialNB(alpha=0.05)),
+            ]
+        )
+    features = FeatureUnion(
+        [
+            ("word", TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2))),
+            ("char", TfidfVectorizer(sublinear_tf=True, analyzer="char_wb", ngram_range=(2, 5), min_df=2)),
+        ]
+    )
     clf = LogisticRegression(C=10.0, solver="liblinear", max_iter=2000, random_state=seed)
     return Pipeline([("features", features), ("clf", clf)])
 
@@ -56,7 +60,9 @@ def _texts_labels(
             "Pass load_sms_spam() or a list of messages with y=labels."
         )
     if y is None:
-        raise InputError(f"{owner}: y must be given with a list of texts; got None. Pass y=labels (1 = spam).")
+        raise InputError(
+            f"{owner}: y must be given with a list of texts; got None. Pass y=labels (1 = spam)."
+        )
     labels = y.numpy() if isinstance(y, Tensor) else np.asarray(y)
     if labels.shape != (len(data),):
         raise InputError(
