@@ -1,0 +1,30 @@
+"""Certified robustness: randomized smoothing (Cohen et al., 2019) and its noise training.
+
+Example:
+    noise_augmented_training(model, (x_train, y_train), sigma=0.25, epochs=20)
+    model.eval()
+    result = RandomizedSmoothing(sigma=0.25, n=10_000).certify(model, x_test, y_test)
+    result.certified_accuracy([0.25, 0.5, 1.0])
+"""
+
+from __future__ import annotations
+
+from modelshield.defenses.certification.smoothing import (
+    ABSTAIN,
+    CertificationResult,
+    RandomizedSmoothing,
+    SmoothedPrediction,
+    certified_accuracy,
+    clopper_pearson_lower,
+    noise_augmented_training,
+)
+
+__all__ = [
+    "ABSTAIN",
+    "CertificationResult",
+    "RandomizedSmoothing",
+    "SmoothedPrediction",
+    "certified_accuracy",
+    "clopper_pearson_lower",
+    "noise_augmented_training",
+]

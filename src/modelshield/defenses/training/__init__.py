@@ -1,0 +1,37 @@
+"""Training-time defences against evasion: adversarial training (PGD, TRADES, fast FGSM) and
+defensive distillation (a baseline known to mask gradients).
+
+Every trainer trains the given model in place, returns a ``TrainingReport`` and draws its
+randomness from a private ``torch.Generator``.
+
+Example:
+    report = AdversarialTrainer(method="trades", eps=0.1, epochs=20).fit(model, (x, y))
+    report.epochs[-1].train_adv_accuracy
+"""
+
+from __future__ import annotations
+
+from modelshield.defenses.training._engine import OPTIMIZERS, SCHEDULES, lr_at
+from modelshield.defenses.training.adversarial import (
+    METHODS,
+    AdversarialTrainer,
+    EpochStats,
+    TrainingReport,
+    detect_catastrophic_overfitting,
+)
+from modelshield.defenses.training.distillation import DefensiveDistillation, DistillationResult
+from modelshield.defenses.training.trades import trades_loss
+
+__all__ = [
+    "METHODS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "AdversarialTrainer",
+    "DefensiveDistillation",
+    "DistillationResult",
+    "EpochStats",
+    "TrainingReport",
+    "detect_catastrophic_overfitting",
+    "lr_at",
+    "trades_loss",
+]

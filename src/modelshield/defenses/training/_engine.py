@@ -1,0 +1,348 @@
+"""The training loop shared by adversarial training, distillation and noise training.
+
+It owns what every trainer needs and what is easy to get subtly wrong: data checks (tensors or a
+DataLoader, device, bounds), deterministic shuffling from a private ``torch.Generator``, the
+optimiser and a learning-rate schedule that is a pure function of the step, train/eval flags
+restored afterwards, atomic per-epoch checkpoints and bit-identical resume.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeAlias
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from modelshield._checks import check_inputs
+from modelshield.defenses._mode import module_device, require_same_device
+from modelshield.errors import ConfigError, DataError, InputError
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "EpochEnd",
+    "LoopConfig",
+    "LoopOutcome",
+    "OptimizerName",
+    "Progress",
+    "Schedule",
+    "StepOutput",
+    "TrainData",
+    "check_train_data",
+    "lr_at",
+    "train_loop",
+]
+
+TrainData: TypeAlias = DataLoader[Any] | tuple[Tensor, Tensor]
+Progress: TypeAlias = Callable[[int, int, str], None]
+"""progress(done, total, message): ``done`` counts batches; called every 20 batches and after
+each epoch (once its checkpoint is written)."""
+Schedule = Literal["constant", "cyclic", "cosine"]
+SCHEDULES: tuple[Schedule, ...] = ("constant", "cyclic", "cosine")
+OptimizerName = Literal["adam", "sgd"]
+OPTIMIZERS: tuple[OptimizerName, ...] = ("adam", "sgd")
+
+CHECKPOINT_FORMAT = "modelshield-training-checkpoint-v1"
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoopConfig:
+    """Optimisation settings of one training run (validated by the public trainers)."""
+
+    owner: str
+    epochs: int
+    lr: float
+    optimizer: OptimizerName
+    weight_decay: float
+    schedule: Schedule
+    batch_size: int
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutput:
+    """What one batch step returns: the loss to minimise and per-batch correct counts."""
+
+    loss: Tensor
+    clean_correct: int
+    adv_correct: int
+
+
+@dataclass(frozen=True, slots=True)
+class EpochEnd:
+    """What the end-of-epoch hook returns: extra record fields, and whether to stop/roll back."""
+
+    extra: dict[str, Any] = field(default_factory=dict)
+    stop: bool = False
+    rollback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LoopOutcome:
+    history: list[dict[str, Any]]
+    resumed_from: int
+    stopped_early: bool
+    time_s: float
+    checkpoint: str | None
+
+
+def lr_at(t: float, epochs: int, lr: float, schedule: Schedule) -> float:
+    """Learning rate at time t (in epochs, 0 <= t <= epochs).
+
+    ``cyclic``: linear 0 -> lr over the first 2/5 of training, then lr -> 0 (Wong et al., 2020);
+    ``cosine``: lr * (1 + cos(pi t / epochs)) / 2; ``constant``: lr.
+    """
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * t / epochs))
+    peak = epochs * 2 / 5
+    if t <= peak:
+        return lr * t / peak
+    return lr * max(epochs - t, 0.0) / (epochs - peak)
+
+
+def check_train_data(
+    data: object, *, owner: str, device: torch.device | None, bounds: tuple[float, float] | None,
+    name: str = "train_data",
+) -> TrainData:
+    """Validate (x, y) tensors (or the type of a DataLoader) and return the data unchanged."""
+    if isinstance(data, DataLoader):
+        return data
+    if not (isinstance(data, tuple | list) and len(data) == 2
+            and all(isinstance(t, Tensor) for t in data)):
+        raise InputError(
+            f"{owner}: {name!r} must be a torch DataLoader yielding (x, y) batches or a pair of "
+            f"tensors (x, y); got {type(data).__name__}. Pass e.g. (x_train, y_train)."
+        )
+    x, y = data
+    check_batch_tensors(x, y, owner=owner, device=device, bounds=bounds, what=name)
+    return (x, y)
+
+
+def check_batch_tensors(
+    x: Tensor, y: Tensor, *, owner: str, device: torch.device | None,
+    bounds: tuple[float, float] | None, what: str,
+) -> None:
+    """Device first (a meta tensor cannot be inspected), then dtype/shape/finite/bounds and labels."""
+    require_same_device(x, device, owner=owner, what=f"{what} x")
+    require_same_device(y, device, owner=owner, what=f"{what} y")
+    if bounds is not None:
+        check_inputs(x, bounds=bounds, owner=owner)
+    elif not x.is_floating_point():
+        raise InputError(f"{owner}: {what} x must be a floating-point tensor; got dtype {x.dtype}. "
+                         "Convert with x.float().")
+    if y.is_floating_point() or y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise InputError(
+            f"{owner}: {what} y must be ({x.shape[0]},) integer class indices; got dtype {y.dtype}, "
+            f"shape {tuple(y.shape)}. Pass one class index per row (one-hot: y.argmax(1))."
+        )
+
+
+def _steps_per_epoch(data: TrainData, batch_size: int, owner: str) -> int:
+    if isinstance(data, DataLoader):
+        try:
+            return len(data)
+        except TypeError as exc:
+            raise InputError(
+                f"{owner}: the DataLoader must have a length (a map-style dataset); got an iterable "
+                "dataset without __len__. Wrap the data in a TensorDataset or pass (x, y) tensors."
+            ) from exc
+    return math.ceil(int(data[0].shape[0]) / batch_size)
+
+
+def _batches(
+    data: TrainData, cfg: LoopConfig, gen: torch.Generator, device: torch.device | None,
+    bounds: tuple[float, float] | None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    if isinstance(data, DataLoader):
+        for batch in data:
+            if not (isinstance(batch, tuple | list) and len(batch) >= 2):
+                raise InputError(
+                    f"{cfg.owner}: the DataLoader must yield (x, y) pairs; got "
+                    f"{type(batch).__name__}. Use a TensorDataset(x, y) or return (x, y) from it."
+                )
+            x, y = batch[0], batch[1]
+            check_batch_tensors(x, y, owner=cfg.owner, device=device, bounds=bounds, what="batch")
+            yield x, y.long()
+        return
+    x, y = data
+    order = torch.randperm(int(x.shape[0]), generator=gen).to(x.device)
+    for start in range(0, int(x.shape[0]), cfg.batch_size):
+        idx = order[start:start + cfg.batch_size]
+        yield x[idx], y[idx].long()
+
+
+def _make_optimizer(module: nn.Module, cfg: LoopConfig) -> torch.optim.Optimizer:
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(
+            f"{cfg.owner}: the model must have trainable parameters; got none with requires_grad. "
+            "Unfreeze the parameters to train (p.requires_grad_(True))."
+        )
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _atomic_save(obj: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then os.replace (never a torn file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_checkpoint(path: Path, owner: str, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise DataError(
+            f"{owner}: the checkpoint {str(path)!r} must be a modelshield training checkpoint "
+            f"loadable with weights_only=True; reading it failed ({type(exc).__name__}: {exc}). "
+            "Delete it to start afresh, or point checkpoint_dir to another folder."
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(
+            f"{owner}: the checkpoint {str(path)!r} must have format {CHECKPOINT_FORMAT!r}; got "
+            f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}. "
+            "Delete it to start afresh, or point checkpoint_dir to another folder."
+        )
+    if state.get("fingerprint") != fingerprint:
+        raise ConfigError(
+            f"{owner}: resume needs the same settings and data size as the interrupted run; the "
+            f"checkpoint {str(path)!r} was written with {state.get('fingerprint')!r}, this run has "
+            f"{fingerprint!r}. Use the original settings, or another checkpoint_dir."
+        )
+    return state
+
+
+def train_loop(
+    module: nn.Module,
+    data: TrainData,
+    cfg: LoopConfig,
+    *,
+    step: Callable[[Tensor, Tensor, float, torch.Generator], StepOutput],
+    epoch_end: Callable[[int, list[dict[str, Any]]], EpochEnd] | None = None,
+    bounds: tuple[float, float] | None,
+    fingerprint: dict[str, Any],
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+    progress_offset: int = 0,
+    progress_total: int | None = None,
+    phase: str = "",
+) -> LoopOutcome:
+    """Train module in place with ``step(x, y, t, generator)``; ``t`` is the time in epochs.
+
+    The module is in training mode during ``step`` (which may switch to eval mode inside, e.g.
+    for an adversary); every submodule's flag is restored at the end, even on error. After each
+    epoch ``epoch_end(epoch, history)`` may add fields, stop, or roll the weights back to the
+    previous epoch; then the checkpoint is written (atomically) and ``progress`` is called.
+    """
+    device = module_device(module)
+    per_epoch = _steps_per_epoch(data, cfg.batch_size, cfg.owner)
+    total = progress_total if progress_total is not None else per_epoch * cfg.epochs
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(cfg.seed)
+    optimizer = _make_optimizer(module, cfg)
+    history: list[dict[str, Any]] = []
+    start_epoch, stopped = 0, False
+    path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if path is not None and path.exists():
+        if not resume:
+            raise ConfigError(
+                f"{cfg.owner}: checkpoint_dir must not hold a checkpoint unless resume=True; found "
+                f"{str(path)!r}. Pass resume=True to continue that run, or use an empty folder."
+            )
+        state = _load_checkpoint(path, cfg.owner, fingerprint)
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        history = [dict(h) for h in state["history"]]
+        start_epoch, stopped = int(state["epoch"]), bool(state["stopped"])
+    resumed_from = start_epoch
+
+    def save(epoch: int) -> None:
+        if path is None:
+            return
+        _atomic_save({
+            "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch,
+            "stopped": stopped, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
+            "generator": gen.get_state(), "history": history,
+        }, path)
+
+    modes = [(m, m.training) for m in module.modules()]
+    started = time.perf_counter()
+    done = progress_offset + start_epoch * per_epoch
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if stopped:
+                break
+            epoch_start = time.perf_counter()
+            before = (copy.deepcopy(module.state_dict()), copy.deepcopy(optimizer.state_dict()))
+            loss_sum, clean_sum, adv_sum, seen, lr = 0.0, 0, 0, 0, cfg.lr
+            module.train()
+            for i, (xb, yb) in enumerate(_batches(data, cfg, gen, device, bounds)):
+                t = epoch + i / per_epoch
+                lr = lr_at(epoch + (i + 1) / per_epoch, cfg.epochs, cfg.lr, cfg.schedule)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                out = step(xb, yb, t, gen)
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is untyped
+                optimizer.step()
+                n_b = int(xb.shape[0])
+                loss_sum += float(out.loss.detach()) * n_b
+                clean_sum += out.clean_correct
+                adv_sum += out.adv_correct
+                seen += n_b
+                done += 1
+                if progress is not None and done % 20 == 0 and i + 1 < per_epoch:
+                    progress(done, total, f"{phase}epoch {epoch + 1}/{cfg.epochs}: "
+                             f"loss {loss_sum / seen:.4f}")
+            record: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "loss": loss_sum / max(seen, 1),
+                "train_clean_accuracy": clean_sum / max(seen, 1),
+                "train_adv_accuracy": adv_sum / max(seen, 1),
+                "lr": lr,
+            }
+            end = epoch_end(epoch, history) if epoch_end is not None else EpochEnd()
+            record.update(end.extra)
+            if end.rollback:
+                module.load_state_dict(before[0])
+                optimizer.load_state_dict(before[1])
+                record["rolled_back"] = True
+            record["time_s"] = time.perf_counter() - epoch_start
+            history.append(record)
+            stopped = end.stop
+            save(epoch + 1)
+            if progress is not None:
+                progress(done, total, f"{phase}epoch {epoch + 1}/{cfg.epochs} done: "
+                         f"loss {record['loss']:.4f}, adv acc {record['train_adv_accuracy']:.3f}")
+    finally:
+        for m, flag in modes:
+            m.training = flag
+        for p in module.parameters():
+            p.grad = None
+    return LoopOutcome(history=history, resumed_from=resumed_from, stopped_early=stopped,
+                       time_s=time.perf_counter() - started,
+                       checkpoint=str(path) if path is not None else None)
