@@ -78,3 +78,20 @@ def test_success_is_read_from_a_fresh_query(tiny_linear: nn.Linear) -> None:
         warnings.simplefilter("error")
         assert res.adv_pred.item() == tiny_linear(res.x_adv).argmax(1).item()
     assert res.queries_forward == m.queries.forward and res.queries_backward == m.queries.backward
+
+
+def test_pgd_without_early_stop_pushes_past_the_boundary(tiny_linear: nn.Linear) -> None:
+    x = torch.tensor([[0.6, 0.5, 0.1, 0.1]])
+    y = torch.tensor([0])
+    first = PGD(eps=0.2, steps=20, random_init=False)(tiny_linear, x, y)
+    full = PGD(eps=0.2, steps=20, random_init=False, early_stop=False)(tiny_linear, x, y)
+    assert first.success.item() and full.success.item()
+    def margin(xa: torch.Tensor) -> float:
+        with torch.no_grad():
+            z = tiny_linear(xa)
+        return float(z[0, 1] - z[0, 0])
+
+    # the early-stopped point is barely across; the full run ends at the eps-ball's corner
+    assert margin(full.x_adv) > margin(first.x_adv) > 0
+    assert full.norms.item() == pytest.approx(0.2)
+    assert full.queries_backward == 20 and first.queries_backward < 20

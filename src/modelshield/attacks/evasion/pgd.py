@@ -43,12 +43,15 @@ def pgd_iterates(
     loss: Loss,
     random_init: bool,
     generator: torch.Generator,
+    early_stop: bool = True,
 ) -> Tensor:
     """One PGD run over the batch; returns (N, ...) candidate adversarial inputs.
 
-    A row is frozen at the first iterate that the model (in that step's own forward pass)
-    already misclassifies, and is dropped from later steps, so no forward or backward pass is
-    spent on points that are already broken. Remaining rows end at the last iterate.
+    With ``early_stop`` a row is frozen at the first iterate that the model (in that step's own
+    forward pass) already misclassifies, and is dropped from later steps, so no forward or
+    backward pass is spent on points that are already broken. Without it every row takes every
+    step and ends at its last iterate (Madry et al.'s final iterate: higher-confidence examples,
+    which transfer better to other models).
     """
     lo, hi = m.bounds
     x_adv = x.clone()
@@ -59,8 +62,8 @@ def pgd_iterates(
     ta = target
     for _ in range(steps):
         logits, grad = m.value_and_grad(xa, loss_fn_for(loss, ya, ta, m.n_classes))
-        done = _is_adv(logits, ya, ta)
-        if bool(done.any()):
+        done = _is_adv(logits, ya, ta) if early_stop else None
+        if done is not None and bool(done.any()):
             x_adv[active[done]] = xa[done]
             keep = ~done
             active, xa, x0, ya, grad = active[keep], xa[keep], x0[keep], ya[keep], grad[keep]
@@ -91,6 +94,9 @@ class PGD:
         random_init: start from a uniform random point in the eps-ball (Madry et al.).
         loss: ``"ce"`` (default), ``"dlr"`` or ``"margin"``.
         seed: seed for the random starts; None draws fresh entropy (not reproducible).
+        early_stop: stop each point at its first adversarial iterate (default; the cheapest
+            way to measure robustness). False runs every step on every point and returns the
+            final iterates: use it to craft high-confidence examples for transfer attacks.
 
     Reference: Madry, Makelov, Schmidt, Tsipras and Vladu, "Towards Deep Learning Models
     Resistant to Adversarial Attacks", ICLR 2018 (arXiv:1706.06083).
@@ -108,6 +114,7 @@ class PGD:
     random_init: bool = True
     loss: Loss = "ce"
     seed: int | None = 0
+    early_stop: bool = True
 
     needs_gradients: ClassVar[bool] = True
 
@@ -143,6 +150,7 @@ class PGD:
                     m, call.x[idx], call.y[idx], t_idx, eps=self.eps, norm=self.norm,
                     steps=self.steps, step_size=step_size, loss=self.loss,
                     random_init=self.random_init or r > 0, generator=gen,
+                    early_stop=self.early_stop,
                 )
                 x_adv[idx] = cand
                 if r + 1 < self.restarts:
