@@ -240,7 +240,7 @@ def test_demo_writes_both_files(zoo_cache: Path, tmp_path: Path) -> None:
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     html = (tmp_path / "demo" / "report.html").read_text()
     assert report["model"]["name"] == "digits-cnn" and report["data"]["n"] == 300
-    assert [s["id"] for s in report["sections"]] == ["evasion"]
+    assert [s["id"] for s in report["sections"]] == ["evasion", "blackbox"]
     assert "data:image/png;base64," in html and "report.html" in result.stdout
     assert elapsed < 180
     assert (tmp_path / "demo" / "report.html").resolve().as_posix() in result.stdout.replace("\n", "")

@@ -25,9 +25,22 @@ from modelshield.assess._section import (
     max_severity,
     register_section,
 )
-from modelshield.assess.plan import DEFAULT_ATTACKS, DEFAULT_EPS, AssessmentPlan, EvasionPlan
+from modelshield.assess.plan import (
+    DEFAULT_ATTACKS,
+    DEFAULT_EPS,
+    AssessmentPlan,
+    BlackBoxPlan,
+    EvasionPlan,
+    TabularPlan,
+)
 from modelshield.assess.report import check_new_files, render_html, write_json, write_report
-from modelshield.assess.sections import SEVERITY_THRESHOLDS, EvasionSection, evasion_severity
+from modelshield.assess.sections import (
+    SEVERITY_THRESHOLDS,
+    BlackBoxSection,
+    EvasionSection,
+    TabularSection,
+    evasion_severity,
+)
 from modelshield.assess.suite import SCHEMA_VERSION, Assessment, package_versions, provenance, run
 from modelshield.assess.thresholds import Threshold, check_thresholds, parse_threshold
 
@@ -42,6 +55,8 @@ __all__ = [
     "Assessment",
     "AssessmentContext",
     "AssessmentPlan",
+    "BlackBoxPlan",
+    "BlackBoxSection",
     "EvasionPlan",
     "EvasionSection",
     "Figure",
@@ -50,6 +65,8 @@ __all__ = [
     "SectionRunner",
     "Severity",
     "Table",
+    "TabularPlan",
+    "TabularSection",
     "Threshold",
     "atlas",
     "check_new_files",

@@ -4,16 +4,121 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from modelshield._checks import check_choice, check_range
 from modelshield._typing import NORMS, Norm
 from modelshield.attacks.evasion.registry import EVASION_ATTACKS, build_attack
 from modelshield.errors import ConfigError
 
-__all__ = ["DEFAULT_ATTACKS", "DEFAULT_EPS", "AssessmentPlan", "EvasionPlan"]
+__all__ = [
+    "DEFAULT_ATTACKS",
+    "DEFAULT_BUDGETS",
+    "DEFAULT_EPS",
+    "DEFAULT_MAX_CHANGES",
+    "AssessmentPlan",
+    "BlackBoxPlan",
+    "EvasionPlan",
+    "TabularPlan",
+]
 
 DEFAULT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "apgd-ce", "ensemble")
 DEFAULT_EPS: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3)
+DEFAULT_BUDGETS: tuple[int, ...] = (100, 300, 1000, 3000)
+DEFAULT_MAX_CHANGES: tuple[int, ...] = (1, 2, 3, 5)
+
+
+def _int_grid(values: tuple[int, ...], *, name: str, owner: str, example: str) -> tuple[int, ...]:
+    grid = tuple(values)
+    if not grid:
+        raise ConfigError(f"{owner}: {name!r} must hold at least one value; got (). Use e.g. {example}.")
+    for v in grid:
+        check_range(name, v, owner=owner, low=1, integer=True, fix=f"Use positive integers, e.g. {example}.")
+    return tuple(sorted(set(grid)))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BlackBoxPlan:
+    """The black-box exposure part of an assessment of an image model (section ``"blackbox"``).
+
+    One Square run with ``max(budgets)`` queries per point gives the success within each
+    smaller budget (its per-point query counts say when each point broke); HopSkipJump (labels
+    only, L2, minimum norm) runs once per ``hsj_budgets`` entry.
+
+    Args:
+        eps: the Square budget (L-inf, input units).
+        budgets: forward queries per point at which Square's success is read.
+        hsj_budgets: query budgets of the HopSkipJump runs; () skips HopSkipJump.
+        n: points used (the first n of the assessment points); None uses all. Query attacks
+            cost ``budget`` forward passes per point, hence a smaller default than the section
+            of white-box attacks.
+
+    Raises:
+        ConfigError: a negative eps, an empty or non-positive budget grid, a bad n.
+    """
+
+    eps: float = 0.1
+    budgets: tuple[int, ...] = DEFAULT_BUDGETS
+    hsj_budgets: tuple[int, ...] = (100, 300, 1000)
+    n: int | None = 100
+
+    def __post_init__(self) -> None:
+        own = "BlackBoxPlan"
+        check_range("eps", self.eps, owner=own, low=0.0, low_open=True,
+                    fix="Give the L-inf budget in input units, e.g. eps=0.1.")
+        object.__setattr__(self, "budgets", _int_grid(self.budgets, name="budgets", owner=own,
+                                                      example="budgets=(100, 1000)"))
+        hsj = tuple(self.hsj_budgets)
+        if hsj:
+            hsj = _int_grid(hsj, name="hsj_budgets", owner=own, example="hsj_budgets=(100, 1000)")
+        object.__setattr__(self, "hsj_budgets", hsj)
+        if self.n is not None:
+            check_range("n", self.n, owner=own, low=1, integer=True, fix="Use None for every point.")
+        object.__setattr__(self, "eps", float(self.eps))
+
+    def to_dict(self) -> dict[str, object]:
+        return {"eps": self.eps, "budgets": list(self.budgets), "hsj_budgets": list(self.hsj_budgets),
+                "n": self.n}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TabularPlan:
+    """The constrained tabular evasion part of an assessment (section ``"tabular"``).
+
+    Args:
+        max_changes: L0 budgets (most features changed per row) at which success is read; one
+            search with the largest budget gives them all (the search stops a row at its first
+            evading change set, so it is the same search for every smaller budget).
+        headline_changes: the budget the severity and summary use (added to ``max_changes``).
+        constraints: a constraint spec file (YAML or JSON); None uses the shipped phishing spec
+            for the phishing data, else a spec inferred from the assessment rows.
+        beam_width: rows kept per search round (1 = greedy).
+        malicious_class: the label of the rows the attacker wants to pass as benign.
+
+    Raises:
+        ConfigError: an empty or non-positive budget grid, a bad beam width or class.
+    """
+
+    max_changes: tuple[int, ...] = DEFAULT_MAX_CHANGES
+    headline_changes: int = 3
+    constraints: str | Path | None = None
+    beam_width: int = 1
+    malicious_class: int = 1
+
+    def __post_init__(self) -> None:
+        own = "TabularPlan"
+        check_range("headline_changes", self.headline_changes, owner=own, low=1, integer=True,
+                    fix="Give the L0 budget of the headline, e.g. headline_changes=3.")
+        grid = _int_grid((*tuple(self.max_changes), self.headline_changes), name="max_changes", owner=own,
+                         example="max_changes=(1, 2, 3)")
+        object.__setattr__(self, "max_changes", grid)
+        check_range("beam_width", self.beam_width, owner=own, low=1, integer=True)
+        check_range("malicious_class", self.malicious_class, owner=own, low=0, integer=True)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"max_changes": list(self.max_changes), "headline_changes": self.headline_changes,
+                "constraints": None if self.constraints is None else str(self.constraints),
+                "beam_width": self.beam_width, "malicious_class": self.malicious_class}
 
 
 
@@ -98,6 +203,8 @@ class AssessmentPlan:
         batch_size: rows per attack call (bounds memory; results are merged).
         seed: seed given to every attack (each builds its own generator).
         evasion: the sub-plan of the ``"evasion"`` section.
+        blackbox: the sub-plan of the ``"blackbox"`` section (image models).
+        tabular: the sub-plan of the ``"tabular"`` section (tabular models).
 
     Raises:
         ConfigError: bad n, batch_size or seed, or an empty section list.
@@ -111,6 +218,8 @@ class AssessmentPlan:
     batch_size: int = 250
     seed: int = 0
     evasion: EvasionPlan = field(default_factory=EvasionPlan)
+    blackbox: BlackBoxPlan = field(default_factory=BlackBoxPlan)
+    tabular: TabularPlan = field(default_factory=TabularPlan)
 
     def __post_init__(self) -> None:
         sections = tuple(self.sections)
@@ -133,6 +242,8 @@ class AssessmentPlan:
             "batch_size": self.batch_size,
             "seed": self.seed,
             "evasion": self.evasion.to_dict(),
+            **({"blackbox": self.blackbox.to_dict()} if "blackbox" in self.sections else {}),
+            **({"tabular": self.tabular.to_dict()} if "tabular" in self.sections else {}),
         }
 
 

@@ -93,7 +93,9 @@ def _fmt(v: Any, key: str = "") -> str:
     if v is None:
         return "n/a"
     if isinstance(v, float):
-        return f"{100 * v:.1f}%" if ("accuracy" in key or "rate" in key) else f"{v:.4g}"
+        return f"{100 * v:.1f}%" if ("accuracy" in key or "rate" in key or "recall" in key) else f"{v:.4g}"
+    if isinstance(v, Mapping):
+        return ", ".join(f"{k}: {x}" for k, x in v.items())
     return str(v)
 
 
@@ -102,9 +104,12 @@ def metrics_table(result: Mapping[str, Any], title: str) -> None:
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("attack", "eps", "norm", "n", "clean_accuracy", "robust_accuracy", "attack_success_rate",
-                "max_perturbation", "median_perturbation", "invalid_points", "queries_forward",
-                "queries_backward", "time_s"):
+    for key in ("attack", "access", "eps", "norm", "n", "clean_accuracy", "robust_accuracy",
+                "attack_success_rate", "max_perturbation", "median_perturbation", "invalid_points",
+                "queries_forward", "queries_backward", "median_queries_per_success",
+                "mean_queries_per_success", "max_changes", "malicious_rows", "attacked_rows",
+                "successes", "success_rate", "malicious_recall_before", "malicious_recall_after",
+                "median_changes", "changes_histogram", "invalid_rows", "time_s"):
         if key in result:
             table.add_row(key, _fmt(result[key], key))
     out().print(table)

@@ -8,26 +8,71 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from modelshield._typing import Norm
 from modelshield.assess import Progress
 from modelshield.errors import ConfigError
+from modelshield.models import CallableModel, TorchModel, as_model, eval_mode
 
-__all__ = ["Target", "load_target", "parse_norm", "torch_threads"]
+__all__ = ["Target", "as_query_model", "load_target", "parse_norm", "torch_threads"]
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A model with its test points and provenance, ready for an attack or an assessment."""
+    """A model with its test points and provenance, ready for an attack or an assessment.
 
-    module: nn.Module
+    ``module`` is an ``nn.Module`` (``kind == "torch"``) or a fitted scikit-learn estimator
+    (``kind == "sklearn"``, tabular zoo models; ``feature_names`` then names the columns).
+    """
+
+    module: Any
     x: Tensor
     y: Tensor
     bounds: tuple[float, float]
     model_info: dict[str, Any]
     data_info: dict[str, Any]
+    kind: str = "torch"
+    feature_names: tuple[str, ...] | None = None
+
+    @property
+    def tabular(self) -> bool:
+        """True for tabular (scikit-learn) models."""
+        return self.kind == "sklearn"
+
+    def adapted(self) -> TorchModel | CallableModel:
+        """The model adapted with its bounds (white-box for torch, black-box for estimators)."""
+        return as_model(self.module, bounds=self.bounds)
+
+
+def as_query_model(target: Target, *, labels_only: bool = False) -> CallableModel:
+    """The target seen strictly through its outputs: a black-box ``CallableModel``.
+
+    Torch modules are wrapped as a numpy callable returning softmax probabilities (or, with
+    ``labels_only``, the predicted labels), so a query-only attack cannot reach gradients or
+    logits. Estimators are wrapped through ``predict_proba`` (``predict`` with labels_only).
+    """
+    n_classes: int
+    if target.kind == "sklearn":
+        est = target.module
+        n_classes = len(est.classes_)
+        return CallableModel(est, bounds=target.bounds, output="labels" if labels_only else "proba",
+                             n_classes=n_classes)
+    module: nn.Module = target.module
+    white = TorchModel(module, bounds=target.bounds)  # only for eval_mode's save/restore
+    with torch.no_grad(), eval_mode(white):
+        n_classes = int(module(target.x[:1]).shape[1])
+
+    def answer(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad(), eval_mode(white):
+            logits = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        out = logits.argmax(1) if labels_only else torch.softmax(logits.double(), 1)
+        return out.numpy()
+
+    return CallableModel(answer, bounds=target.bounds, output="labels" if labels_only else "proba",
+                         n_classes=n_classes)
 
 
 def load_target(
@@ -55,6 +100,24 @@ def load_target(
         zm = zoo.load(model, data_root=data_dir, progress=progress)
         x, y = zoo.test_split(model, n=n, data_root=data_dir)
         meta = dict(zm.meta)
+        if zm.kind == "sklearn":
+            from modelshield.data import load_tabular_dataset
+
+            tab = load_tabular_dataset(zm.spec.dataset, data_dir, deduplicate=zm.spec.deduplicate)
+            return Target(
+                module=zm.module, x=x, y=y, bounds=zm.spec.bounds, kind="sklearn",
+                feature_names=tab.feature_names,
+                model_info={"name": model, "source": "zoo", "kind": "sklearn", "arch": zm.spec.arch,
+                            "estimator": meta.get("estimator_class"), "weights_sha256": None,
+                            "fingerprint": meta.get("phishing_fingerprint"),
+                            "sklearn_version": meta.get("sklearn_version"), "path": meta.get("path"),
+                            "test_accuracy": meta.get("test_accuracy"),
+                            "malicious_recall": meta.get("malicious_recall")},
+                data_info={"name": zm.spec.dataset, "sha256": meta.get("data_sha256") or tab.sha256,
+                           "split": "test", "classes": list(tab.class_names),
+                           "feature_names": list(tab.feature_names),
+                           "deduplicated": zm.spec.deduplicate},
+            )
         ds = load_dataset(zm.spec.dataset, root=data_dir)
         return Target(
             module=zm.module, x=x, y=y, bounds=zm.spec.bounds,

@@ -12,6 +12,7 @@ from modelshield.cli import _render as render
 from modelshield.cli._target import torch_threads
 from modelshield.cli.assess import assess, demo
 from modelshield.cli.attack import attack_app
+from modelshield.cli.extract import extract
 from modelshield.cli.zoo import zoo_app
 from modelshield.errors import ModelShieldError
 
@@ -42,6 +43,7 @@ app.add_typer(attack_app, name="attack")
 app.add_typer(zoo_app, name="zoo")
 app.command("assess")(assess)
 app.command("demo")(demo)
+app.command("extract")(extract)
 
 
 def _version(value: bool) -> None:

@@ -9,7 +9,9 @@ import typer
 
 from modelshield.assess import (
     AssessmentPlan,
+    BlackBoxPlan,
     EvasionPlan,
+    TabularPlan,
     Threshold,
     check_new_files,
     check_thresholds,
@@ -17,25 +19,43 @@ from modelshield.assess import (
     run,
     write_report,
 )
-from modelshield.assess.plan import DEFAULT_ATTACKS, DEFAULT_EPS, parse_floats
+from modelshield.assess.plan import DEFAULT_ATTACKS, DEFAULT_BUDGETS, DEFAULT_EPS, parse_floats
 from modelshield.cli import _render as render
 from modelshield.cli._target import Target, load_target, parse_norm, torch_threads
 from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, DATA_HELP, MODEL_HELP
+from modelshield.errors import ConfigError
 
 __all__ = ["DEMO_MODEL", "DEMO_PLAN", "assess", "demo"]
 
 DEMO_MODEL = "digits-cnn"
-DEMO_PLAN = AssessmentPlan(n=300, batch_size=300, seed=0, evasion=EvasionPlan(steps=20))
-"""The demo: the default attacks and eps grid on 300 digits test points, 20 steps per attack."""
+DEMO_PLAN = AssessmentPlan(sections=("evasion", "blackbox"), n=300, batch_size=300, seed=0,
+                           evasion=EvasionPlan(steps=20), blackbox=BlackBoxPlan(n=100))
+"""The demo: the default attacks and eps grid on 300 digits test points, 20 steps per attack, and
+the black-box section (Square up to 3,000 queries, HopSkipJump at 100/300/1,000) on 100 of them
+(about 8 s on one core)."""
 
 _EPS_DEFAULT = ",".join(f"{e:g}" for e in DEFAULT_EPS)
 _ATTACKS_DEFAULT = ",".join(DEFAULT_ATTACKS)
+_BUDGETS_DEFAULT = ",".join(str(b) for b in DEFAULT_BUDGETS)
+IMAGE_SECTIONS = ("evasion",)
+TABULAR_SECTIONS = ("tabular",)
+
+
+def _parse_ints(text: str, *, name: str) -> tuple[int, ...]:
+    values = parse_floats(text, name=name, owner="modelshield assess")
+    if any(not v.is_integer() for v in values):
+        raise ConfigError(
+            f"modelshield assess: {name!r} must be a comma-separated list of integers; got {text!r}. "
+            "Write e.g. 100,1000."
+        )
+    return tuple(int(v) for v in values)
 
 
 def _assess_and_write(target: Target, plan: AssessmentPlan, out: Path, *, force: bool,
                       thresholds: list[Threshold]) -> None:
     with render.progress_bar("assessing") as progress, render.show_warnings():
-        result = run(target.module, target.x, target.y, plan=plan, model_info=target.model_info,
+        model = target.adapted() if target.tabular else target.module
+        result = run(model, target.x, target.y, plan=plan, model_info=target.model_info,
                      data_info=target.data_info, bounds=target.bounds, progress=progress)
     paths = write_report(result, out, overwrite=force)
     render.assessment_table(result.to_dict(), paths)
@@ -60,6 +80,16 @@ def assess(
     n: Annotated[int, typer.Option(help="Number of test points (the first n of the test split).")] = 500,
     batch_size: Annotated[int, typer.Option(help="Points per attack call.")] = 250,
     seed: Annotated[int, typer.Option(help="Seed given to every attack.")] = 0,
+    sections: Annotated[str | None, typer.Option(
+        help="Comma-separated report sections: evasion, blackbox (image models), tabular (tabular "
+             "models). Default: evasion for image models, tabular for tabular models.")] = None,
+    query_budgets: Annotated[str, typer.Option(
+        help="blackbox section: Square query budgets per point.")] = _BUDGETS_DEFAULT,
+    blackbox_n: Annotated[int, typer.Option(help="blackbox section: points attacked.")] = 100,
+    max_changes: Annotated[str, typer.Option(
+        help="tabular section: L0 budgets (most features changed per row).")] = "1,2,3,5",
+    constraints: Annotated[Path | None, typer.Option(
+        help="tabular section: constraint spec (YAML/JSON; default: the shipped phishing spec).")] = None,
     fail_under: Annotated[list[str] | None, typer.Option(
         "--fail-under", metavar="METRIC=VALUE", help="Exit 1 when a summary metric is below VALUE "
         "(repeatable), e.g. robust_accuracy=0.6; METRIC<=VALUE caps a metric instead.")] = None,
@@ -70,13 +100,22 @@ def assess(
     Exits with 1 when a --fail-under threshold is missed, 2 on bad input.
     """
     thresholds = [parse_threshold(t) for t in fail_under or []]
-    plan = AssessmentPlan(n=n, batch_size=batch_size, seed=seed, evasion=EvasionPlan(
+    evasion = EvasionPlan(
         attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
         eps=parse_floats(eps, name="--eps", owner="modelshield assess"), headline_eps=headline_eps,
-        norm=parse_norm(norm), steps=steps))
+        norm=parse_norm(norm), steps=steps)
+    blackbox = BlackBoxPlan(eps=headline_eps if headline_eps > 0 else 0.1,
+                            budgets=_parse_ints(query_budgets, name="--query-budgets"), n=blackbox_n)
+    changes = _parse_ints(max_changes, name="--max-changes")
+    tabular = TabularPlan(max_changes=changes, headline_changes=3 if 3 in changes else max(changes),
+                          constraints=constraints)
     check_new_files([out / "report.json", out / "report.html"], overwrite=force, owner="modelshield assess")
     with render.progress_bar("loading model") as progress, render.show_warnings():
         target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress)
+    chosen = (tuple(s.strip() for s in sections.split(",") if s.strip()) if sections is not None
+              else TABULAR_SECTIONS if target.tabular else IMAGE_SECTIONS)
+    plan = AssessmentPlan(sections=chosen, n=n, batch_size=batch_size, seed=seed, evasion=evasion,
+                          blackbox=blackbox, tabular=tabular)
     _assess_and_write(target, plan, out, force=force, thresholds=thresholds)
 
 
@@ -87,7 +126,8 @@ def demo(
     """Train (or load) the digits-cnn zoo model, assess it and write an HTML + JSON report.
 
     Runs the default attacks (FGSM, PGD, APGD-CE, APGD-CE + APGD-T ensemble; 20 steps each) over
-    eps 0 to 0.3 on 300 test points, single-threaded (fastest for this small model).
+    eps 0 to 0.3 on 300 test points, then the query-only attacks (Square, HopSkipJump) on 100 of
+    them, single-threaded (fastest for this small model).
     """
     check_new_files([out / "report.json", out / "report.html"], overwrite=force, owner="modelshield demo")
     with torch_threads(1):

@@ -3,35 +3,118 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from modelshield.assess import check_new_files, provenance, run_in_batches, write_json
-from modelshield.attacks.evasion.registry import EVASION_ATTACKS, build_attack
+from modelshield.attacks.evasion.registry import (
+    BLACK_BOX_ATTACKS,
+    DEFAULT_MAX_QUERIES,
+    EVASION_ATTACKS,
+    build_attack,
+)
 from modelshield.cli import _render as render
-from modelshield.cli._target import load_target, parse_norm
+from modelshield.cli._target import Target, as_query_model, load_target, parse_norm
+from modelshield.errors import ConfigError
 
-__all__ = ["attack_app"]
+__all__ = ["TABULAR_ATTACK", "attack_app", "load_constraints"]
 
 attack_app = typer.Typer(help="Run a single attack against a model.", no_args_is_help=True)
 
+TABULAR_ATTACK = "tabular"
+"""CLI name of the constraint-respecting tabular attack (TabularSearch)."""
+
 MODEL_HELP = "Zoo name (see 'modelshield zoo list') or path to a saved model file."
 DATA_HELP = "Data set of a model file: digits, mnist or fashion-mnist (zoo models know theirs)."
-DATA_DIR_HELP = "Folder holding mnist/ and fashion-mnist/ (default: $MODELSHIELD_DATA)."
+DATA_DIR_HELP = "Folder holding mnist/, fashion-mnist/ and phishing-websites/ (default: $MODELSHIELD_DATA)."
 ARCH_HELP = "Zoo architecture of a bare state-dict model file, e.g. cnn-8x8."
+ATTACK_HELP = (
+    f"One of: {', '.join(EVASION_ATTACKS)}, {TABULAR_ATTACK}. "
+    f"Black-box ({', '.join(sorted(BLACK_BOX_ATTACKS))}): "
+    "the model is wrapped as a query-only function returning softmax probabilities (labels only "
+    "with --labels-only), so the attack never sees gradients or logits. 'tabular': "
+    "constraint-respecting search on a tabular model (phishing-*)."
+)
+
+
+def load_constraints(path: Path | None, feature_names: tuple[str, ...]) -> Any:
+    """The ConstraintSpec at path (YAML or JSON by suffix), or the shipped phishing spec.
+
+    Raises:
+        ConfigError: unknown suffix, missing file, unknown feature names or bad fields.
+    """
+    from modelshield.attacks.evasion.tabular import ConstraintSpec
+    from modelshield.data.phishing import PHISHING_CONSTRAINTS
+
+    if path is None:
+        return ConstraintSpec.from_yaml(PHISHING_CONSTRAINTS, feature_names=feature_names)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return ConstraintSpec.from_json(path, feature_names=feature_names)
+    if suffix in (".yaml", ".yml"):
+        return ConstraintSpec.from_yaml(path, feature_names=feature_names)
+    raise ConfigError(
+        f"modelshield attack evasion: '--constraints' must be a .yaml, .yml or .json file; got "
+        f"{str(path)!r}. Start from the shipped spec (modelshield/data/phishing_constraints.yaml)."
+    )
+
+
+def _tabular(target: Target, *, constraints: Path | None, max_changes: int, beam_width: int,
+             max_queries: int | None, seed: int, labels_only: bool, progress: Any) -> dict[str, Any]:
+    from modelshield.attacks.evasion.tabular import TabularSearch, count_changes
+
+    if not target.tabular or target.feature_names is None:
+        raise ConfigError(
+            f"modelshield attack evasion: '--attack {TABULAR_ATTACK}' needs a tabular model; got "
+            f"{target.model_info['name']!r}. Use a tabular zoo model, e.g. --model phishing-gbm."
+        )
+    spec = load_constraints(constraints, target.feature_names)
+    atk = TabularSearch(max_changes=max_changes, beam_width=beam_width, max_queries=max_queries,
+                        seed=seed)
+    model = as_query_model(target, labels_only=labels_only)
+    progress(0, 1, f"{TABULAR_ATTACK} max_changes={max_changes}")
+    result = atk(model, target.x, target.y, constraints=spec)
+    progress(1, 1, f"{TABULAR_ATTACK} max_changes={max_changes}")
+    l0 = count_changes(target.x, result.x_adv)
+    invalid = ~spec.check(target.x, result.x_adv) | (l0 > max_changes)
+    d = result.to_dict()
+    return {
+        **d,
+        "attack": TABULAR_ATTACK,
+        "attack_class": result.attack,
+        "constraints_file": str(constraints) if constraints is not None else "shipped phishing spec",
+        "success_rate": d.get("success_rate_malicious"),
+        "malicious_recall_before": d.get("recall_before"),
+        "malicious_recall_after": d.get("recall_after"),
+        "invalid_rows": int(invalid.sum()),
+        "access": "scores (predict_proba), query-only",
+    }
 
 
 @attack_app.command("evasion")
 def evasion(
     model: Annotated[str, typer.Option("--model", help=MODEL_HELP)],
-    attack: Annotated[str, typer.Option(help=f"One of: {', '.join(EVASION_ATTACKS)}.")] = "pgd",
+    attack: Annotated[str, typer.Option(help=ATTACK_HELP)] = "pgd",
     eps: Annotated[float, typer.Option(help="Perturbation budget in input units (inputs in [0, 1]).")] = 0.1,
-    steps: Annotated[int | None, typer.Option(help="Iterations (default: the attack's own).")] = None,
+    steps: Annotated[int | None, typer.Option(
+        help="Iterations (default: the attack's own; HopSkipJump: gradient-estimation rounds; "
+             "unused by square and simba).")] = None,
     norm: Annotated[str, typer.Option(help="Threat-model norm: 'inf' or '2'.")] = "inf",
     n: Annotated[int, typer.Option(help="Number of test points (the first n of the test split).")] = 500,
     seed: Annotated[int, typer.Option(help="Seed for random starts (results are reproducible).")] = 0,
     batch_size: Annotated[int, typer.Option(help="Points per attack call.")] = 250,
+    max_queries: Annotated[int | None, typer.Option(
+        help=f"Black-box and tabular attacks: forward queries per point (default {DEFAULT_MAX_QUERIES} "
+             "for square/simba/hsj, unlimited for tabular).")] = None,
+    labels_only: Annotated[bool, typer.Option(
+        "--labels-only", help="Expose only predicted labels (a label-only API): hsj works, "
+                              "score-based attacks (square, simba, tabular) refuse.")] = False,
+    max_changes: Annotated[int, typer.Option(
+        help="Tabular: most features changed per row (L0 budget).")] = 3,
+    constraints: Annotated[Path | None, typer.Option(
+        help="Tabular: constraint spec (YAML or JSON; default: the shipped phishing spec).")] = None,
+    beam_width: Annotated[int, typer.Option(help="Tabular: rows kept per search round (1 = greedy).")] = 1,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics + provenance here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --json file.")] = False,
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
@@ -39,19 +122,58 @@ def evasion(
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
 ) -> None:
     """Run one evasion attack on the first n test points and print its verified metrics."""
+    owner = "modelshield attack evasion"
     if json_out is not None:
-        check_new_files([json_out], overwrite=force, owner="modelshield attack evasion")
-    atk = build_attack(attack, eps=eps, norm=parse_norm(norm), steps=steps, seed=seed)
+        check_new_files([json_out], overwrite=force, owner=owner)
+    key = attack.strip().lower()
+    tabular = key == TABULAR_ATTACK
+    if constraints is not None and not tabular:
+        raise ConfigError(
+            f"{owner}: '--constraints' must be used with '--attack {TABULAR_ATTACK}'; got --attack "
+            f"{attack!r}. Drop --constraints or use --attack {TABULAR_ATTACK}."
+        )
+    if tabular:
+        from modelshield.attacks.evasion.tabular import TabularSearch
+
+        # Validate the settings before loading anything.
+        TabularSearch(max_changes=max_changes, beam_width=beam_width, max_queries=max_queries)
+        atk = None
+    else:
+        atk = build_attack(attack, eps=eps, norm=parse_norm(norm), steps=steps, seed=seed,
+                           max_queries=max_queries if key in BLACK_BOX_ATTACKS else None)
+        if max_queries is not None and key not in BLACK_BOX_ATTACKS:
+            raise ConfigError(
+                f"{owner}: '--max-queries' must be used with a black-box attack "
+                f"({', '.join(sorted(BLACK_BOX_ATTACKS))}) or {TABULAR_ATTACK}; got --attack {attack!r}. "
+                "Use --steps for white-box attacks."
+            )
     with render.progress_bar("loading model") as progress, render.show_warnings():
         target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress)
-        result = run_in_batches(atk, target.module, target.x, target.y, batch_size=batch_size,
-                                progress=progress, label=f"{attack} eps={eps:g}")
-    summary = {**result.to_dict(), "attack": attack, "attack_class": result.attack}
-    render.metrics_table(summary, title=f"{attack} on {target.model_info['name']}")
+        if atk is None:
+            summary = _tabular(target, constraints=constraints, max_changes=max_changes,
+                               beam_width=beam_width, max_queries=max_queries, seed=seed,
+                               labels_only=labels_only, progress=progress)
+            params = summary.get("params", {})
+            title = f"{TABULAR_ATTACK} (max {max_changes} changes) on {target.model_info['name']}"
+        else:
+            if key in BLACK_BOX_ATTACKS:
+                victim: Any = as_query_model(target, labels_only=labels_only)
+            elif target.tabular:
+                victim = target.adapted()
+            else:
+                victim = target.module
+            result = run_in_batches(atk, victim, target.x, target.y, batch_size=batch_size,
+                                    progress=progress, label=f"{attack} eps={eps:g}")
+            summary = {**result.to_dict(), "attack": attack, "attack_class": result.attack}
+            if key in BLACK_BOX_ATTACKS:
+                summary["access"] = ("labels only" if labels_only else "probabilities") + ", query-only"
+            params = result.params
+            title = f"{attack} on {target.model_info['name']}"
+    render.metrics_table(summary, title=title)
     if json_out is not None:
         payload = {**summary,
-                   "model": target.model_info, "data": {**target.data_info, "n": result.n},
+                   "model": target.model_info, "data": {**target.data_info, "n": int(target.x.shape[0])},
                    "provenance": provenance(model_info=target.model_info, data_info=target.data_info,
-                                            seed=seed, attacks={attack: result.params})}
+                                            seed=seed, attacks={key: params})}
         write_json(json_out, payload, overwrite=force)
         render.say(f"Metrics written to {json_out}")

@@ -1,7 +1,9 @@
-"""Data set loaders: bundled digits, MNIST and Fashion-MNIST (IDX files), by name or directly.
+"""Data set loaders: bundled digits, MNIST and Fashion-MNIST (IDX files), by name or directly,
+and the UCI phishing-websites tabular data.
 
-Every loader returns a :class:`Dataset` with float32 images in [0, 1] shaped ``(N, 1, H, W)``
-and int64 labels, and raises :class:`~modelshield.errors.DataError` (or
+Every image loader returns a :class:`Dataset` with float32 images in [0, 1] shaped
+``(N, 1, H, W)`` and int64 labels; tabular loaders return a :class:`TabularDataset` with
+``(N, D)`` float32 rows (``load_tabular_dataset``). Loaders raise :class:`~modelshield.errors.DataError` (or
 :class:`~modelshield.errors.MissingDataError`) with the fix when the files are absent or broken.
 """
 
@@ -13,21 +15,30 @@ from pathlib import Path
 from modelshield.data._dataset import DATA_ENV, Dataset, data_dir
 from modelshield.data.digits import load_digits
 from modelshield.data.idx import load_fashion_mnist, load_idx, load_mnist
+from modelshield.data.phishing import TabularDataset, load_phishing
 from modelshield.errors import ConfigError
 
 __all__ = [
     "DATASETS",
     "DATA_ENV",
+    "TABULAR_DATASETS",
     "Dataset",
+    "TabularDataset",
     "data_dir",
     "load_dataset",
     "load_digits",
     "load_fashion_mnist",
     "load_idx",
     "load_mnist",
+    "load_phishing",
+    "load_tabular_dataset",
 ]
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist")
+"""Image data sets (``load_dataset``)."""
+
+TABULAR_DATASETS: tuple[str, ...] = ("phishing-websites",)
+"""Tabular data sets (``load_tabular_dataset``)."""
 
 
 def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
@@ -60,4 +71,35 @@ def load_dataset(name: str, root: str | Path | None = None) -> Dataset:
     raise ConfigError(
         f"load_dataset: 'name' must be one of {', '.join(map(repr, DATASETS))}; got {name!r}. "
         f"{hint}Use one of the listed names."
+    )
+
+
+def load_tabular_dataset(
+    name: str, root: str | Path | None = None, *, deduplicate: bool = False
+) -> TabularDataset:
+    """Load a tabular data set by name (its default split).
+
+    Args:
+        name: one of ``TABULAR_DATASETS``: ``"phishing-websites"`` (UCI Phishing Websites,
+            see ``load_phishing``).
+        root: the data folder; None means ``$MODELSHIELD_DATA``.
+        deduplicate: drop exact duplicate rows before splitting (the phishing data hold 5,206).
+
+    Returns:
+        The TabularDataset.
+
+    Raises:
+        ConfigError: unknown name (the message lists the names).
+        MissingDataError: the file is not found. DataError: a malformed row.
+
+    Example:
+        ds = load_tabular_dataset("phishing-websites", deduplicate=True)
+    """
+    if name == "phishing-websites":
+        return load_phishing(root, deduplicate=deduplicate)
+    close = difflib.get_close_matches(str(name), TABULAR_DATASETS, n=1)
+    hint = f"Did you mean {close[0]!r}? " if close else ""
+    raise ConfigError(
+        f"load_tabular_dataset: 'name' must be one of {', '.join(map(repr, TABULAR_DATASETS))}; "
+        f"got {name!r}. {hint}Use one of the listed names (image data: load_dataset)."
     )

@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 from modelshield.assess._section import SECTIONS, register_section
+from modelshield.assess.sections.blackbox import BlackBoxSection, TabularSection
 from modelshield.assess.sections.evasion import SEVERITY_THRESHOLDS, EvasionSection, evasion_severity
+from modelshield.assess.sections.extraction import ExtractionSection
 
-__all__ = ["SEVERITY_THRESHOLDS", "EvasionSection", "evasion_severity"]
+__all__ = [
+    "SEVERITY_THRESHOLDS",
+    "BlackBoxSection",
+    "EvasionSection",
+    "ExtractionSection",
+    "TabularSection",
+    "evasion_severity",
+]
 
 if "evasion" not in SECTIONS:
     register_section(EvasionSection())
+if "blackbox" not in SECTIONS:
+    register_section(BlackBoxSection())
+if "tabular" not in SECTIONS:
+    register_section(TabularSection())
+if "extraction" not in SECTIONS:
+    register_section(ExtractionSection())

@@ -1,14 +1,23 @@
-"""Reference models: small CNNs trained on the CPU with fixed seeds, cached with their accuracy.
+"""Reference models: small CNNs and scikit-learn detectors trained on the CPU with fixed seeds.
 
-Each zoo model trains in under a minute on two CPU cores, is saved as a ``modelshield-v1``
-file (loaded with ``weights_only=True``) in ``cache_dir()/zoo/<name>.pt`` with a JSON copy of
-its metadata beside it, and records its clean test accuracy and provenance (weights and data
-SHA-256, seed, torch version, training time).
+Torch models (``kind="torch"``: digits-cnn, mnist-cnn, fashion-cnn) train in under a minute on
+two CPU cores, are saved as ``modelshield-v1`` files (loaded with ``weights_only=True``) in
+``cache_dir()/zoo/<name>.pt`` with a JSON copy of their metadata beside it, and record their
+clean test accuracy and provenance (weights and data SHA-256, seed, torch version, time).
+
+scikit-learn models (``kind="sklearn"``: phishing-logreg, phishing-rf, phishing-gbm) are never
+pickled: they retrain from the data on every load (under a second each, one thread) and only
+their JSON metadata is cached in ``cache_dir()/zoo/<name>.json``. On load the retrained model's
+fingerprint (SHA-256 of its test-set probabilities) must equal the cached one, so a change of
+data or scikit-learn behaviour is caught instead of silently giving other numbers.
 
 Example:
     model = zoo.load("digits-cnn")             # trains on first use (a few seconds)
     x, y = zoo.test_split("digits-cnn", n=500)
     model.module(x).argmax(1)
+    gbm = zoo.load("phishing-gbm")             # gbm.module is a fitted estimator
+    x, y = zoo.test_split("phishing-gbm")      # rows in [-1, 1]; label 1 = phishing
+    gbm.module.predict_proba(x.numpy())
 """
 
 from __future__ import annotations
@@ -21,20 +30,23 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from modelshield.data import load_dataset
+from modelshield.data import load_dataset, load_tabular_dataset
 from modelshield.errors import ConfigError, DataError, MissingDataError
 from modelshield.models.load import FORMAT, load_model, save_model, weights_sha256
 from modelshield.models.zoo._archs import ARCHS, build
+from modelshield.models.zoo._phishing import PhishingKind, phishing_fingerprint, train_phishing_model
 from modelshield.models.zoo._train import Progress, Recipe, evaluate, fit
 
 __all__ = [
     "ARCHS",
     "CACHE_ENV",
+    "KINDS",
+    "ZooKind",
     "ZooModel",
     "ZooSpec",
     "build",
@@ -50,6 +62,12 @@ __all__ = [
 
 CACHE_ENV = "MODELSHIELD_CACHE"
 
+ZooKind: TypeAlias = Literal["torch", "sklearn"]
+KINDS: tuple[ZooKind, ...] = ("torch", "sklearn")
+
+SKLEARN_FORMAT = "modelshield-zoo-sklearn-v1"
+"""``format`` of the JSON metadata cached for a scikit-learn zoo model (no model file)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ZooSpec:
@@ -57,13 +75,18 @@ class ZooSpec:
 
     Attributes:
         name: the zoo name, e.g. ``"mnist-cnn"``.
-        dataset: the data set it is trained and tested on (a name in ``modelshield.data.DATASETS``).
+        dataset: the data set it is trained and tested on (a name in ``modelshield.data.DATASETS``
+            for torch models, in ``modelshield.data.TABULAR_DATASETS`` for scikit-learn ones).
         description: one line for listings.
-        input_shape: shape of one input, e.g. ``(1, 28, 28)``.
-        n_classes: number of output logits.
+        input_shape: shape of one input, e.g. ``(1, 28, 28)`` or ``(30,)``.
+        n_classes: number of output logits (torch) or probability columns (scikit-learn).
         bounds: the input range the model expects.
         min_accuracy: the clean test accuracy below which training refuses to cache the model.
-        arch: the architecture name (a key of ``ARCHS``).
+        arch: the architecture name (a key of ``ARCHS``) for torch models; the estimator kind
+            (``"logreg"``, ``"rf"``, ``"gbm"``) for scikit-learn models.
+        kind: ``"torch"`` (an ``nn.Module`` returning logits) or ``"sklearn"`` (a fitted
+            estimator with ``predict_proba``, retrained on load, never unpickled).
+        deduplicate: tabular data only: drop exact duplicate rows before the train/test split.
     """
 
     name: str
@@ -74,6 +97,8 @@ class ZooSpec:
     bounds: tuple[float, float]
     min_accuracy: float
     arch: str
+    kind: ZooKind = "torch"
+    deduplicate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,17 +107,27 @@ class ZooModel:
 
     Attributes:
         spec: what the model is.
-        module: the ``nn.Module`` (CPU, eval mode), mapping inputs in ``spec.bounds`` to logits.
-        meta: ``test_accuracy``, ``train_time_s``, ``epochs``, ``seed``, ``weights_sha256``,
-            ``data_sha256``, ``torch_version``, ``trained_at`` (ISO 8601, UTC) and the training
-            recipe, plus ``sha256`` (of the file), ``path``, ``format`` and ``arch``.
-        path: the cached weights file.
+        module: for ``spec.kind == "torch"`` the ``nn.Module`` (CPU, eval mode), mapping inputs in
+            ``spec.bounds`` to logits; for ``"sklearn"`` the fitted estimator (``predict_proba``
+            gives (N, 2) probabilities; wrap it with ``as_model(est, bounds=spec.bounds)``).
+        meta: torch: ``test_accuracy``, ``train_time_s``, ``epochs``, ``seed``,
+            ``weights_sha256``, ``data_sha256``, ``torch_version``, ``trained_at`` (ISO 8601,
+            UTC) and the training recipe, plus ``sha256`` (of the file), ``path``, ``format`` and
+            ``arch``. scikit-learn: ``test_accuracy``, ``malicious_recall``, ``data_sha256``,
+            ``seed``, ``sklearn_version``, ``phishing_fingerprint``, ``deduplicated``,
+            ``n_train``, ``n_test``, ``train_time_s``, ``trained_at``, ``path``, ``format``.
+        path: the cached weights file (torch) or metadata file (scikit-learn).
     """
 
     spec: ZooSpec
-    module: nn.Module
+    module: Any
     meta: dict[str, Any]
     path: Path
+
+    @property
+    def kind(self) -> ZooKind:
+        """``"torch"`` or ``"sklearn"`` (see ``ZooSpec.kind``)."""
+        return self.spec.kind
 
 
 _SPECS: dict[str, ZooSpec] = {
@@ -127,6 +162,29 @@ _SPECS: dict[str, ZooSpec] = {
             bounds=(0.0, 1.0),
             min_accuracy=0.89,
             arch="lenet-28",
+        ),
+        *(
+            ZooSpec(
+                name=f"phishing-{est}",
+                dataset="phishing-websites",
+                # Deduplicated before the split: 5,206 of the 11,055 rows are exact copies, so a
+                # plain random split would score the model on copies of its training rows.
+                description=f"{label} phishing detector (UCI, deduplicated split, refit on load)",
+                input_shape=(30,),
+                n_classes=2,
+                bounds=(-1.0, 1.0),
+                min_accuracy=floor,
+                arch=est,
+                kind="sklearn",
+                deduplicate=True,
+            )
+            # Measured test accuracy on the deduplicated split (seed 0, scikit-learn 1.x):
+            # logreg 0.909, rf 0.946, gbm 0.957.
+            for est, label, floor in (
+                ("logreg", "Logistic-regression", 0.89),
+                ("rf", "Random-forest", 0.93),
+                ("gbm", "Gradient-boosting", 0.94),
+            )
         ),
     )
 }
@@ -179,11 +237,13 @@ def cache_dir() -> Path:
 
 
 def _weights_path(name: str) -> Path:
-    return cache_dir() / "zoo" / f"{name}.pt"
+    """The cached file of a zoo model: weights (.pt) for torch, metadata (.json) for sklearn."""
+    suffix = ".json" if _SPECS[name].kind == "sklearn" else ".pt"
+    return cache_dir() / "zoo" / f"{name}{suffix}"
 
 
 def is_cached(name: str) -> bool:
-    """Whether the zoo model's weights file exists in the cache.
+    """Whether the zoo model's weights file (metadata file for scikit-learn models) is cached.
 
     Raises:
         ConfigError: unknown name.
@@ -263,6 +323,11 @@ def train(
             f"{str(path)!r}. Use zoo.load({s.name!r}), or retrain with force=True "
             f"(`modelshield zoo train {s.name} --force`)."
         )
+    if s.kind == "sklearn":
+        zm = _fit_sklearn(s, data_root, progress=progress, owner="zoo.train")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(path, zm.meta)
+        return zm
     recipe = _RECIPES[s.name]
     ds = load_dataset(s.dataset, data_root)
     module = build(s.arch, seed=recipe.seed)
@@ -338,6 +403,8 @@ def load(
             f"Run `modelshield zoo train {s.name}` (or zoo.train({s.name!r})), or pass "
             "train_if_missing=True."
         )
+    if s.kind == "sklearn":
+        return _load_sklearn(s, path, data_root, progress=progress)
     module, meta = load_model(path)
     fix = f"Retrain it with `modelshield zoo train {s.name} --force`."
     if meta.get("arch") != s.arch:
@@ -361,12 +428,14 @@ def test_split(
 
     Args:
         name: a zoo name.
-        n: how many points (at most the test split's size: digits has 450); None means all.
-        data_root: the data folder for MNIST / Fashion-MNIST; None means ``$MODELSHIELD_DATA``.
+        n: how many points (at most the test split's size: digits has 540, the deduplicated
+            phishing split 1,463); None means all.
+        data_root: the data folder for MNIST / Fashion-MNIST / phishing-websites; None means
+            ``$MODELSHIELD_DATA``.
 
     Returns:
         ``(x, y)``: ``(n, *input_shape)`` float32 in the model's bounds and ``(n,)`` int64,
-        freshly allocated.
+        freshly allocated. Phishing rows are ``(n, 30)`` in [-1, 1] with label 1 = phishing.
 
     Raises:
         ConfigError: unknown name, or n is not a positive int.
@@ -378,11 +447,112 @@ def test_split(
             f"zoo.test_split: 'n' must be an int >= 1 or None; got {n!r}. Pass the number of "
             "test points, e.g. n=500."
         )
-    ds = load_dataset(s.dataset, data_root)
+    if s.kind == "sklearn":
+        tab = load_tabular_dataset(s.dataset, data_root, deduplicate=s.deduplicate)
+        x_test, y_test = tab.x_test, tab.y_test
+    else:
+        ds = load_dataset(s.dataset, data_root)
+        x_test, y_test = ds.x_test, ds.y_test
     if n is None:
-        return ds.x_test, ds.y_test
+        return x_test, y_test
     # clone() so the small slice does not keep the whole test split alive.
-    return ds.x_test[:n].clone(), ds.y_test[:n].clone()
+    return x_test[:n].clone(), y_test[:n].clone()
+
+
+def _fit_sklearn(s: ZooSpec, data_root: str | Path | None, *, progress: Progress | None,
+                 owner: str) -> ZooModel:
+    """Train a scikit-learn zoo model from the data and describe it (nothing is written)."""
+    import sklearn
+
+    seed = 0
+    ds = load_tabular_dataset(s.dataset, data_root, deduplicate=s.deduplicate)
+    if progress is not None:
+        progress(0, 2, f"training {s.name}")
+    start = time.perf_counter()
+    est = train_phishing_model(_phishing_kind(s.arch), ds, seed=seed)
+    train_time = time.perf_counter() - start
+    x_te, y_te = ds.x_test.numpy(), ds.y_test.numpy()
+    pred = est.predict(x_te)
+    accuracy = float((pred == y_te).mean())
+    malicious = y_te == 1
+    recall = float((pred[malicious] == 1).mean()) if malicious.any() else float("nan")
+    if progress is not None:
+        progress(2, 2, f"test accuracy {accuracy:.4f}")
+    if accuracy < s.min_accuracy:
+        raise DataError(
+            f"{owner}: {s.name!r} must reach test accuracy >= {s.min_accuracy:.3f}; got "
+            f"{accuracy:.4f}, so it was not cached. Check the {s.dataset} file (sha256 "
+            f"{ds.sha256[:12]}...) is the original UCI one, then retrain."
+        )
+    path = _weights_path(s.name)
+    meta: dict[str, Any] = {
+        "name": s.name,
+        "kind": "sklearn",
+        "estimator": s.arch,
+        "estimator_class": type(est).__name__,
+        "dataset": s.dataset,
+        "deduplicated": s.deduplicate,
+        "n_train": int(ds.x_train.shape[0]),
+        "n_test": int(ds.x_test.shape[0]),
+        "test_accuracy": accuracy,
+        "malicious_recall": recall,
+        "train_time_s": round(train_time, 3),
+        "seed": seed,
+        "data_sha256": ds.sha256,
+        "data_source": ds.source,
+        "sklearn_version": str(sklearn.__version__),
+        "phishing_fingerprint": phishing_fingerprint(est, ds),
+        "trained_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "path": str(path.resolve()),
+        "format": SKLEARN_FORMAT,
+        "arch": s.arch,
+    }
+    return ZooModel(spec=s, module=est, meta=meta, path=path)
+
+
+def _phishing_kind(arch: str) -> PhishingKind:
+    if arch not in ("logreg", "rf", "gbm"):
+        raise ConfigError(f"zoo: internal: unknown phishing estimator {arch!r}.")
+    return arch  # type: ignore[return-value]  # narrowed by the check above
+
+
+def _load_sklearn(s: ZooSpec, path: Path, data_root: str | Path | None, *,
+                  progress: Progress | None) -> ZooModel:
+    """Retrain a scikit-learn zoo model and check it reproduces the cached fingerprint."""
+    fix = f"Retrain it with `modelshield zoo train {s.name} --force` (or zoo.train(..., force=True))."
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"zoo.load: the metadata of {s.name!r} in {str(path)!r} must be readable JSON; got "
+            f"{type(exc).__name__}: {exc}. {fix}"
+        ) from exc
+    if not isinstance(cached, dict) or cached.get("format") != SKLEARN_FORMAT:
+        got = cached.get("format") if isinstance(cached, dict) else type(cached).__name__
+        raise DataError(
+            f"zoo.load: the metadata of {s.name!r} in {str(path)!r} must have format "
+            f"{SKLEARN_FORMAT!r}; got {got!r}. {fix}"
+        )
+    zm = _fit_sklearn(s, data_root, progress=progress, owner="zoo.load")
+    fresh = zm.meta
+    if cached.get("data_sha256") != fresh["data_sha256"]:
+        raise DataError(
+            f"zoo.load: the {s.dataset} data of {s.name!r} must be the file it was trained on "
+            f"(sha256 {str(cached.get('data_sha256'))[:12]}...); got {fresh['data_sha256'][:12]}... "
+            f"from {fresh['data_source']!r}, so its recorded accuracy does not apply. Restore the "
+            f"original file, or {fix[0].lower()}{fix[1:]}"
+        )
+    if cached.get("phishing_fingerprint") != fresh["phishing_fingerprint"]:
+        raise DataError(
+            f"zoo.load: the retrained {s.name!r} must reproduce the cached model's fingerprint "
+            f"{str(cached.get('phishing_fingerprint'))[:12]}... (SHA-256 of its test-set "
+            f"probabilities); got {fresh['phishing_fingerprint'][:12]}... with scikit-learn "
+            f"{fresh['sklearn_version']} (cached with {cached.get('sklearn_version')!r}). The same data "
+            f"and seed gave a different model, so the recorded metrics do not apply. {fix}"
+        )
+    meta = {**fresh, "trained_at": cached.get("trained_at", fresh["trained_at"]),
+            "train_time_s": fresh["train_time_s"]}
+    return ZooModel(spec=s, module=zm.module, meta=meta, path=path)
 
 
 # Not a test: keep pytest from collecting the public `test_split` when imported into test files.
