@@ -98,3 +98,30 @@ def data_dir(root: str | Path | None = None) -> Path:
             f"folder. {_FIX}."
         )
     return path.resolve()
+
+
+def find_data_file(
+    root: str | Path | None, *, owner: str, folder: str, names: tuple[str, ...], fix: str
+) -> Path:
+    """The first of ``names`` found in ``<base>/<folder>/`` or ``<base>/``.
+
+    ``base`` is ``root`` if given, else ``$MODELSHIELD_DATA``. Raises MissingDataError naming
+    every path tried and ``fix`` when none exists, or when neither root nor the variable is set.
+    """
+    if root is not None:
+        base, origin = Path(root).expanduser(), "root"
+    else:
+        env = os.environ.get(DATA_ENV, "").strip()
+        if not env:
+            raise MissingDataError(
+                f"{owner}: a data folder must be given; got root=None and {DATA_ENV} unset. {fix}."
+            )
+        base, origin = Path(env).expanduser(), DATA_ENV
+    tried = [d / name for d in (base / folder, base) for name in names]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise MissingDataError(
+        f"{owner}: {' or '.join(names)} must exist under {origin}={str(base)!r}; looked for "
+        f"{', '.join(map(str, tried))}. {fix}."
+    )

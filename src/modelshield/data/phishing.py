@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -13,8 +12,8 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_range
-from modelshield.data._dataset import DATA_ENV
-from modelshield.errors import ConfigError, DataError, MissingDataError
+from modelshield.data._dataset import DATA_ENV, find_data_file
+from modelshield.errors import ConfigError, DataError
 
 __all__ = [
     "PHISHING_CLASSES",
@@ -181,26 +180,7 @@ _FIX = (
 
 
 def _find(root: str | Path | None) -> Path:
-    if root is not None:
-        base, origin = Path(root).expanduser(), "root"
-    else:
-        env = os.environ.get(DATA_ENV, "").strip()
-        if not env:
-            raise MissingDataError(
-                f"load_phishing: a data folder must be given; got root=None and {DATA_ENV} unset. {_FIX}."
-            )
-        base, origin = Path(env).expanduser(), DATA_ENV
-    tried = []
-    for folder in (base / PHISHING_FOLDER, base):
-        for name in PHISHING_FILES:
-            candidate = folder / name
-            tried.append(str(candidate))
-            if candidate.is_file():
-                return candidate.resolve()
-    raise MissingDataError(
-        f"load_phishing: {' or '.join(PHISHING_FILES)} must exist under {origin}={str(base)!r}; "
-        f"looked for {', '.join(tried)}. {_FIX}."
-    )
+    return find_data_file(root, owner="load_phishing", folder=PHISHING_FOLDER, names=PHISHING_FILES, fix=_FIX)
 
 
 @lru_cache(maxsize=4)

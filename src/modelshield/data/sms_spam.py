@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_range
-from modelshield.data._dataset import DATA_ENV
+from modelshield.data._dataset import DATA_ENV, find_data_file
 from modelshield.errors import ConfigError, DataError, MissingDataError
 
 __all__ = ["SMS_SPAM_CLASSES", "SMS_SPAM_FILE", "TextDataset", "load_sms_spam", "read_labelled_texts"]
@@ -182,22 +181,8 @@ _FIX = (
 
 
 def _find(root: str | Path | None) -> Path:
-    if root is not None:
-        base, origin = Path(root).expanduser(), "root"
-    else:
-        env = os.environ.get(DATA_ENV, "").strip()
-        if not env:
-            raise MissingDataError(
-                f"load_sms_spam: a data folder must be given; got root=None and {DATA_ENV} unset. {_FIX}."
-            )
-        base, origin = Path(env).expanduser(), DATA_ENV
-    tried = [base / SMS_SPAM_FOLDER / SMS_SPAM_FILE, base / SMS_SPAM_FILE]
-    for candidate in tried:
-        if candidate.is_file():
-            return candidate.resolve()
-    raise MissingDataError(
-        f"load_sms_spam: {SMS_SPAM_FILE} must exist under {origin}={str(base)!r}; looked for "
-        f"{', '.join(map(str, tried))}. {_FIX}."
+    return find_data_file(
+        root, owner="load_sms_spam", folder=SMS_SPAM_FOLDER, names=(SMS_SPAM_FILE,), fix=_FIX
     )
 
 
