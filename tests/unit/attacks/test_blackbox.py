@@ -465,3 +465,25 @@ def test_transfer_from_a_surrogate_trained_on_the_same_data(digits_mlp: Digits) 
     assert victim.queries.forward == 200
     assert res.params["attack"]["attack"] == "PGD" and res.params["surrogate"] == "Linear"
     assert (res.norms <= 0.15 + 1e-6).all()
+
+
+def test_transfer_rate_ignores_the_surrogates_own_mistakes() -> None:
+    """A surrogate that is wrong on clean inputs has crafted nothing there: those points do not count."""
+    from torch import nn
+
+    from modelshield.attacks.evasion import PGD, Transfer
+
+    victim = nn.Linear(2, 2)
+    with torch.no_grad():
+        victim.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        victim.bias.zero_()
+    surrogate = nn.Linear(2, 2)  # always says class 0, whatever the input
+    with torch.no_grad():
+        surrogate.weight.zero_()
+        surrogate.bias.copy_(torch.tensor([1.0, 0.0]))
+    x = torch.tensor([[0.2, 0.9], [0.8, 0.1]])
+    y = torch.tensor([1, 0])  # the victim is right on both; the surrogate only on row 1
+    res = Transfer(attack=PGD(eps=0.1, steps=5), surrogate=surrogate)(victim, x, y)
+    # row 0 is "misclassified" by the surrogate without any attack, row 1 cannot be moved
+    # (the surrogate has zero gradient): no example was crafted, so no transfer rate
+    assert res.extra["transfer_rate"] is None

@@ -37,7 +37,8 @@ class Transfer:
     which is the verification query: 2N in all. The surrogate's own queries and its success
     are reported in ``extra`` (``surrogate_success_rate``, ``surrogate_robust_accuracy``,
     ``surrogate_queries_forward``/``_backward``), together with ``transfer_rate``: the share
-    of eligible points broken on the surrogate that also break the victim.
+    of points broken on the surrogate by the attack (the surrogate was right on the clean input)
+    and classified correctly by the victim that also break the victim.
 
     Args:
         attack: the white-box attack run on the surrogate, e.g. ``PGD(eps=0.1)``.
@@ -112,7 +113,9 @@ class Transfer:
                 clean_pred=clean_pred,
                 point_queries=torch.ones(n, dtype=torch.long, device=call.x.device),
             )
-        both = crafted.success & res.eligible
+        # Only examples the attack made count: the surrogate was right on x and wrong on x_adv
+        # (its own clean mistakes are not adversarial examples), and the victim was right on x.
+        both = crafted.success & crafted.eligible & res.eligible
         transfer_rate = float(res.success[both].float().mean()) if bool(both.any()) else math.nan
         extra = {
             "surrogate_success_rate": _json_rate(crafted.attack_success_rate),
