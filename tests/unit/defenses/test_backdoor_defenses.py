@@ -54,7 +54,9 @@ def test_training_set_detectors_rank_poisoned_points_first(setup) -> None:  # ty
     res, model, _, _, _ = setup
     x0 = res.x_poisoned.clone()
     truth = res.mask.numpy()
-    ac = ActivationClustering().fit(model, res.x_poisoned, res.y_poisoned)
+    # The tiny 64-unit digits model needs the paper's ICA; the PCA default is tuned on MNIST
+    # (benchmarks/backdoor.py: ICA F1 0.0, PCA F1 0.997 with lenet-28).
+    ac = ActivationClustering(reduce="ica").fit(model, res.x_poisoned, res.y_poisoned)
     ss = SpectralSignatures().fit(model, res.x_poisoned, res.y_poisoned)
     assert torch.equal(res.x_poisoned, x0)
     # Measured 0.86 (AC) and 0.71 (SS) on this tiny 64-unit model; chance is 0.5.

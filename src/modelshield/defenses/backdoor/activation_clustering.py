@@ -73,7 +73,10 @@ class ActivationClustering:
 
     Args:
         n_components: reduced dimension (10 in the paper).
-        reduce: ``"ica"`` or ``"pca"``.
+        reduce: ``"pca"`` (default) or ``"ica"`` (the paper's). Measured on MNIST / lenet-28
+            with BadNets at 5% (benchmarks/backdoor.py): ICA's 10 unit-variance components
+            split every class in halves (F1 0.0), PCA isolates the triggered third of class 0
+            (silhouette 0.44 vs <= 0.32 for clean classes; F1 0.997).
         method: the cluster analysis, see above.
         size_threshold: largest relative size of a poisoned cluster (0.35 in the paper).
         silhouette_threshold: least silhouette score of a split considered real.
@@ -96,7 +99,7 @@ class ActivationClustering:
     """
 
     n_components: int = 10
-    reduce: Reduce = "ica"
+    reduce: Reduce = "pca"
     method: Method = "silhouette"
     size_threshold: float = 0.35
     silhouette_threshold: float = 0.15
