@@ -109,7 +109,9 @@ def metrics_table(result: Mapping[str, Any], title: str) -> None:
                 "queries_forward", "queries_backward", "median_queries_per_success",
                 "mean_queries_per_success", "max_changes", "malicious_rows", "attacked_rows",
                 "successes", "success_rate", "malicious_recall_before", "malicious_recall_after",
-                "median_changes", "changes_histogram", "invalid_rows", "time_s"):
+                "median_changes", "changes_histogram", "invalid_rows", "method", "max_word_fraction",
+                "eligible", "recall_before", "recall_after", "median_words_changed",
+                "median_chars_changed", "median_queries", "time_s"):
         if key in result:
             table.add_row(key, _fmt(result[key], key))
     out().print(table)

@@ -26,6 +26,10 @@ class Target:
 
     ``module`` is an ``nn.Module`` (``kind == "torch"``) or a fitted scikit-learn estimator
     (``kind == "sklearn"``, tabular zoo models; ``feature_names`` then names the columns).
+    Text models (``kind == "text"``, spam-*): ``module`` is a pipeline over raw strings,
+    ``texts`` the test messages, and ``x`` their ``(N, 1)`` row indices into the test split
+    (float32), so the tensor-based assessment runner can carry them; ``adapted()`` maps index
+    rows to the pipeline's probabilities.
     """
 
     module: Any
@@ -36,14 +40,29 @@ class Target:
     data_info: dict[str, Any]
     kind: str = "torch"
     feature_names: tuple[str, ...] | None = None
+    texts: tuple[str, ...] | None = None
 
     @property
     def tabular(self) -> bool:
         """True for tabular (scikit-learn) models."""
         return self.kind == "sklearn"
 
+    @property
+    def text(self) -> bool:
+        """True for text models (inputs are strings; ``x`` holds row indices)."""
+        return self.kind == "text"
+
     def adapted(self) -> TorchModel | CallableModel:
-        """The model adapted with its bounds (white-box for torch, black-box for estimators)."""
+        """The model adapted with its bounds (white-box for torch, black-box for estimators;
+        for text models a black box over ``(N, 1)`` row indices into ``texts``)."""
+        if self.text and self.texts is not None:
+            texts, est = self.texts, self.module
+
+            def over_rows(rows: np.ndarray) -> np.ndarray:
+                picked = [texts[round(float(i))] for i in np.asarray(rows).reshape(len(rows), -1)[:, 0]]
+                return np.asarray(est.predict_proba(picked), dtype=np.float64)
+
+            return CallableModel(over_rows, bounds=self.bounds, output="proba", n_classes=2)
         return as_model(self.module, bounds=self.bounds)
 
 
@@ -96,6 +115,23 @@ def load_target(
 
     if n is not None and n < 1:
         raise ConfigError(f"modelshield: '--n' must be an int >= 1; got {n!r}. Use e.g. --n 500.")
+    if model in zoo.names() and zoo.is_text(model):
+        zm = zoo.load(model, data_root=data_dir, progress=progress)
+        texts, y = zoo.text_split(model, n=n, data_root=data_dir)
+        meta = dict(zm.meta)
+        return Target(
+            module=zm.module, x=torch.arange(len(texts), dtype=torch.float32).unsqueeze(1), y=y,
+            bounds=(0.0, float(max(len(texts) - 1, 1))), kind="text", texts=texts,
+            model_info={"name": model, "source": "zoo", "kind": "sklearn", "modality": "text",
+                        "arch": zm.spec.arch, "estimator": meta.get("estimator_class"),
+                        "weights_sha256": None, "fingerprint": meta.get("spam_fingerprint"),
+                        "sklearn_version": meta.get("sklearn_version"), "path": meta.get("path"),
+                        "test_accuracy": meta.get("test_accuracy"),
+                        "spam_precision": meta.get("spam_precision"),
+                        "spam_recall": meta.get("spam_recall"), "spam_f1": meta.get("spam_f1")},
+            data_info={"name": zm.spec.dataset, "sha256": meta.get("data_sha256"), "split": "test",
+                       "classes": ["ham", "spam"], "points": "row indices into the test split"},
+        )
     if model in zoo.names():
         zm = zoo.load(model, data_root=data_dir, progress=progress)
         x, y = zoo.test_split(model, n=n, data_root=data_dir)

@@ -12,6 +12,7 @@ from modelshield.cli import _render as render
 from modelshield.cli._target import torch_threads
 from modelshield.cli.assess import assess, demo
 from modelshield.cli.attack import attack_app
+from modelshield.cli.data import poison, validate_data
 from modelshield.cli.extract import extract
 from modelshield.cli.zoo import zoo_app
 from modelshield.errors import ModelShieldError
@@ -44,6 +45,8 @@ app.add_typer(zoo_app, name="zoo")
 app.command("assess")(assess)
 app.command("demo")(demo)
 app.command("extract")(extract)
+app.command("poison")(poison)
+app.command("validate-data")(validate_data)
 
 
 def _version(value: bool) -> None:

@@ -39,6 +39,7 @@ _ATTACKS_DEFAULT = ",".join(DEFAULT_ATTACKS)
 _BUDGETS_DEFAULT = ",".join(str(b) for b in DEFAULT_BUDGETS)
 IMAGE_SECTIONS = ("evasion",)
 TABULAR_SECTIONS = ("tabular",)
+TEXT_SECTIONS = ("poisoning", "text-evasion")
 
 
 def _parse_ints(text: str, *, name: str) -> tuple[int, ...]:
@@ -54,7 +55,7 @@ def _parse_ints(text: str, *, name: str) -> tuple[int, ...]:
 def _assess_and_write(target: Target, plan: AssessmentPlan, out: Path, *, force: bool,
                       thresholds: list[Threshold]) -> None:
     with render.progress_bar("assessing") as progress, render.show_warnings():
-        model = target.adapted() if target.tabular else target.module
+        model = target.adapted() if target.tabular or target.text else target.module
         result = run(model, target.x, target.y, plan=plan, model_info=target.model_info,
                      data_info=target.data_info, bounds=target.bounds, progress=progress)
     paths = write_report(result, out, overwrite=force)
@@ -82,7 +83,8 @@ def assess(
     seed: Annotated[int, typer.Option(help="Seed given to every attack.")] = 0,
     sections: Annotated[str | None, typer.Option(
         help="Comma-separated report sections: evasion, blackbox (image models), tabular (tabular "
-             "models). Default: evasion for image models, tabular for tabular models.")] = None,
+             "models), poisoning, text-evasion (text models: spam-*). Default: evasion for image "
+             "models, tabular for tabular models, poisoning,text-evasion for text models.")] = None,
     query_budgets: Annotated[str, typer.Option(
         help="blackbox section: Square query budgets per point.")] = _BUDGETS_DEFAULT,
     blackbox_n: Annotated[int, typer.Option(help="blackbox section: points attacked.")] = 100,
@@ -113,7 +115,7 @@ def assess(
     with render.progress_bar("loading model") as progress, render.show_warnings():
         target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress)
     chosen = (tuple(s.strip() for s in sections.split(",") if s.strip()) if sections is not None
-              else TABULAR_SECTIONS if target.tabular else IMAGE_SECTIONS)
+              else TEXT_SECTIONS if target.text else TABULAR_SECTIONS if target.tabular else IMAGE_SECTIONS)
     plan = AssessmentPlan(sections=chosen, n=n, batch_size=batch_size, seed=seed, evasion=evasion,
                           blackbox=blackbox, tabular=tabular)
     _assess_and_write(target, plan, out, force=force, thresholds=thresholds)

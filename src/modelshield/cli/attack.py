@@ -18,12 +18,15 @@ from modelshield.cli import _render as render
 from modelshield.cli._target import Target, as_query_model, load_target, parse_norm
 from modelshield.errors import ConfigError
 
-__all__ = ["TABULAR_ATTACK", "attack_app", "load_constraints"]
+__all__ = ["TABULAR_ATTACK", "TEXT_ATTACK", "attack_app", "load_constraints", "text_evasion_summary"]
 
 attack_app = typer.Typer(help="Run a single attack against a model.", no_args_is_help=True)
 
 TABULAR_ATTACK = "tabular"
 """CLI name of the constraint-respecting tabular attack (TabularSearch)."""
+
+TEXT_ATTACK = "text"
+"""CLI name of the black-box text evasion attack (TextEvasion) on text models (spam-*)."""
 
 MODEL_HELP = "Zoo name (see 'modelshield zoo list') or path to a saved model file."
 DATA_HELP = "Data set of a model file: digits, mnist or fashion-mnist (zoo models know theirs)."
@@ -34,7 +37,8 @@ ATTACK_HELP = (
     f"Black-box ({', '.join(sorted(BLACK_BOX_ATTACKS))}): "
     "the model is wrapped as a query-only function returning softmax probabilities (labels only "
     "with --labels-only), so the attack never sees gradients or logits. 'tabular': "
-    "constraint-respecting search on a tabular model (phishing-*)."
+    "constraint-respecting search on a tabular model (phishing-*). 'text': word-budgeted "
+    "black-box evasion of a text model (spam-*; see --method)."
 )
 
 
@@ -92,6 +96,43 @@ def _tabular(target: Target, *, constraints: Path | None, max_changes: int, beam
     }
 
 
+def text_evasion_summary(model: str, *, method: str, max_word_fraction: float, n: int,
+                         max_queries: int | None, seed: int, data_dir: Path | None,
+                         examples: int = 10) -> dict[str, Any]:
+    """Run TextEvasion on the first n test messages of a text zoo model; the JSON-safe summary."""
+    from modelshield.attacks.evasion.text import TextEvasion
+    from modelshield.models import zoo
+
+    atk = TextEvasion(method=method, max_word_fraction=max_word_fraction,  # type: ignore[arg-type]
+                      max_queries=max_queries, seed=seed)  # (method is validated by TextEvasion)
+    if model not in zoo.names() or not zoo.is_text(model):
+        raise ConfigError(
+            f"modelshield attack evasion: '--attack {TEXT_ATTACK}' needs a text zoo model "
+            f"(spam-nb, spam-logreg); got {model!r}. Use e.g. --model spam-logreg."
+        )
+    if n < 1:
+        raise ConfigError(f"modelshield: '--n' must be an int >= 1; got {n!r}. Use e.g. --n 500.")
+    zm = zoo.load(model, data_root=data_dir)
+    texts, y = zoo.text_split(model, n=n, data_root=data_dir)
+    result = atk(zm.module, texts, y)
+    d = result.to_dict(examples=examples)
+    meta = zm.meta
+    return {
+        **d,
+        "attack": TEXT_ATTACK,
+        "attack_class": result.attack,
+        "method": method,
+        "max_word_fraction": max_word_fraction,
+        "access": "scores (predict_proba), query-only",
+        "model": {"name": model, "source": "zoo", "kind": "sklearn", "modality": "text",
+                  "arch": zm.spec.arch, "fingerprint": meta.get("spam_fingerprint"),
+                  "sklearn_version": meta.get("sklearn_version"), "test_accuracy": meta.get("test_accuracy"),
+                  "spam_f1": meta.get("spam_f1"), "spam_recall": meta.get("spam_recall")},
+        "data": {"name": zm.spec.dataset, "sha256": meta.get("data_sha256"), "split": "test", "n": len(texts),
+                 "classes": ["ham", "spam"]},
+    }
+
+
 @attack_app.command("evasion")
 def evasion(
     model: Annotated[str, typer.Option("--model", help=MODEL_HELP)],
@@ -115,6 +156,11 @@ def evasion(
     constraints: Annotated[Path | None, typer.Option(
         help="Tabular: constraint spec (YAML or JSON; default: the shipped phishing spec).")] = None,
     beam_width: Annotated[int, typer.Option(help="Tabular: rows kept per search round (1 = greedy).")] = 1,
+    method: Annotated[str, typer.Option(
+        help="Text: char (DeepWordBug edits), word (lexicon synonyms), goodword (appended ham "
+             "words) or combined.")] = "char",
+    max_word_fraction: Annotated[float, typer.Option(
+        help="Text: most words changed, as a share of each message's words.")] = 0.2,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics + provenance here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --json file.")] = False,
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
@@ -126,6 +172,19 @@ def evasion(
     if json_out is not None:
         check_new_files([json_out], overwrite=force, owner=owner)
     key = attack.strip().lower()
+    if key == TEXT_ATTACK:
+        with render.progress_bar("loading model") as progress, render.show_warnings():
+            progress(0, 1, f"{TEXT_ATTACK} ({method}, {max_word_fraction:g} of words)")
+            summary = text_evasion_summary(model, method=method, max_word_fraction=max_word_fraction, n=n,
+                                           max_queries=max_queries, seed=seed, data_dir=data_dir)
+        render.metrics_table(summary, title=f"{TEXT_ATTACK} ({method}) on {model}")
+        if json_out is not None:
+            payload = {**summary, "provenance": provenance(
+                model_info=summary["model"], data_info=summary["data"], seed=seed,
+                attacks={key: summary["params"]})}
+            write_json(json_out, payload, overwrite=force)
+            render.say(f"Metrics written to {json_out}")
+        return
     tabular = key == TABULAR_ATTACK
     if constraints is not None and not tabular:
         raise ConfigError(

@@ -1,5 +1,6 @@
 """Data set loaders: bundled digits, MNIST and Fashion-MNIST (IDX files), by name or directly,
-and the UCI phishing-websites tabular data.
+the UCI phishing-websites tabular data and the SMS Spam Collection (``load_sms_spam``, raw
+texts in a :class:`TextDataset`).
 
 Every image loader returns a :class:`Dataset` with float32 images in [0, 1] shaped
 ``(N, 1, H, W)`` and int64 labels; tabular loaders return a :class:`TabularDataset` with
@@ -16,6 +17,7 @@ from modelshield.data._dataset import DATA_ENV, Dataset, data_dir
 from modelshield.data.digits import load_digits
 from modelshield.data.idx import load_fashion_mnist, load_idx, load_mnist
 from modelshield.data.phishing import TabularDataset, load_phishing
+from modelshield.data.sms_spam import TextDataset, load_sms_spam
 from modelshield.errors import ConfigError
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "TABULAR_DATASETS",
     "Dataset",
     "TabularDataset",
+    "TextDataset",
     "data_dir",
     "load_dataset",
     "load_digits",
@@ -31,6 +34,7 @@ __all__ = [
     "load_idx",
     "load_mnist",
     "load_phishing",
+    "load_sms_spam",
     "load_tabular_dataset",
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -13,9 +14,16 @@ from torch import Tensor
 
 from modelshield._checks import check_range
 from modelshield.data._dataset import DATA_ENV, find_data_file
-from modelshield.errors import ConfigError, DataError, MissingDataError
+from modelshield.errors import ConfigError, DataError, InputError, MissingDataError
 
-__all__ = ["SMS_SPAM_CLASSES", "SMS_SPAM_FILE", "TextDataset", "load_sms_spam", "read_labelled_texts"]
+__all__ = [
+    "SMS_SPAM_CLASSES",
+    "SMS_SPAM_FILE",
+    "TextDataset",
+    "load_sms_spam",
+    "read_labelled_texts",
+    "write_labelled_texts",
+]
 
 SMS_SPAM_FILE = "SMSSpamCollection"
 SMS_SPAM_FOLDER = "sms-spam"
@@ -172,6 +180,52 @@ def read_labelled_texts(
         str(p.resolve()), stat.st_mtime_ns, stat.st_size, "read_labelled_texts", tuple(class_names)
     )
     return texts, torch.tensor(labels)
+
+
+def write_labelled_texts(
+    path: str | Path,
+    texts: Sequence[str],
+    y: Tensor | Sequence[int],
+    *,
+    class_names: tuple[str, ...] = SMS_SPAM_CLASSES,
+) -> Path:
+    """Write ``<label>\\t<text>`` lines (the SMS Spam Collection format) that read_labelled_texts reads back.
+
+    Args:
+        path: the file to write (UTF-8, ``\\n`` line endings; replaced if it exists).
+        texts: the messages; none may be empty or contain a line break.
+        y: one label index per text.
+        class_names: label names by index.
+
+    Returns:
+        The path written.
+
+    Raises:
+        InputError: texts and labels differ in length, a label is out of range, or a text is
+            empty or holds a line break (the message names the row).
+    """
+    labels = [int(v) for v in (y.tolist() if isinstance(y, Tensor) else y)]
+    if len(labels) != len(texts):
+        raise InputError(
+            f"write_labelled_texts: 'y' must have one label per text ({len(texts)}); got {len(labels)}. "
+            "Pass matching texts and labels."
+        )
+    lines = []
+    for i, (t, lab) in enumerate(zip(texts, labels, strict=True)):
+        if not 0 <= lab < len(class_names):
+            raise InputError(
+                f"write_labelled_texts: y[{i}] must be in [0, {len(class_names) - 1}]; got {lab}. "
+                "Use label indices into class_names."
+            )
+        if not isinstance(t, str) or not t.strip() or "\n" in t or "\r" in t:
+            raise InputError(
+                f"write_labelled_texts: texts[{i}] must be a non-empty one-line str; got {t!r:.60}. "
+                "Remove empty rows and line breaks."
+            )
+        lines.append(f"{class_names[lab]}\t{t}\n")
+    p = Path(path).expanduser()
+    p.write_text("".join(lines), encoding="utf-8", newline="")
+    return p
 
 
 _FIX = (

@@ -50,7 +50,7 @@ def in_cache(digits_cache: Trained,
 
 def test_names_and_specs() -> None:
     assert zoo.names() == ["digits-cnn", "fashion-cnn", "mnist-cnn", "phishing-gbm", "phishing-logreg",
-                           "phishing-rf"]
+                           "phishing-rf", "spam-logreg", "spam-nb"]
     s = zoo.spec("mnist-cnn")
     assert (s.dataset, s.input_shape, s.n_classes, s.bounds) == ("mnist", (1, 28, 28), 10, (0.0, 1.0))
     assert zoo.spec("digits-cnn").min_accuracy == 0.97 and zoo.spec("fashion-cnn").min_accuracy == 0.89
@@ -63,7 +63,7 @@ def test_names_and_specs() -> None:
 
 
 def test_unknown_name_lists_names_and_suggests() -> None:
-    listed = (r"'digits-cnn', 'fashion-cnn', 'mnist-cnn', .*'phishing-rf'; got 'mnist-cn'\. "
+    listed = (r"'digits-cnn', 'fashion-cnn', 'mnist-cnn', .*'spam-nb'; got 'mnist-cn'\. "
               r"Did you mean 'mnist-cnn'")
     with pytest.raises(ConfigError, match=listed):
         zoo.spec("mnist-cn")

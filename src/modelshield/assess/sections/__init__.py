@@ -6,13 +6,16 @@ from modelshield.assess._section import SECTIONS, register_section
 from modelshield.assess.sections.blackbox import BlackBoxSection, TabularSection
 from modelshield.assess.sections.evasion import SEVERITY_THRESHOLDS, EvasionSection, evasion_severity
 from modelshield.assess.sections.extraction import ExtractionSection
+from modelshield.assess.sections.spam import PoisoningSection, TextEvasionSection
 
 __all__ = [
     "SEVERITY_THRESHOLDS",
     "BlackBoxSection",
     "EvasionSection",
     "ExtractionSection",
+    "PoisoningSection",
     "TabularSection",
+    "TextEvasionSection",
     "evasion_severity",
 ]
 
@@ -24,3 +27,7 @@ if "tabular" not in SECTIONS:
     register_section(TabularSection())
 if "extraction" not in SECTIONS:
     register_section(ExtractionSection())
+if "poisoning" not in SECTIONS:
+    register_section(PoisoningSection())
+if "text-evasion" not in SECTIONS:
+    register_section(TextEvasionSection())
