@@ -82,8 +82,8 @@ def assess(
     batch_size: Annotated[int, typer.Option(help="Points per attack call.")] = 250,
     seed: Annotated[int, typer.Option(help="Seed given to every attack.")] = 0,
     sections: Annotated[str | None, typer.Option(
-        help="Comma-separated report sections: evasion, blackbox (image models), tabular (tabular "
-             "models), poisoning, text-evasion (text models: spam-*). Default: evasion for image "
+        help="Comma-separated report sections: evasion, blackbox, extraction (image models), "
+             "tabular (tabular models), poisoning, text-evasion (text models: spam-*). Default: evasion for image "
              "models, tabular for tabular models, poisoning,text-evasion for text models.")] = None,
     query_budgets: Annotated[str, typer.Option(
         help="blackbox section: Square query budgets per point.")] = _BUDGETS_DEFAULT,
@@ -97,7 +97,8 @@ def assess(
         "(repeatable), e.g. robust_accuracy=0.6; METRIC<=VALUE caps a metric instead.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing report files.")] = False,
 ) -> None:
-    """Assess a model against the evasion threat suite; write report.json and report.html.
+    """Run the threat suite on a model (evasion, black-box, tabular, extraction, poisoning, text
+    evasion: the sections that fit it); write report.json and report.html.
 
     Exits with 1 when a --fail-under threshold is missed, 2 on bad input.
     """
