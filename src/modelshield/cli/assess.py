@@ -83,8 +83,9 @@ def assess(
     seed: Annotated[int, typer.Option(help="Seed given to every attack.")] = 0,
     sections: Annotated[str | None, typer.Option(
         help="Comma-separated report sections: evasion, blackbox, extraction (image models), "
-             "tabular (tabular models), poisoning, text-evasion (text models: spam-*). Default: evasion for image "
-             "models, tabular for tabular models, poisoning,text-evasion for text models.")] = None,
+             "tabular (tabular models), poisoning, text-evasion (text models: spam-*). "
+             "Default: evasion for image models, tabular for tabular models, "
+             "poisoning,text-evasion for text models.")] = None,
     query_budgets: Annotated[str, typer.Option(
         help="blackbox section: Square query budgets per point.")] = _BUDGETS_DEFAULT,
     blackbox_n: Annotated[int, typer.Option(help="blackbox section: points attacked.")] = 100,
