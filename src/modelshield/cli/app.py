@@ -13,6 +13,7 @@ from modelshield.cli._target import torch_threads
 from modelshield.cli.assess import assess, demo
 from modelshield.cli.attack import attack_app
 from modelshield.cli.data import poison, validate_data
+from modelshield.cli.defend import certify, defend_app
 from modelshield.cli.extract import extract
 from modelshield.cli.zoo import zoo_app
 from modelshield.errors import ModelShieldError
@@ -42,7 +43,9 @@ app = typer.Typer(
 )
 app.add_typer(attack_app, name="attack")
 app.add_typer(zoo_app, name="zoo")
+app.add_typer(defend_app, name="defend")
 app.command("assess")(assess)
+app.command("certify")(certify)
 app.command("demo")(demo)
 app.command("extract")(extract)
 app.command("poison")(poison)

@@ -1,0 +1,162 @@
+"""Evasion defences, evaluated honestly in one run (issue: adversarial training, distillation,
+certified robustness, detectors).
+
+Prints one JSON object:
+- ``adversarial_training``: for each method (pgd, trades, fast) the training time, clean accuracy,
+  robust accuracy under ``Ensemble.standard`` (APGD-CE + APGD-T), the worst case over all attacks
+  of ``check_gradient_masking`` and its flags, and (peers installed) torchattacks' AutoAttack
+  (standard version) on the same points;
+- ``distillation``: defensive distillation's robust accuracy under plain cross-entropy PGD and
+  margin-loss PGD, with the masking flags (the CE number is expected to be inflated);
+- ``randomized_smoothing``: certified accuracy at L2 radii 0.5, 1.0, 1.5 for models trained with
+  Gaussian noise of sigma 0.25 and 0.5 (Cohen et al., 2019);
+- ``feature_squeezing``: detection rate at 5% FPR of a plain PGD attack and of the adaptive
+  attack that knows the detector, on the undefended zoo model.
+
+Defaults follow the issue (MNIST, eps 0.3 L-inf; hours on a CPU). A small run:
+    python benchmarks/defenses.py --dataset digits --eps 0.1 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from modelshield.assess.masking import check_gradient_masking
+from modelshield.attacks.evasion import PGD, Ensemble
+from modelshield.data import load_dataset
+from modelshield.defenses.certification.smoothing import RandomizedSmoothing, noise_augmented_training
+from modelshield.defenses.detection.squeezing import FeatureSqueezing, adaptive_attack
+from modelshield.defenses.training import METHODS, AdversarialTrainer, DefensiveDistillation
+from modelshield.models import zoo
+
+MODELS = {"digits": "digits-cnn", "mnist": "mnist-cnn"}
+
+
+def accuracy(module: nn.Module, x: Tensor, y: Tensor) -> float:
+    with torch.no_grad():
+        return round(float((module(x).argmax(1) == y).double().mean()), 4)
+
+
+def autoattack(module: nn.Module, x: Tensor, y: Tensor, eps: float) -> dict[str, Any]:
+    """torchattacks' AutoAttack (standard) on the same points, re-checked here."""
+    try:
+        import torchattacks
+    except ImportError as exc:
+        return {"skipped": str(exc)}
+    aa = torchattacks.AutoAttack(module, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)
+    t0 = time.perf_counter()
+    xa = aa(x, y)
+    inside = bool(((xa - x).abs().amax() <= eps + 1e-6) and xa.min() >= 0 and xa.max() <= 1)
+    return {"robust_accuracy": accuracy(module, xa, y), "time_s": round(time.perf_counter() - t0, 2),
+            "within_eps_and_bounds": inside}
+
+
+def evaluate(module: nn.Module, x: Tensor, y: Tensor, eps: float, cfg: argparse.Namespace,
+             *, peers: bool) -> dict[str, Any]:
+    module.eval()
+    rep = check_gradient_masking(module, x, y, eps=eps,
+                                 attack=PGD(eps=eps, steps=cfg.eval_steps, loss="ce"),
+                                 ensemble=Ensemble.standard(eps, steps=cfg.eval_steps),
+                                 square_queries=cfg.square_queries)
+    out = {"clean_accuracy": round(rep.clean_accuracy, 4),
+           "pgd_ce_robust_accuracy": round(rep.attack_robust_accuracy, 4),
+           "ensemble_standard_robust_accuracy": round(rep.ensemble_robust_accuracy, 4),
+           "worst_case_robust_accuracy": round(rep.robust_accuracy, 4),
+           "masking_flags": list(rep.flag_names), "robust_claim_allowed": rep.robust_claim_allowed,
+           "masking_time_s": round(rep.time_s, 2)}
+    if peers:
+        out["torchattacks_autoattack"] = autoattack(module, x, y, eps)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=sorted(MODELS), default="mnist")
+    p.add_argument("--eps", type=float, default=0.3)
+    p.add_argument("--quick", action="store_true", help="few steps, points and samples (smoke run)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--n", type=int, default=None, help="test points for the attacks")
+    p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    q = args.quick
+    args.epochs = args.epochs or 20
+    args.n = args.n or (100 if q else 1000)
+    args.eval_steps = 20 if q else 100
+    args.square_queries = 200 if q else 5000
+    steps = 7 if q else 40
+    smooth_n, cert_points = (500, 50) if q else (100_000, 500)
+
+    name = MODELS[args.dataset]
+    spec = zoo.spec(name)
+    ds = load_dataset(spec.dataset, root=args.data_dir)
+    xtr, ytr = ds.x_train.float(), ds.y_train.long()
+    x, y = ds.x_test[:args.n].float(), ds.y_test[:args.n].long()
+    report: dict[str, Any] = {
+        "benchmark": "defenses", "dataset": spec.dataset, "arch": spec.arch, "eps": args.eps,
+        "norm": "inf", "epochs": args.epochs, "n": int(x.shape[0]), "quick": q, "train_steps": steps,
+        "eval_steps": args.eval_steps, "square_queries": args.square_queries,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+        "adversarial_training": {},
+    }
+    for method in METHODS:
+        module = zoo.build(spec.arch, seed=0)
+        trainer = AdversarialTrainer(method=method, eps=args.eps, steps=steps, epochs=args.epochs,
+                                     bounds=ds.bounds, eval_steps=min(args.eval_steps, 20))
+        tr = trainer.fit(module, (xtr, ytr), val_data=(x[:256], y[:256]))
+        report["adversarial_training"][method] = {
+            "train_time_s": round(tr.train_time_s, 2),
+            "catastrophic_overfitting": tr.catastrophic_overfitting,
+            **evaluate(module, x, y, args.eps, args, peers=not args.no_peers)}
+
+    student = zoo.build(spec.arch, seed=0)
+    dist = DefensiveDistillation(temperature=100.0, epochs=args.epochs, bounds=ds.bounds)
+    res = dist.fit(zoo.build(spec.arch, seed=1), student, (xtr, ytr))
+    model = res.model.eval()
+    ev = evaluate(model, x, y, args.eps, args, peers=False)
+    margin = PGD(eps=args.eps, steps=args.eval_steps, loss="margin")(model, x, y)
+    ev["pgd_margin_robust_accuracy"] = round(margin.robust_accuracy, 4)
+    ev["holds"] = bool(ev["robust_claim_allowed"]
+                       and margin.robust_accuracy >= ev["pgd_ce_robust_accuracy"] - 0.05)
+    report["distillation"] = {"temperature": 100.0, "train_time_s": round(
+        res.teacher_report.train_time_s + res.student_report.train_time_s, 2), **ev}
+
+    radii = (0.5, 1.0, 1.5)
+    report["randomized_smoothing"] = {"n": smooth_n, "n0": 100, "alpha": 0.001, "points": cert_points}
+    for sigma in (0.25, 0.5):
+        module = zoo.build(spec.arch, seed=0)
+        tr = noise_augmented_training(module, (xtr, ytr), sigma=sigma, epochs=args.epochs, bounds=ds.bounds)
+        module.eval()
+        with torch.no_grad():
+            cert = RandomizedSmoothing(sigma=sigma, n=smooth_n, n0=100, alpha=0.001).certify(
+                module, x[:cert_points], y[:cert_points])
+        accs = cert.certified_accuracy(radii)
+        report["randomized_smoothing"][f"sigma_{sigma:g}"] = {
+            "train_time_s": round(tr.train_time_s, 2), "certify_time_s": round(cert.time_s, 2),
+            "abstain_rate": round(float(cert.abstain.double().mean()), 4),
+            "smoothed_accuracy": round(cert.certified_accuracy([0.0])[0], 4),
+            "certified_accuracy": {f"{r:g}": round(a, 4) for r, a in zip(radii, accs, strict=True)}}
+
+    base = zoo.load(name, data_root=args.data_dir).module.eval()
+    fit_x = ds.x_test[args.n:args.n + 500].float()
+    det = FeatureSqueezing(fpr=0.05, bounds=ds.bounds).fit(base, fit_x)
+    plain = det.evaluate(base, x, y, PGD(eps=args.eps, steps=args.eval_steps)(base, x, y))
+    adaptive = adaptive_attack(det, base, x, y, eps=args.eps, steps=args.eval_steps * 2)
+    report["feature_squeezing"] = {"model": name, "fit_points": int(fit_x.shape[0]),
+                                   "threshold": det.threshold_,
+                                   "plain_pgd": plain.to_dict(), "adaptive": adaptive.to_dict()}
+    print(json.dumps(report, indent=2, default=lambda o: o.tolist() if isinstance(o, Tensor) else str(o)))
+    return report
+
+
+if __name__ == "__main__":
+    main()
