@@ -12,6 +12,7 @@ from modelshield.cli import _render as render
 from modelshield.cli._target import torch_threads
 from modelshield.cli.assess import assess, demo
 from modelshield.cli.attack import attack_app
+from modelshield.cli.backdoor import backdoor_app
 from modelshield.cli.data import poison, validate_data
 from modelshield.cli.defend import certify, defend_app
 from modelshield.cli.extract import extract
@@ -44,6 +45,7 @@ app = typer.Typer(
 app.add_typer(attack_app, name="attack")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(defend_app, name="defend")
+app.add_typer(backdoor_app, name="backdoor")
 app.command("assess")(assess)
 app.command("certify")(certify)
 app.command("demo")(demo)

@@ -1,0 +1,367 @@
+"""``modelshield backdoor plant`` / ``scan``: plant a backdoor by data poisoning, then look for one.
+
+``plant`` poisons the training set (BadNets, blend, clean-label or WaNet), trains the data set's zoo
+architecture on it and writes ``model.pt`` (safe format), ``poison.json`` (poisoned rows, trigger,
+clean accuracy, attack success rate, provenance), ``poison_rows.npz`` (the changed rows, so that
+``scan --train-set`` can rebuild the poisoned set) and ``trigger.png``.
+
+``scan`` inspects a model with Neural Cleanse (Wang et al., 2019), calibrates STRIP (Gao et al.,
+2019) at 5% false rejection and, given a ``plant`` folder, runs activation clustering (Chen et al.,
+2019) and spectral signatures (Tran et al., 2018) on its poisoned training set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import typer
+from rich.markup import escape
+from rich.table import Table
+from torch import Tensor, nn
+
+from modelshield._checks import check_choice, check_range
+from modelshield.assess import check_new_files, provenance, write_json
+from modelshield.assess.suite import jsonable
+from modelshield.attacks.backdoor import (
+    BackdoorResult,
+    BadNets,
+    Blend,
+    CleanLabel,
+    WaNet,
+    attack_success_rate,
+    clean_accuracy,
+    make_train_fn,
+)
+from modelshield.cli import _render as render
+from modelshield.cli._target import load_target
+from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, MODEL_HELP
+from modelshield.errors import ConfigError
+
+__all__ = ["backdoor_app", "plant", "scan"]
+
+OWNER_PLANT = "modelshield backdoor plant"
+OWNER_SCAN = "modelshield backdoor scan"
+ATTACKS: tuple[str, ...] = ("badnets", "blend", "clean-label", "wanet")
+#: data set -> (zoo architecture, default epochs, batch size), as in the zoo recipes.
+RECIPES: dict[str, tuple[str, int, int]] = {
+    "digits": ("cnn-8x8", 30, 32),
+    "mnist": ("lenet-28", 3, 128),
+    "fashion-mnist": ("lenet-28", 5, 128),
+}
+MIN_CLEAN = 20
+
+backdoor_app = typer.Typer(help="Plant a backdoor by poisoning training data, or scan a model for one.",
+                           no_args_is_help=True)
+
+
+def sha256_tensor(t: Tensor) -> str:
+    """SHA-256 of a tensor's contiguous CPU bytes."""
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def save_png(image: Tensor, path: Path) -> None:
+    """Write a (C, H, W) or (H, W) image as a grayscale (C=1) or RGB PNG scaled to its own range."""
+    import matplotlib.image
+
+    img = image.detach().cpu().float()
+    if img.dim() == 3:
+        img = img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)
+    lo, hi = float(img.min()), float(img.max())
+    arr = ((img - lo) / (hi - lo) if hi > lo else torch.zeros_like(img)).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if arr.ndim == 2:
+        matplotlib.image.imsave(path, arr, cmap="gray", vmin=0.0, vmax=1.0)
+    else:
+        matplotlib.image.imsave(path, arr)
+
+
+def _load_data(name: str, data_dir: Path | None, owner: str) -> Any:
+    from modelshield.data import load_dataset
+
+    check_choice("--data", name, tuple(RECIPES), owner=owner)
+    return load_dataset(name, root=data_dir)
+
+
+def _build_attack(name: str, *, target: int, rate: float, patch_size: int, alpha: float,
+                  bounds: tuple[float, float], seed: int) -> Any:
+    check_choice("--attack", name, ATTACKS, owner=OWNER_PLANT)
+    if name == "badnets":
+        return BadNets(target=target, rate=rate, patch_size=patch_size, bounds=bounds, seed=seed)
+    if name == "blend":
+        return Blend(target=target, rate=rate, alpha=alpha, bounds=bounds, seed=seed)
+    if name == "clean-label":
+        return CleanLabel(target=target, rate=rate, patch_size=patch_size, bounds=bounds, seed=seed)
+    return WaNet(target=target, rate=rate, bounds=bounds, seed=seed)
+
+
+@backdoor_app.command("plant")
+def plant(
+    out: Annotated[Path, typer.Option("--out", help="Folder for model.pt, poison.json, trigger.png.")],
+    data: Annotated[str, typer.Option(help=f"Data set: {', '.join(RECIPES)}.")] = "digits",
+    attack: Annotated[str, typer.Option(help=f"One of: {', '.join(ATTACKS)}.")] = "badnets",
+    rate: Annotated[float, typer.Option(help="Share of the training set to poison, in (0, 1).")] = 0.05,
+    target: Annotated[int, typer.Option(help="Class the trigger should send inputs to.")] = 0,
+    patch_size: Annotated[int, typer.Option(help="Patch side in pixels (badnets, clean-label).")] = 3,
+    alpha: Annotated[float, typer.Option(help="Blend opacity (blend).")] = 0.2,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the zoo recipe's).")] = None,
+    train_size: Annotated[int | None, typer.Option(help="Train on the first N training rows.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed (poisoned rows, trigger, training).")] = 0,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
+) -> None:
+    """Poison a training set, train the zoo architecture on it and save the backdoored model;
+    prints clean accuracy and attack success rate; exits 2 on bad input."""
+    from modelshield.models.load import save_model, weights_sha256
+
+    files = [out / "model.pt", out / "poison.json", out / "poison_rows.npz", out / "trigger.png"]
+    check_new_files(files, overwrite=force, owner=OWNER_PLANT)
+    ds = _load_data(data, data_dir, OWNER_PLANT)
+    arch, default_epochs, batch_size = RECIPES[data]
+    n_classes = len(ds.classes)
+    check_range("--target", target, owner=OWNER_PLANT, low=0, high=n_classes - 1, integer=True,
+                fix=f"Pick a class of {data} (0..{n_classes - 1}).")
+    n_epochs = default_epochs if epochs is None else epochs
+    check_range("--epochs", n_epochs, owner=OWNER_PLANT, low=1, integer=True, fix="Use e.g. --epochs 3.")
+    n_train = int(ds.x_train.shape[0])
+    size = n_train if train_size is None else train_size
+    check_range("--train-size", size, owner=OWNER_PLANT, low=MIN_CLEAN, high=n_train, integer=True,
+                fix=f"Use at most the {n_train} training rows of {data}.")
+    atk = _build_attack(attack, target=target, rate=rate, patch_size=patch_size, alpha=alpha,
+                        bounds=ds.bounds, seed=seed)
+    x, y = ds.x_train[:size].float(), ds.y_train[:size].long()
+    train = make_train_fn(arch, epochs=n_epochs, batch_size=batch_size, seed=seed)
+    with render.progress_bar("poisoning") as progress, render.show_warnings():
+        surrogate = None
+        if atk.needs_model:
+            progress(0, 3, "training a clean surrogate")
+            surrogate = train(x, y)
+        progress(1, 3, f"{attack}: poisoning {rate:g} of {size} rows")
+        res: BackdoorResult = atk(surrogate, x, y)
+        progress(2, 3, f"training {arch} on the poisoned set")
+        model = train(res.x_poisoned, res.y_poisoned)
+    x_test, y_test = ds.x_test.float(), ds.y_test.long()
+    acc = clean_accuracy(model, x_test, y_test)
+    asr = attack_success_rate(model, res, x_test, y_test)
+    changed = (res.x_poisoned != x).flatten(1).any(1).nonzero().squeeze(1)
+    settings = {"data": data, "attack": attack, "rate": rate, "target": target, "patch_size": patch_size,
+                "alpha": alpha, "epochs": n_epochs, "batch_size": batch_size, "train_size": size,
+                "seed": seed, "arch": arch}
+    data_info = {"name": ds.name, "sha256": ds.sha256, "split": "train", "n_train": size,
+                 "n_test": int(y_test.numel())}
+    model_info = {"name": "model.pt", "source": "modelshield backdoor plant", "arch": arch,
+                  "weights_sha256": weights_sha256(model)}
+    meta = {"dataset": data, "arch": arch, "backdoor": {"attack": attack, "target": target},
+            "test_accuracy": round(acc, 6)}
+    digest = save_model(model, out / "model.pt", arch=arch, meta=jsonable(meta), overwrite=force)
+    np.savez(out / "poison_rows.npz", indices=changed.numpy(), rows=res.x_poisoned[changed].numpy())
+    image = res.trigger.image
+    if image is not None:
+        save_png(image, out / "trigger.png")
+    payload = {
+        "attack": res.to_dict(),
+        "indices": res.indices.tolist(),
+        "original_labels": res.original_labels.tolist(),
+        "clean_accuracy": round(acc, 6),
+        "attack_success_rate": round(asr, 6),
+        "n_test": int(y_test.numel()),
+        "settings": settings,
+        "x_poisoned_sha256": sha256_tensor(res.x_poisoned),
+        "model_sha256": digest,
+        "provenance": provenance(model_info=model_info, data_info=data_info, seed=seed,
+                                 attacks={attack: res.params}),
+    }
+    write_json(out / "poison.json", jsonable(payload), overwrite=force)
+    render.say(f"{res.attack}: poisoned {res.n_poisoned} of {res.n} rows -> class {target}")
+    render.say(f"clean accuracy {100 * acc:.1f}%, attack success rate [red]{100 * asr:.1f}%[/] "
+               f"({y_test.numel()} test images)")
+    render.say(f"Backdoored model and poison record written to {escape(str(out))}")
+
+
+def load_poisoned_set(
+    folder: Path, *, data_dir: Path | None
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
+    """(x_poisoned, y_poisoned, poisoned indices, poison.json) rebuilt from a ``plant`` folder.
+
+    Raises:
+        ConfigError: the folder is not a plant output, or the rebuilt set does not match its hash.
+    """
+    record, rows = folder / "poison.json", folder / "poison_rows.npz"
+    if not record.is_file() or not rows.is_file():
+        raise ConfigError(f"{OWNER_SCAN}: '--train-set' must be a folder written by 'modelshield backdoor "
+                          f"plant' (with poison.json and poison_rows.npz); got {str(folder)!r}. Pass the "
+                          "--out folder of plant.")
+    info: dict[str, Any] = json.loads(record.read_text())
+    s = info["settings"]
+    ds = _load_data(str(s["data"]), data_dir, OWNER_SCAN)
+    x = ds.x_train[: int(s["train_size"])].float().clone()
+    y = ds.y_train[: int(s["train_size"])].long().clone()
+    with np.load(rows, allow_pickle=False) as z:
+        changed = torch.as_tensor(z["indices"], dtype=torch.long)
+        x[changed] = torch.as_tensor(z["rows"], dtype=x.dtype)
+    idx = torch.as_tensor(info["indices"], dtype=torch.long)
+    y[idx] = int(s["target"])
+    if sha256_tensor(x) != info.get("x_poisoned_sha256"):
+        raise ConfigError(f"{OWNER_SCAN}: '--train-set' must rebuild the poisoned set it records; got "
+                          f"{str(folder)!r}, whose rows do not match (different data files?). Pass the "
+                          "--data-dir used by plant.")
+    return x, y, idx, info
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None or v != v else round(float(v), 6)
+
+
+def _metrics(d: dict[str, float]) -> dict[str, float | None]:
+    return {k: _r(v) for k, v in d.items()}
+
+
+@backdoor_app.command("scan")
+def scan(
+    model: Annotated[str, typer.Option("--model", help=MODEL_HELP)],
+    data: Annotated[str | None, typer.Option(help=f"Data set of a model file: {', '.join(RECIPES)}.")] = None,
+    clean_n: Annotated[int, typer.Option(help="Clean test images for Neural Cleanse and STRIP.")] = 1000,
+    train_set: Annotated[Path | None, typer.Option(help="A 'backdoor plant' folder: also scan its "
+                                                   "poisoned training set (activation clustering, "
+                                                   "spectral signatures).")] = None,
+    nc_steps: Annotated[int, typer.Option(help="Neural Cleanse optimisation steps per class.")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed (mini-batches, STRIP overlays).")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results (and the recovered "
+                                                  "trigger PNGs next to it).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --json file.")] = False,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+) -> None:
+    """Scan a model for a backdoor (Neural Cleanse, STRIP calibration, and training-set detectors
+    with --train-set) and print a verdict per class; exits 2 on bad input."""
+    from modelshield.defenses.backdoor import (
+        STRIP,
+        ActivationClustering,
+        NeuralCleanse,
+        SpectralSignatures,
+        detection_metrics,
+    )
+
+    if json_out is not None:
+        check_new_files([json_out], overwrite=force, owner=OWNER_SCAN)
+    check_range("--clean-n", clean_n, owner=OWNER_SCAN, low=MIN_CLEAN, integer=True,
+                fix=f"The clean set is too small: use at least {MIN_CLEAN} images, e.g. --clean-n 500.")
+    check_range("--nc-steps", nc_steps, owner=OWNER_SCAN, low=1, integer=True, fix="Use e.g. --nc-steps 300.")
+    if data is not None:
+        check_choice("--data", data, tuple(RECIPES), owner=OWNER_SCAN)
+    with render.progress_bar("loading model") as progress, render.show_warnings():
+        tgt = load_target(model, data=data, data_dir=data_dir, arch=arch, n=None, progress=progress)
+        if tgt.tabular or tgt.text or not isinstance(tgt.module, nn.Module):
+            raise ConfigError(f"{OWNER_SCAN}: '--model' must be an image classifier (a torch model); got "
+                              f"{model!r}. Pick e.g. --model digits-cnn or a plant folder's model.pt.")
+        module: nn.Module = tgt.module
+        xc, x_rest, y_rest = tgt.x[:clean_n], tgt.x[clean_n:], tgt.y[clean_n:]
+        progress(0, 3, f"Neural Cleanse ({nc_steps} steps per class)")
+        nc = NeuralCleanse(steps=nc_steps, bounds=tgt.bounds, seed=seed)(module, xc)
+        progress(1, 3, "STRIP calibration")
+        strip = STRIP(frr=0.05, bounds=tgt.bounds, seed=seed).fit(module, xc)
+        training: dict[str, Any] | None = None
+        planted: dict[str, Any] | None = None
+        if train_set is not None:
+            progress(2, 3, "activation clustering and spectral signatures")
+            xp, yp, idx, info = load_poisoned_set(train_set, data_dir=data_dir)
+            ac = ActivationClustering().fit(module, xp, yp)
+            ss = SpectralSignatures().fit(module, xp, yp)
+            assert ss.flagged_indices_ is not None and ac.flagged_indices_ is not None  # fitted
+            ss_classes = sorted({int(c) for c in yp[ss.flagged_indices_].tolist()})
+            training = {
+                "n": int(yp.numel()), "n_poisoned": int(idx.numel()),
+                "activation_clustering": {"flagged_classes": ac.flagged_classes, **_metrics(
+                    detection_metrics(ac.flagged_indices_, idx, int(yp.numel())))},
+                "spectral_signatures": {"flagged_classes": ss_classes, **_metrics(
+                    detection_metrics(ss.flagged_indices_, idx, int(yp.numel())))},
+            }
+            planted = {"attack": info["attack"].get("attack"), "target": info["settings"]["target"]}
+    flagged_by: dict[int, list[str]] = {c: [] for c in nc.classes}
+    for c in nc.flagged:
+        flagged_by[c].append("neural-cleanse")
+    if training is not None:
+        for c in training["activation_clustering"]["flagged_classes"]:
+            flagged_by.setdefault(int(c), []).append("activation-clustering")
+        for c in training["spectral_signatures"]["flagged_classes"]:
+            flagged_by.setdefault(int(c), []).append("spectral-signatures")
+    per_class: list[dict[str, Any]] = []
+    for i, c in enumerate(nc.classes):
+        png = None
+        if json_out is not None:
+            path = json_out.with_name(f"{json_out.stem}-nc-class{c}.png")
+            save_png(nc.triggers[i].image, path)
+            png = path.name
+        per_class.append({"class": c, "norm": _r(float(nc.norms[i])),
+                          "anomaly_index": _r(float(nc.anomaly_index[i])),
+                          "trigger_asr": _r(float(nc.asr[i])), "neural_cleanse_flagged": c in nc.flagged,
+                          "flagged_by": flagged_by[c],
+                          "verdict": "backdoor" if flagged_by[c] else "clean", "trigger_png": png})
+    strip_info: dict[str, Any] = {"frr": 0.05, "threshold": _r(strip.threshold_),
+                                  "false_rejection_clean": _r(strip.false_rejection_),
+                                  "n_clean": int(xc.shape[0])}
+    if planted is not None and train_set is not None and int(x_rest.shape[0]) >= MIN_CLEAN:
+        xp_eval = x_rest[y_rest != int(planted["target"])]
+        res_trigger = _planted_trigger(train_set, data_dir=data_dir)
+        if res_trigger is not None and int(xp_eval.shape[0]) > 0:
+            triggered = res_trigger.apply_trigger(xp_eval)
+            missed = 1 - float(strip.predict(triggered).float().mean())
+            strip_info["false_acceptance_planted_trigger"] = _r(missed)
+            planted["attack_success_rate"] = _r(attack_success_rate(module, res_trigger, x_rest, y_rest))
+    backdoored = sorted(c for c, why in flagged_by.items() if why)
+    payload = {
+        "model": tgt.model_info, "data": {**tgt.data_info, "n_clean": int(xc.shape[0])},
+        "verdict": "backdoored" if backdoored else "no backdoor found",
+        "flagged_classes": backdoored, "classes": per_class,
+        "neural_cleanse": nc.to_dict(), "strip": strip_info, "training_set": training, "planted": planted,
+        "provenance": provenance(model_info=tgt.model_info, data_info=tgt.data_info, seed=seed,
+                                 attacks={"NeuralCleanse": nc.params}),
+    }
+    _render_scan(per_class, strip_info, training, model)
+    if json_out is not None:
+        write_json(json_out, jsonable(payload), overwrite=force)
+        render.say(f"Results written to {escape(str(json_out))}")
+
+
+def _planted_trigger(folder: Path, *, data_dir: Path | None) -> BackdoorResult | None:
+    """The planted attack re-run on a few rows to recover its trigger (deterministic given seed)."""
+    info: dict[str, Any] = json.loads((folder / "poison.json").read_text())
+    s = info["settings"]
+    if s["attack"] == "clean-label":
+        ds = _load_data(str(s["data"]), data_dir, OWNER_SCAN)
+        atk: Any = BadNets(target=int(s["target"]), rate=0.5, patch_size=int(s["patch_size"]),
+                           bounds=ds.bounds, seed=0)
+    else:
+        ds = _load_data(str(s["data"]), data_dir, OWNER_SCAN)
+        atk = _build_attack(str(s["attack"]), target=int(s["target"]), rate=float(s["rate"]),
+                            patch_size=int(s["patch_size"]), alpha=float(s["alpha"]), bounds=ds.bounds,
+                            seed=int(s["seed"]))
+    n = int(s["train_size"])
+    res: BackdoorResult = atk(None, ds.x_train[:n].float(), ds.y_train[:n].long())
+    return res
+
+
+def _render_scan(per_class: list[dict[str, Any]], strip_info: dict[str, Any],
+                 training: dict[str, Any] | None, model: str) -> None:
+    table = Table(title=f"Backdoor scan of {model}", header_style="bold")
+    for col in ("class", "NC norm", "anomaly index", "flagged by", "verdict"):
+        table.add_column(col, justify="right" if col not in ("flagged by", "verdict") else "left")
+    for row in per_class:
+        verdict = "[red]backdoor[/]" if row["verdict"] == "backdoor" else "[green]clean[/]"
+        table.add_row(str(row["class"]), f"{row['norm']:.2f}", f"{row['anomaly_index']:.2f}",
+                      ", ".join(row["flagged_by"]) or "-", verdict)
+    render.out().print(table)
+    render.say(f"STRIP: entropy threshold {strip_info['threshold']:.4f} at 5% false rejection "
+               f"({strip_info['n_clean']} clean images)")
+    if "false_acceptance_planted_trigger" in strip_info:
+        render.say(f"STRIP misses {100 * strip_info['false_acceptance_planted_trigger']:.1f}% of inputs "
+                   "carrying the planted trigger")
+    if training is not None:
+        for key in ("activation_clustering", "spectral_signatures"):
+            d = training[key]
+            render.say(f"{key.replace('_', ' ')}: classes {d['flagged_classes'] or 'none'}, precision "
+                       f"{100 * (d['precision'] or 0):.1f}%, recall {100 * (d['recall'] or 0):.1f}%")
