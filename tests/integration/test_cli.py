@@ -76,6 +76,13 @@ def test_unknown_model_exits_2_with_one_line(zoo_cache: Path) -> None:
     assert result.exit_code == 2
     line = one_error_line(result)
     assert "'no-such-model'" in line and "modelshield zoo list" in line and "digits-cnn" in line
+    assert "Did you mean" not in line
+
+
+def test_misspelt_model_name_gets_a_suggestion(zoo_cache: Path) -> None:
+    result = invoke("attack", "evasion", "--model", "digits-cn", "--n", "5")
+    assert result.exit_code == 2
+    assert "Did you mean 'digits-cnn'?" in one_error_line(result)
 
 
 def test_debug_shows_the_exception(zoo_cache: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -165,9 +166,11 @@ def load_target(
         )
     path = Path(model).expanduser()
     if not path.exists():
+        close = difflib.get_close_matches(model, zoo.names(), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
             f"modelshield: '--model' must be a zoo name ({', '.join(zoo.names())}) or an existing "
-            f"model file; got {model!r}. Run 'modelshield zoo list' to see the zoo."
+            f"model file; got {model!r}.{hint} Run 'modelshield zoo list' to see the zoo."
         )
     module, meta = load_model(path, arch=arch)
     name = data or meta.get("dataset")
