@@ -18,6 +18,7 @@ __all__ = [
     "cw_margin_loss",
     "dlr_loss",
     "expand_as_batch",
+    "is_adversarial",
     "lp_norms",
     "make_generator",
     "normalize_grad",
@@ -84,6 +85,12 @@ def random_start(x: Tensor, eps: float, norm: Norm, generator: torch.Generator) 
     d = x[0].numel()
     r = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
     return normalize_grad(g, "2") * expand_as_batch(r * eps, x)
+
+
+def is_adversarial(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    """(N,) bool from scores (N, C): argmax equals target (targeted), else differs from y."""
+    pred = logits.argmax(1)
+    return pred == target if target is not None else pred != y
 
 
 def ce_loss(logits: Tensor, y: Tensor) -> Tensor:

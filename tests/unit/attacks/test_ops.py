@@ -77,3 +77,12 @@ def test_dlr_falls_back_to_margin_for_few_classes() -> None:
     assert resolve_loss("dlr", 3, targeted=True) == "margin"
     assert resolve_loss("dlr", 4, targeted=True) == "dlr"
     assert resolve_loss("ce", 2, targeted=True) == "ce"
+
+
+def test_is_adversarial_untargeted_and_targeted() -> None:
+    from modelshield.attacks._ops import is_adversarial
+
+    z = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 0.0, 5.0]])  # argmax 0, 1, 2
+    y = torch.tensor([0, 0, 0])
+    assert is_adversarial(z, y, None).tolist() == [False, True, True]
+    assert is_adversarial(z, y, torch.tensor([1, 1, 1])).tolist() == [False, True, False]

@@ -16,6 +16,7 @@ from modelshield.attacks._losses import LOSSES, Loss, loss_fn_for
 from modelshield.attacks._ops import (
     clip_to_bounds,
     expand_as_batch,
+    is_adversarial,
     make_generator,
     normalize_grad,
     project,
@@ -49,11 +50,6 @@ def apgd_checkpoints(steps: int) -> list[int]:
             out.append(w)
         prev, cur = cur, cur + max(cur - prev - Fraction(3, 100), Fraction(6, 100))
     return out
-
-
-def _is_broken(logits: Tensor, y: Tensor, hit: Tensor | None) -> Tensor:
-    pred = logits.argmax(1)
-    return pred == hit if hit is not None else pred != y
 
 
 def apgd_run(
@@ -119,7 +115,7 @@ def apgd_run(
         reduced_last, n_incr = reduced_last[keep], n_incr[keep]
         fn = loss_fn_for(loss, ya, lta, n_classes)
 
-    done = _is_broken(logits, ya, hta)
+    done = is_adversarial(logits, ya, hta)
     if bool(done.any()):
         drop(done)
     for i in range(steps):
@@ -141,7 +137,7 @@ def apgd_run(
         mask = expand_as_batch(better, xa)
         x_best = torch.where(mask, xa, x_best)
         g_best = torch.where(mask, grad, g_best)
-        done = _is_broken(logits, ya, hta)
+        done = is_adversarial(logits, ya, hta)
         if bool(done.any()):
             drop(done)
             if idx.numel() == 0:

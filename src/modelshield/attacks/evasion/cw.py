@@ -11,7 +11,7 @@ from torch import Tensor
 
 from modelshield._checks import check_range
 from modelshield._typing import Norm
-from modelshield.attacks._ops import expand_as_batch, lp_norms
+from modelshield.attacks._ops import expand_as_batch, is_adversarial, lp_norms
 from modelshield.attacks._verify import start_call
 from modelshield.attacks.results import EvasionResult
 from modelshield.models import ModelLike, TorchModel, eval_mode
@@ -39,9 +39,7 @@ def cw_f6(logits: Tensor, y: Tensor, target: Tensor | None, kappa: float) -> Ten
 
 def _confident(logits: Tensor, y: Tensor, target: Tensor | None, kappa: float) -> Tensor:
     """(N,) bool: adversarial with margin kappa, and adversarial by argmax (ties count as not)."""
-    pred = logits.argmax(1)
-    hit = pred == target if target is not None else pred != y
-    return hit & (cw_f6(logits, y, target, kappa) <= -kappa)
+    return is_adversarial(logits, y, target) & (cw_f6(logits, y, target, kappa) <= -kappa)
 
 
 def _to_x(w: Tensor, lo: float, hi: float) -> Tensor:

@@ -13,6 +13,7 @@ from modelshield._typing import NORMS, Norm
 from modelshield.attacks._losses import LOSSES, Loss, loss_fn_for
 from modelshield.attacks._ops import (
     clip_to_bounds,
+    is_adversarial,
     make_generator,
     normalize_grad,
     project,
@@ -23,11 +24,6 @@ from modelshield.attacks.results import EvasionResult
 from modelshield.models import ModelLike, TorchModel, eval_mode
 
 __all__ = ["PGD", "pgd_iterates"]
-
-
-def _is_adv(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-    pred = logits.argmax(1)
-    return pred == target if target is not None else pred != y
 
 
 def pgd_iterates(
@@ -62,7 +58,7 @@ def pgd_iterates(
     ta = target
     for _ in range(steps):
         logits, grad = m.value_and_grad(xa, loss_fn_for(loss, ya, ta, m.n_classes))
-        done = _is_adv(logits, ya, ta) if early_stop else None
+        done = is_adversarial(logits, ya, ta) if early_stop else None
         if done is not None and bool(done.any()):
             x_adv[active[done]] = xa[done]
             keep = ~done
@@ -154,6 +150,6 @@ class PGD:
                 )
                 x_adv[idx] = cand
                 if r + 1 < self.restarts:
-                    todo[idx] = ~_is_adv(m.scores(cand), call.y[idx], t_idx)
+                    todo[idx] = ~is_adversarial(m.scores(cand), call.y[idx], t_idx)
             return call.finish(x_adv, attack=self, eps=self.eps, norm=self.norm,
                                clean_pred=clean_pred)

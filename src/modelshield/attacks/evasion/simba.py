@@ -11,7 +11,7 @@ from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
 from modelshield._typing import NORMS, Norm
-from modelshield.attacks._ops import lp_norms, make_generator
+from modelshield.attacks._ops import is_adversarial, lp_norms, make_generator
 from modelshield.attacks._verify import start_call
 from modelshield.attacks.evasion._query import (
     QueryLedger,
@@ -175,8 +175,7 @@ class SimBA:
         x_cur = xs.clone()
         lab = target if target is not None else y
         prev = probabilities(clean, proba=proba).gather(1, lab[:, None]).squeeze(1)
-        pred = clean.argmax(1)
-        broken = pred == target if target is not None else pred != y
+        broken = is_adversarial(clean, y, target)
         alive = ~broken.clone()
         if self.eps == 0:
             return x_cur.view_as(x)

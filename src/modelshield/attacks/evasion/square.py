@@ -12,7 +12,7 @@ from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
 from modelshield._typing import NORMS, Norm
-from modelshield.attacks._ops import lp_norms, make_generator
+from modelshield.attacks._ops import is_adversarial, lp_norms, make_generator
 from modelshield.attacks._verify import start_call
 from modelshield.attacks.evasion._query import (
     QueryLedger,
@@ -217,8 +217,7 @@ def _losses(z: Tensor, y: Tensor, target: Tensor | None, loss: SquareLoss) -> tu
     lab = target if target is not None else y
     z_lab = z.gather(1, lab[:, None]).squeeze(1)
     other = z.scatter(1, lab[:, None], float("-inf")).amax(1)
-    pred = z.argmax(1)
-    broken = pred == target if target is not None else pred != y
+    broken = is_adversarial(z, y, target)
     if loss == "ce":
         ce = torch.logsumexp(z, dim=1) - z_lab
         return (ce if target is not None else -ce), broken
