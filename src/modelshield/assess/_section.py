@@ -44,6 +44,7 @@ ATLAS: dict[str, str] = {
     "AML.T0043.001": "Black-Box Optimization",
     "AML.T0043.002": "Black-Box Transfer",
     "AML.T0020": "Poison Training Data",
+    "AML.T0018": "Backdoor ML Model",
 }
 """MITRE ATLAS techniques (https://atlas.mitre.org) that sections cite, by id; sections that
 cite another technique add it here before calling ``atlas()``."""

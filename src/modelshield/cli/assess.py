@@ -82,7 +82,7 @@ def assess(
     batch_size: Annotated[int, typer.Option(help="Points per attack call.")] = 250,
     seed: Annotated[int, typer.Option(help="Seed given to every attack.")] = 0,
     sections: Annotated[str | None, typer.Option(
-        help="Comma-separated report sections: evasion, blackbox, extraction (image models), "
+        help="Comma-separated report sections: evasion, blackbox, extraction, backdoor (image models), "
              "tabular (tabular models), poisoning, text-evasion (text models: spam-*). "
              "Default: evasion for image models, tabular for tabular models, "
              "poisoning,text-evasion for text models.")] = None,

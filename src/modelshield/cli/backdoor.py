@@ -30,13 +30,12 @@ from modelshield.assess.suite import jsonable
 from modelshield.attacks.backdoor import (
     BackdoorResult,
     BadNets,
-    Blend,
-    CleanLabel,
-    WaNet,
     attack_success_rate,
-    clean_accuracy,
+    build_backdoor_attack,
     make_train_fn,
+    plant_backdoor,
 )
+from modelshield.attacks.backdoor.plant import IMAGE_BACKDOOR_ATTACKS
 from modelshield.cli import _render as render
 from modelshield.cli._target import load_target
 from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, MODEL_HELP
@@ -46,7 +45,7 @@ __all__ = ["backdoor_app", "plant", "scan"]
 
 OWNER_PLANT = "modelshield backdoor plant"
 OWNER_SCAN = "modelshield backdoor scan"
-ATTACKS: tuple[str, ...] = ("badnets", "blend", "clean-label", "wanet")
+ATTACKS: tuple[str, ...] = IMAGE_BACKDOOR_ATTACKS
 #: data set -> (zoo architecture, default epochs, batch size), as in the zoo recipes.
 RECIPES: dict[str, tuple[str, int, int]] = {
     "digits": ("cnn-8x8", 30, 32),
@@ -90,13 +89,8 @@ def _load_data(name: str, data_dir: Path | None, owner: str) -> Any:
 def _build_attack(name: str, *, target: int, rate: float, patch_size: int, alpha: float,
                   bounds: tuple[float, float], seed: int) -> Any:
     check_choice("--attack", name, ATTACKS, owner=OWNER_PLANT)
-    if name == "badnets":
-        return BadNets(target=target, rate=rate, patch_size=patch_size, bounds=bounds, seed=seed)
-    if name == "blend":
-        return Blend(target=target, rate=rate, alpha=alpha, bounds=bounds, seed=seed)
-    if name == "clean-label":
-        return CleanLabel(target=target, rate=rate, patch_size=patch_size, bounds=bounds, seed=seed)
-    return WaNet(target=target, rate=rate, bounds=bounds, seed=seed)
+    return build_backdoor_attack(name, target=target, rate=rate, patch_size=patch_size, alpha=alpha,
+                                 bounds=bounds, seed=seed)
 
 
 @backdoor_app.command("plant")
@@ -135,19 +129,11 @@ def plant(
                         bounds=ds.bounds, seed=seed)
     x, y = ds.x_train[:size].float(), ds.y_train[:size].long()
     train = make_train_fn(arch, epochs=n_epochs, batch_size=batch_size, seed=seed)
-    with render.progress_bar("poisoning") as progress, render.show_warnings():
-        surrogate = None
-        if atk.needs_model:
-            progress(0, 3, "training a clean surrogate")
-            surrogate = train(x, y)
-        progress(1, 3, f"{attack}: poisoning {rate:g} of {size} rows")
-        res: BackdoorResult = atk(surrogate, x, y)
-        progress(2, 3, f"training {arch} on the poisoned set")
-        model = train(res.x_poisoned, res.y_poisoned)
     x_test, y_test = ds.x_test.float(), ds.y_test.long()
-    acc = clean_accuracy(model, x_test, y_test)
-    asr = attack_success_rate(model, res, x_test, y_test)
-    changed = (res.x_poisoned != x).flatten(1).any(1).nonzero().squeeze(1)
+    with render.progress_bar("poisoning") as progress, render.show_warnings():
+        planted = plant_backdoor(atk, train, x, y, x_test, y_test, progress=progress)
+    res, model, changed = planted.poison, planted.model, planted.changed_indices
+    acc, asr = planted.clean_accuracy, planted.attack_success_rate
     settings = {"data": data, "attack": attack, "rate": rate, "target": target, "patch_size": patch_size,
                 "alpha": alpha, "epochs": n_epochs, "batch_size": batch_size, "train_size": size,
                 "seed": seed, "arch": arch}
@@ -163,12 +149,7 @@ def plant(
     if image is not None:
         save_png(image, out / "trigger.png")
     payload = {
-        "attack": res.to_dict(),
-        "indices": res.indices.tolist(),
-        "original_labels": res.original_labels.tolist(),
-        "clean_accuracy": round(acc, 6),
-        "attack_success_rate": round(asr, 6),
-        "n_test": int(y_test.numel()),
+        **planted.summary,
         "settings": settings,
         "x_poisoned_sha256": sha256_tensor(res.x_poisoned),
         "model_sha256": digest,
@@ -216,10 +197,6 @@ def _r(v: float | None) -> float | None:
     return None if v is None or v != v else round(float(v), 6)
 
 
-def _metrics(d: dict[str, float]) -> dict[str, float | None]:
-    return {k: _r(v) for k, v in d.items()}
-
-
 @backdoor_app.command("scan")
 def scan(
     model: Annotated[str, typer.Option("--model", help=MODEL_HELP)],
@@ -238,13 +215,7 @@ def scan(
 ) -> None:
     """Scan a model for a backdoor (Neural Cleanse, STRIP calibration, and training-set detectors
     with --train-set) and print a verdict per class; exits 2 on bad input."""
-    from modelshield.defenses.backdoor import (
-        STRIP,
-        ActivationClustering,
-        NeuralCleanse,
-        SpectralSignatures,
-        detection_metrics,
-    )
+    from modelshield.defenses.backdoor import STRIP, NeuralCleanse, scan_model
 
     if json_out is not None:
         check_new_files([json_out], overwrite=force, owner=OWNER_SCAN)
@@ -259,64 +230,37 @@ def scan(
             raise ConfigError(f"{OWNER_SCAN}: '--model' must be an image classifier (a torch model); got "
                               f"{model!r}. Pick e.g. --model digits-cnn or a plant folder's model.pt.")
         module: nn.Module = tgt.module
-        xc, x_rest, y_rest = tgt.x[:clean_n], tgt.x[clean_n:], tgt.y[clean_n:]
-        progress(0, 3, f"Neural Cleanse ({nc_steps} steps per class)")
-        nc = NeuralCleanse(steps=nc_steps, bounds=tgt.bounds, seed=seed)(module, xc)
-        progress(1, 3, "STRIP calibration")
-        strip = STRIP(frr=0.05, bounds=tgt.bounds, seed=seed).fit(module, xc)
-        training: dict[str, Any] | None = None
-        planted: dict[str, Any] | None = None
-        if train_set is not None:
-            progress(2, 3, "activation clustering and spectral signatures")
-            xp, yp, idx, info = load_poisoned_set(train_set, data_dir=data_dir)
-            ac = ActivationClustering().fit(module, xp, yp)
-            ss = SpectralSignatures().fit(module, xp, yp)
-            assert ss.flagged_indices_ is not None and ac.flagged_indices_ is not None  # fitted
-            ss_classes = sorted({int(c) for c in yp[ss.flagged_indices_].tolist()})
-            training = {
-                "n": int(yp.numel()), "n_poisoned": int(idx.numel()),
-                "activation_clustering": {"flagged_classes": ac.flagged_classes, **_metrics(
-                    detection_metrics(ac.flagged_indices_, idx, int(yp.numel())))},
-                "spectral_signatures": {"flagged_classes": ss_classes, **_metrics(
-                    detection_metrics(ss.flagged_indices_, idx, int(yp.numel())))},
-            }
-            planted = {"attack": info["attack"].get("attack"), "target": info["settings"]["target"]}
-    flagged_by: dict[int, list[str]] = {c: [] for c in nc.classes}
-    for c in nc.flagged:
-        flagged_by[c].append("neural-cleanse")
-    if training is not None:
-        for c in training["activation_clustering"]["flagged_classes"]:
-            flagged_by.setdefault(int(c), []).append("activation-clustering")
-        for c in training["spectral_signatures"]["flagged_classes"]:
-            flagged_by.setdefault(int(c), []).append("spectral-signatures")
-    per_class: list[dict[str, Any]] = []
-    for i, c in enumerate(nc.classes):
-        png = None
+        xc, yc, x_rest, y_rest = tgt.x[:clean_n], tgt.y[:clean_n], tgt.x[clean_n:], tgt.y[clean_n:]
+        poisoned = load_poisoned_set(train_set, data_dir=data_dir) if train_set is not None else None
+        report = scan_model(
+            module, xc, yc, x_train=None if poisoned is None else poisoned[0],
+            y_train=None if poisoned is None else poisoned[1],
+            poisoned_indices=None if poisoned is None else poisoned[2],
+            neural_cleanse=NeuralCleanse(steps=nc_steps, bounds=tgt.bounds, seed=seed),
+            strip=STRIP(frr=0.05, bounds=tgt.bounds, seed=seed), bounds=tgt.bounds, progress=progress)
+    nc = report.neural_cleanse
+    per_class = report.per_class()
+    for i, row in enumerate(per_class):
+        row["trigger_png"] = None
         if json_out is not None:
-            path = json_out.with_name(f"{json_out.stem}-nc-class{c}.png")
+            path = json_out.with_name(f"{json_out.stem}-nc-class{row['class']}.png")
             save_png(nc.triggers[i].image, path)
-            png = path.name
-        per_class.append({"class": c, "norm": _r(float(nc.norms[i])),
-                          "anomaly_index": _r(float(nc.anomaly_index[i])),
-                          "trigger_asr": _r(float(nc.asr[i])), "neural_cleanse_flagged": c in nc.flagged,
-                          "flagged_by": flagged_by[c],
-                          "verdict": "backdoor" if flagged_by[c] else "clean", "trigger_png": png})
-    strip_info: dict[str, Any] = {"frr": 0.05, "threshold": _r(strip.threshold_),
-                                  "false_rejection_clean": _r(strip.false_rejection_),
-                                  "n_clean": int(xc.shape[0])}
-    if planted is not None and train_set is not None and int(x_rest.shape[0]) >= MIN_CLEAN:
+            row["trigger_png"] = path.name
+    strip_info = report.strip_summary()
+    training = report.training_summary()
+    planted: dict[str, Any] | None = None
+    if poisoned is not None and train_set is not None:
+        info = poisoned[3]
+        planted = {"attack": info["attack"].get("attack"), "target": info["settings"]["target"]}
         xp_eval = x_rest[y_rest != int(planted["target"])]
-        res_trigger = _planted_trigger(train_set, data_dir=data_dir)
-        if res_trigger is not None and int(xp_eval.shape[0]) > 0:
-            triggered = res_trigger.apply_trigger(xp_eval)
-            missed = 1 - float(strip.predict(triggered).float().mean())
+        if int(x_rest.shape[0]) >= MIN_CLEAN and int(xp_eval.shape[0]) > 0:
+            res_trigger = _planted_trigger(train_set, data_dir=data_dir)
+            missed = 1 - report.strip_catch_rate(res_trigger.apply_trigger(xp_eval))
             strip_info["false_acceptance_planted_trigger"] = _r(missed)
             planted["attack_success_rate"] = _r(attack_success_rate(module, res_trigger, x_rest, y_rest))
-    backdoored = sorted(c for c, why in flagged_by.items() if why)
     payload = {
         "model": tgt.model_info, "data": {**tgt.data_info, "n_clean": int(xc.shape[0])},
-        "verdict": "backdoored" if backdoored else "no backdoor found",
-        "flagged_classes": backdoored, "classes": per_class,
+        "verdict": report.verdict, "flagged_classes": list(report.flagged_classes), "classes": per_class,
         "neural_cleanse": nc.to_dict(), "strip": strip_info, "training_set": training, "planted": planted,
         "provenance": provenance(model_info=tgt.model_info, data_info=tgt.data_info, seed=seed,
                                  attacks={"NeuralCleanse": nc.params}),
@@ -327,7 +271,7 @@ def scan(
         render.say(f"Results written to {escape(str(json_out))}")
 
 
-def _planted_trigger(folder: Path, *, data_dir: Path | None) -> BackdoorResult | None:
+def _planted_trigger(folder: Path, *, data_dir: Path | None) -> BackdoorResult:
     """The planted attack re-run on a few rows to recover its trigger (deterministic given seed)."""
     info: dict[str, Any] = json.loads((folder / "poison.json").read_text())
     s = info["settings"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from modelshield.assess._section import SECTIONS, register_section
+from modelshield.assess.sections.backdoor import BackdoorSection
 from modelshield.assess.sections.blackbox import BlackBoxSection, TabularSection
 from modelshield.assess.sections.evasion import SEVERITY_THRESHOLDS, EvasionSection, evasion_severity
 from modelshield.assess.sections.extraction import ExtractionSection
@@ -10,6 +11,7 @@ from modelshield.assess.sections.spam import PoisoningSection, TextEvasionSectio
 
 __all__ = [
     "SEVERITY_THRESHOLDS",
+    "BackdoorSection",
     "BlackBoxSection",
     "EvasionSection",
     "ExtractionSection",
@@ -31,3 +33,5 @@ if "poisoning" not in SECTIONS:
     register_section(PoisoningSection())
 if "text-evasion" not in SECTIONS:
     register_section(TextEvasionSection())
+if "backdoor" not in SECTIONS:
+    register_section(BackdoorSection())

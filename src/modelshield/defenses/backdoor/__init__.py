@@ -4,6 +4,7 @@
   ``flagged_indices_`` / ``scores_``) on penultimate-layer representations.
 - Model: ``NeuralCleanse()(model, x_clean) -> NeuralCleanseReport``.
 - Run time: ``STRIP(frr=0.05).fit(model, x_clean).predict(x)``.
+- All of them at once, with a verdict per class: ``scan_model(model, x_clean, y_clean)``.
 - Removal: ``retrain_without``, ``FinePruning``, ``Unlearning`` (each returns a repaired copy).
 """
 
@@ -19,6 +20,7 @@ from modelshield.defenses.backdoor.neural_cleanse import (
     reverse_trigger,
 )
 from modelshield.defenses.backdoor.removal import FinePruning, RemovalResult, Unlearning, retrain_without
+from modelshield.defenses.backdoor.scan import ScanReport, scan_model
 from modelshield.defenses.backdoor.spectral import SpectralSignatures, spectral_scores
 from modelshield.defenses.backdoor.strip import STRIP, strip_entropy
 
@@ -30,6 +32,7 @@ __all__ = [
     "NeuralCleanse",
     "NeuralCleanseReport",
     "RemovalResult",
+    "ScanReport",
     "SpectralSignatures",
     "Unlearning",
     "anomaly_indices",
@@ -38,6 +41,7 @@ __all__ = [
     "penultimate_layer",
     "retrain_without",
     "reverse_trigger",
+    "scan_model",
     "spectral_scores",
     "strip_entropy",
 ]
