@@ -12,7 +12,8 @@ from rich.table import Table
 from modelshield._checks import check_choice
 from modelshield.assess import check_new_files, provenance, write_json
 from modelshield.assess.plan import parse_floats
-from modelshield.assess.sections.extraction import (
+from modelshield.assess.suite import jsonable
+from modelshield.attacks.extraction import (
     DEFAULT_POOL,
     DEFENCES,
     EXTRACTION_ATTACKS,
@@ -23,7 +24,6 @@ from modelshield.assess.sections.extraction import (
     load_pool,
     run_extraction,
 )
-from modelshield.assess.suite import jsonable
 from modelshield.cli import _render as render
 from modelshield.cli._target import load_target
 from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, DATA_HELP, MODEL_HELP
@@ -82,7 +82,8 @@ def extract(
     queries: Annotated[int, typer.Option(help="Victim queries the attack may spend.")] = 2000,
     pool: Annotated[str | None, typer.Option(help=POOL_HELP)] = None,
     output: Annotated[str, typer.Option(help="What the API answers: proba or labels.")] = "proba",
-    strategy: Annotated[str, typer.Option(help="Knockoff query selection: random or adaptive.")] = "random",
+    strategy: Annotated[str, typer.Option(
+        help="Knockoff query selection: random, adaptive or balanced.")] = "random",
     defence: Annotated[str, typer.Option(help=f"Output hardening: {', '.join(DEFENCES)}.")] = "none",
     prada: Annotated[bool, typer.Option("--prada", help="Replay the query stream through PRADA.")] = False,
     checkpoints: Annotated[str | None, typer.Option(help="Comma-separated query counts for the curve "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -127,14 +129,68 @@ def test_prada_hand_checkable_stream() -> None:
 
 
 def test_prada_growing_set_threshold() -> None:
-    # After 0 and 10 (d_min 10), T = mean - std of D_G = 10 - 0 = 10; a query at 10.5 has
-    # d_min 0.5 <= T, so it is not added to the growing set: the next query at 10.6 measures
-    # its distance to 10 (0.6), not to 10.5.
+    # Points 0, 10, 20, 30 on a line (one class): D_G = [0 (the first member), 10, 10, 10], so
+    # T = mean - population std = 7.5 - sqrt(18.75) = 3.17 after 30. A query at 30.5 (d_min 0.5
+    # <= T) is not added to the growing set: the next query at 31 measures its distance to 30
+    # (1.0), not to 30.5. Before 30, T was 20/3 - sqrt(200/9) = 1.95, and 0 after 10.
     monitor = PRADA(min_queries=100)
-    monitor.update("c", torch.tensor([[0.0], [10.0], [10.5], [10.6]]), torch.zeros(4, dtype=torch.long))
+    rows = torch.tensor([[0.0], [10.0], [20.0], [30.0], [30.5], [31.0]])
+    monitor.update("c", rows, torch.zeros(6, dtype=torch.long))
     state = monitor._clients["c"]
-    assert state.distances == pytest.approx([10.0, 0.5, 0.6])
-    assert state.growing[0].rows.flatten().tolist() == [0.0, 10.0]
+    assert state.distances == pytest.approx([10.0, 10.0, 10.0, 0.5, 1.0])
+    assert state.growing[0].rows.flatten().tolist() == [0.0, 10.0, 20.0, 30.0]
+    assert state.thresholds[0] == pytest.approx(7.5 - 18.75 ** 0.5)
+
+
+def test_prada_classes_with_few_distances_stay_out_of_the_test() -> None:
+    # Class 0: 11 copies of one point (10 zero distances); class 1: 3 points (2 distances).
+    # With min_class_distances=10 only class 0's ten zeros are tested (W := 0), with
+    # min_queries=5; with min_class_distances=3 class 1 is still left out (2 < 3).
+    x = torch.cat([torch.zeros(11, 2), torch.tensor([[5.0, 0.0], [6.0, 0.0], [9.0, 0.0]])])
+    labels = torch.tensor([0] * 11 + [1] * 3)
+    monitor = PRADA(min_queries=5, min_class_distances=10)
+    monitor.update("c", x, labels)
+    assert monitor._test(monitor._clients["c"]) == 0.0
+    # with a threshold of 11 distances, no class qualifies: too few values, no test (nan)
+    strict = PRADA(min_queries=5, min_class_distances=11)
+    strict.update("c", x, labels)
+    assert "c" not in strict.flagged_ and strict.shapiro_ == {}
+
+
+def test_prada_calibrate_sets_delta_from_benign_streams() -> None:
+    gen = torch.Generator().manual_seed(0)
+    streams = [(torch.randn(150, 8, generator=gen), torch.randint(0, 2, (150,), generator=gen))
+               for _ in range(3)]
+    base = PRADA(min_queries=40, min_class_distances=1)
+    lows = [base.min_statistic(x, lb) for x, lb in streams]
+    order = sorted(range(3), key=lambda i: lows[i])
+    assert all(0.0 < w < 1.0 for w in lows)
+    # The lowest W is the flagging boundary: flagged just above it, not at it.
+    x0, lb0 = streams[order[0]]
+    above = PRADA(min_queries=40, min_class_distances=1, delta=lows[order[0]] + 1e-9)
+    at = PRADA(min_queries=40, min_class_distances=1, delta=lows[order[0]])
+    above.update("s", x0, lb0)
+    at.update("s", x0, lb0)
+    assert "s" in above.flagged_ and "s" not in at.flagged_
+    # max_fpr=0: delta = the smallest min W, no benign stream flagged
+    zero = base.calibrate(streams, max_fpr=0.0)
+    assert zero.delta == pytest.approx(lows[order[0]]) and zero.calibration_ is not None
+    assert zero.calibration_["in_sample_fpr"] == 0.0 and base.calibration_ is None
+    # max_fpr=0.4: k = floor(1.2) = 1 stream may be flagged: delta = the second smallest
+    one = base.calibrate(streams, max_fpr=0.4)
+    assert one.delta == pytest.approx(lows[order[1]])
+    for i, (x, lb) in enumerate(streams):
+        one.update(i, x, lb)
+    assert one.flagged_ == {order[0]}
+    assert one.min_queries == 40 and one.calibration_ is not None
+    assert one.calibration_["in_sample_fpr"] == pytest.approx(1 / 3)
+    assert base.calibrate(streams, max_fpr=1.0).delta == 1.0
+    # a stream too short for any test is never flagged: min W = inf
+    assert math.isinf(base.min_statistic(streams[0][0][:10], streams[0][1][:10]))
+    with pytest.raises(ConfigError, match="'max_fpr'"):
+        base.calibrate(streams, max_fpr=1.5)
+    with pytest.raises(ConfigError, match="benign_streams"):
+        base.calibrate([], max_fpr=0.1)
 
 
 def _monitored(net: nn.Module, monitor: PRADA, client: str) -> object:
