@@ -49,8 +49,8 @@ def in_cache(digits_cache: Trained,
 
 
 def test_names_and_specs() -> None:
-    assert zoo.names() == ["digits-cnn", "fashion-cnn", "mnist-cnn", "phishing-gbm", "phishing-logreg",
-                           "phishing-rf", "spam-logreg", "spam-nb"]
+    assert zoo.names() == ["digits-cnn", "digits-cnn-at", "fashion-cnn", "mnist-cnn", "phishing-gbm",
+                           "phishing-logreg", "phishing-rf", "spam-logreg", "spam-nb"]
     s = zoo.spec("mnist-cnn")
     assert (s.dataset, s.input_shape, s.n_classes, s.bounds) == ("mnist", (1, 28, 28), 10, (0.0, 1.0))
     assert zoo.spec("digits-cnn").min_accuracy == 0.97 and zoo.spec("fashion-cnn").min_accuracy == 0.89
@@ -63,7 +63,7 @@ def test_names_and_specs() -> None:
 
 
 def test_unknown_name_lists_names_and_suggests() -> None:
-    listed = (r"'digits-cnn', 'fashion-cnn', 'mnist-cnn', .*'spam-nb'; got 'mnist-cn'\. "
+    listed = (r"'digits-cnn', 'digits-cnn-at', 'fashion-cnn', 'mnist-cnn', .*'spam-nb'; got 'mnist-cn'\. "
               r"Did you mean 'mnist-cnn'")
     with pytest.raises(ConfigError, match=listed):
         zoo.spec("mnist-cn")
@@ -197,3 +197,26 @@ def test_idx_models_train_to_their_accuracy(
     assert model.meta["n_test"] == 10_000
     loaded = zoo.load(name, train_if_missing=False)
     assert weights_sha256(loaded.module) == model.meta["weights_sha256"]
+
+
+def test_adversarially_trained_digits_model_is_robust_and_cached(
+    digits_cache: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """digits-cnn-at trains (TRADES, eps 0.1), passes its robustness gate and reloads identically;
+    under the same PGD it keeps far more points than the standard digits-cnn."""
+    from modelshield.attacks.evasion import PGD
+
+    monkeypatch.setenv("MODELSHIELD_CACHE", str(digits_cache[0]))
+    s = zoo.spec("digits-cnn-at")
+    assert (s.eps, s.arch) == (0.1, zoo.spec("digits-cnn").arch)
+    at = zoo.train("digits-cnn-at", force=True)
+    assert at.meta["test_accuracy"] >= s.min_accuracy
+    assert at.meta["eps"] == 0.1 and at.meta["robust_accuracy_pgd"] >= (s.min_robust_accuracy or 1.0)
+    assert at.meta["recipe"]["method"] == "trades"
+    again = zoo.load("digits-cnn-at", train_if_missing=False)
+    assert again.meta["weights_sha256"] == at.meta["weights_sha256"]
+    x, y = zoo.test_split("digits-cnn-at", n=300)
+    attack = PGD(eps=0.1, steps=20, seed=1)  # another seed than the gate's
+    robust_at = attack(at.module, x, y).robust_accuracy
+    robust_std = attack(digits_cache[1].module, x, y).robust_accuracy
+    assert robust_at >= robust_std + 0.3, (robust_at, robust_std)

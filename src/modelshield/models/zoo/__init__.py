@@ -4,6 +4,8 @@ Torch models (``kind="torch"``: digits-cnn, mnist-cnn, fashion-cnn) train in und
 two CPU cores, are saved as ``modelshield-v1`` files (loaded with ``weights_only=True``) in
 ``cache_dir()/zoo/<name>.pt`` with a JSON copy of their metadata beside it, and record their
 clean test accuracy and provenance (weights and data SHA-256, seed, torch version, time).
+``digits-cnn-at`` is digits-cnn adversarially trained (TRADES, L-inf eps 0.1, about 10 s); it is
+cached only when its PGD robust accuracy passes a floor, which its metadata records.
 
 scikit-learn models (``kind="sklearn"``: phishing-logreg, phishing-rf, phishing-gbm) are never
 pickled: they retrain from the data on every load (under a second each, one thread) and only
@@ -104,6 +106,11 @@ class ZooSpec:
         kind: ``"torch"`` (an ``nn.Module`` returning logits) or ``"sklearn"`` (a fitted
             estimator with ``predict_proba``, retrained on load, never unpickled).
         deduplicate: tabular data only: drop exact duplicate rows before the train/test split.
+        eps: for adversarially trained torch models, the L-inf budget they are trained for
+            (None: a standard model).
+        min_robust_accuracy: for adversarially trained models, the PGD robust accuracy at
+            ``eps`` (on the first ``ROBUST_CHECK_POINTS`` test points) below which training
+            refuses to cache the model.
     """
 
     name: str
@@ -116,6 +123,8 @@ class ZooSpec:
     arch: str
     kind: ZooKind = "torch"
     deduplicate: bool = False
+    eps: float | None = None
+    min_robust_accuracy: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +180,18 @@ _SPECS: dict[str, ZooSpec] = {
             bounds=(0.0, 1.0),
             min_accuracy=0.985,
             arch="lenet-28",
+        ),
+        ZooSpec(
+            name="digits-cnn-at",
+            dataset="digits",
+            description="digits-cnn adversarially trained (TRADES, L-inf eps 0.1)",
+            input_shape=(1, 8, 8),
+            n_classes=10,
+            bounds=(0.0, 1.0),
+            min_accuracy=0.93,
+            arch="cnn-8x8",
+            eps=0.1,
+            min_robust_accuracy=0.6,
         ),
         ZooSpec(
             name="fashion-cnn",
@@ -235,6 +256,15 @@ _RECIPES: dict[str, Recipe] = {
     "mnist-cnn": Recipe(epochs=3, batch_size=128, lr=3e-3, weight_decay=1e-4, seed=0),
     "fashion-cnn": Recipe(epochs=5, batch_size=128, lr=3e-3, weight_decay=1e-4, seed=0),
 }
+
+# Adversarially trained entries: AdversarialTrainer settings (eps and bounds come from the spec).
+# digits-cnn-at: ~10 s on one thread.
+_AT_RECIPES: dict[str, dict[str, Any]] = {
+    "digits-cnn-at": {"method": "trades", "steps": 10, "epochs": 20, "batch_size": 32, "lr": 3e-3,
+                      "seed": 0, "num_threads": 1},
+}
+ROBUST_CHECK_POINTS = 500
+"""Test points of the PGD check that an adversarially trained zoo model must pass to be cached."""
 
 
 def names() -> list[str]:
@@ -375,21 +405,32 @@ def train(
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_json(path, zm.meta)
         return zm
-    recipe = _RECIPES[s.name]
     ds = load_dataset(s.dataset, data_root)
-    module = build(s.arch, seed=recipe.seed)
-    steps = -(-int(ds.x_train.shape[0]) // recipe.batch_size) * recipe.epochs
-    start = time.perf_counter()
-    fit(module, ds.x_train, ds.y_train, recipe, progress=progress, progress_total=steps + 1)
-    train_time = time.perf_counter() - start
-    accuracy = evaluate(module, ds.x_test, ds.y_test)
-    if progress is not None:
-        progress(steps + 1, steps + 1, f"test accuracy {accuracy:.4f}")
+    if s.name in _AT_RECIPES:
+        module, recipe_dict, train_time, robust = _train_adversarial(s, ds, progress)
+        accuracy = evaluate(module, ds.x_test, ds.y_test)
+    else:
+        recipe = _RECIPES[s.name]
+        recipe_dict, robust = asdict(recipe), None
+        module = build(s.arch, seed=recipe.seed)
+        steps = -(-int(ds.x_train.shape[0]) // recipe.batch_size) * recipe.epochs
+        start = time.perf_counter()
+        fit(module, ds.x_train, ds.y_train, recipe, progress=progress, progress_total=steps + 1)
+        train_time = time.perf_counter() - start
+        accuracy = evaluate(module, ds.x_test, ds.y_test)
+        if progress is not None:
+            progress(steps + 1, steps + 1, f"test accuracy {accuracy:.4f}")
     if accuracy < s.min_accuracy:
         raise DataError(
             f"zoo.train: {s.name!r} must reach test accuracy >= {s.min_accuracy:.3f}; got "
             f"{accuracy:.4f}, so it was not cached. Check the {s.dataset} files (sha256 "
             f"{ds.sha256[:12]}...) are the original ones, then retrain."
+        )
+    if robust is not None and s.min_robust_accuracy is not None and robust < s.min_robust_accuracy:
+        raise DataError(
+            f"zoo.train: {s.name!r} must reach PGD robust accuracy >= {s.min_robust_accuracy:.3f} at "
+            f"eps {s.eps}; got {robust:.4f}, so it was not cached. Retrain with "
+            f"`modelshield zoo train {s.name} --force`; if it fails again, report it."
         )
     meta: dict[str, Any] = {
         "name": s.name,
@@ -397,20 +438,51 @@ def train(
         "test_accuracy": accuracy,
         "n_test": int(ds.x_test.shape[0]),
         "train_time_s": round(train_time, 3),
-        "epochs": recipe.epochs,
-        "seed": recipe.seed,
-        "recipe": asdict(recipe),
+        "epochs": recipe_dict["epochs"],
+        "seed": recipe_dict["seed"],
+        "recipe": recipe_dict,
         "weights_sha256": weights_sha256(module),
         "data_sha256": ds.sha256,
         "data_source": ds.source,
         "torch_version": str(torch.__version__),
-        "num_threads": recipe.num_threads or torch.get_num_threads(),
+        "num_threads": recipe_dict.get("num_threads") or torch.get_num_threads(),
         "trained_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
+    if robust is not None:
+        check = f"PGD-20 (CE, 1 restart) on the first {ROBUST_CHECK_POINTS} test points"
+        meta.update({"eps": s.eps, "norm": "inf", "robust_accuracy_pgd": robust, "robust_check": check})
     digest = save_model(module, path, arch=s.arch, meta=meta, overwrite=force)
     full = {**meta, "sha256": digest, "path": str(path.resolve()), "format": FORMAT, "arch": s.arch}
     _write_json(path.with_suffix(".json"), full)
     return ZooModel(spec=s, module=module.eval(), meta=full, path=path)
+
+
+def _train_adversarial(
+    s: ZooSpec, ds: Any, progress: Progress | None
+) -> tuple[torch.nn.Module, dict[str, Any], float, float]:
+    """(module, recipe, train seconds, PGD robust accuracy) for an adversarially trained entry."""
+    from modelshield.attacks.evasion import PGD
+    from modelshield.defenses.training import AdversarialTrainer
+
+    recipe = dict(_AT_RECIPES[s.name])
+    threads = recipe.pop("num_threads", None)
+    if s.eps is None:
+        raise RuntimeError("unreachable: adversarial zoo entries have eps")
+    trainer = AdversarialTrainer(eps=s.eps, bounds=s.bounds, **recipe)
+    module = build(s.arch, seed=int(recipe["seed"]))
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        start = time.perf_counter()
+        trainer.fit(module, (ds.x_train, ds.y_train), progress=progress)
+        train_time = time.perf_counter() - start
+        module.eval()
+        x, y = ds.x_test[:ROBUST_CHECK_POINTS], ds.y_test[:ROBUST_CHECK_POINTS]
+        robust = PGD(eps=s.eps, steps=20, seed=0)(module, x, y).robust_accuracy
+    finally:
+        torch.set_num_threads(before)
+    return module, {**recipe, "num_threads": threads, "trainer": "AdversarialTrainer"}, train_time, robust
 
 
 def load(
