@@ -93,14 +93,34 @@ def _margins(pred_probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
 
 
 def _default_model(kind: str, seed: int) -> Any:
+    """Default out-of-fold model: for text, a soft vote of word TF-IDF + multinomial naive
+    Bayes and a sigmoid-calibrated linear SVM over word (1-2)-gram and character (2-5)-gram
+    TF-IDF; for arrays, standardised logistic regression.
+
+    The vote is a compromise measured on SMS spam with 10% of spam labels flipped: the SVM
+    alone (or naive Bayes on the richer features) finds more random flips but fits clusters of
+    near-identical flipped messages (targeted flips) and misses them; naive Bayes alone finds
+    those but fewer random flips.
+    """
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import VotingClassifier
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.naive_bayes import MultinomialNB
-    from sklearn.pipeline import Pipeline
+    from sklearn.pipeline import Pipeline, make_union
     from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
 
     if kind == "text":
-        return Pipeline([("tfidf", TfidfVectorizer(sublinear_tf=True)), ("clf", MultinomialNB(alpha=0.1))])
+        nb = Pipeline([("tfidf", TfidfVectorizer(sublinear_tf=True)), ("clf", MultinomialNB(alpha=0.1))])
+        features = make_union(
+            TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2)),
+            TfidfVectorizer(sublinear_tf=True, analyzer="char_wb", ngram_range=(2, 5)),
+        )
+        svm = Pipeline(
+            [("tfidf", features), ("clf", CalibratedClassifierCV(LinearSVC(C=0.5, random_state=seed), cv=3))]
+        )
+        return VotingClassifier([("nb", nb), ("svm", svm)], voting="soft")
     return Pipeline(
         [("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=1000, random_state=seed))]
     )
@@ -111,17 +131,19 @@ class ConfidentLearning:
     """Find mislabelled rows with confident learning (Northcutt, Jiang and Chuang, JAIR 2021).
 
     Out-of-fold class probabilities come from ``cv``-fold stratified cross-validation of a
-    model (``model_factory()``, default: TF-IDF + multinomial naive Bayes for text, standardised
-    logistic regression on flattened or embedded features otherwise). With per-class thresholds
+    model (``model_factory()``; default for text: a soft vote of naive Bayes on word TF-IDF and
+    a calibrated linear SVM on word and character n-gram TF-IDF; otherwise standardised
+    logistic regression on flattened or embedded features). With per-class thresholds
     t_j (the mean self-confidence of class j) the confident joint counts rows whose confident
     true class differs from their label. ``filter_by="prune_by_noise_rate"`` (the paper's
     default) flags, per (given i, true j) pair, as many rows as the calibrated joint estimates,
     choosing those with the largest margin p_j - p_i; ``"confident_joint"`` flags the
-    off-diagonal rows themselves. With ``passes=2`` the flagged rows are set aside, the
+    off-diagonal rows themselves. With ``passes`` > 1 the flagged rows are set aside, the
     probabilities recomputed from the rest (flagged rows are scored by a model fitted on the
-    kept rows) and the filter run again; noisy labels bias the first pass's model, and this
-    second look (our addition, not in the paper) raises both precision and recall markedly on
-    SMS spam with 10% flipped labels.
+    kept rows) and the filter run again; noisy labels bias the first pass's model, and these
+    further looks (our addition, not in the paper) raise both precision and recall markedly:
+    on SMS spam with 10% of spam labels flipped (benchmarks/poisoning.py, seeds 0-2) recall of
+    the flipped rows goes from 0.84 (one pass) to 0.92 (three) at precision 0.83.
 
     Attributes (after fit):
         pred_probs_: (N, K) out-of-fold probabilities of the last pass.
@@ -136,7 +158,7 @@ class ConfidentLearning:
 
     cv: int = 5
     model_factory: Callable[[], Any] | None = None
-    passes: int = 2
+    passes: int = 3
     filter_by: FilterBy = "prune_by_noise_rate"
     embed: Embed | None = None
     seed: int = 0

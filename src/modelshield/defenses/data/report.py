@@ -131,7 +131,7 @@ def validate_dataset(
     checks: Sequence[str] = ("label_issues", "knn", "duplicates", "outliers"),
     remove: Sequence[str] = ("label_issue", "conflicting_duplicate"),
     cv: int = 5,
-    passes: int = 2,
+    passes: int = 3,
     model_factory: Callable[[], Any] | None = None,
     k: int = 10,
     knn_threshold: float = 0.5,
