@@ -6,8 +6,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torch import nn
+
 from modelshield._checks import check_choice, check_range
 from modelshield._typing import NORMS, Norm
+from modelshield.attacks._losses import LOSSES, Loss
 from modelshield.attacks.evasion.registry import EVASION_ATTACKS, build_attack
 from modelshield.errors import ConfigError
 
@@ -18,6 +21,7 @@ __all__ = [
     "DEFAULT_MAX_CHANGES",
     "AssessmentPlan",
     "BlackBoxPlan",
+    "DefensesPlan",
     "EvasionPlan",
     "TabularPlan",
 ]
@@ -194,6 +198,100 @@ class EvasionPlan:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class DefensesPlan:
+    """The defence comparison part of an assessment (section ``"defenses"``).
+
+    The section compares a defended counterpart of the assessed model with the assessed
+    (undefended) model on the same points, with the gradient-masking checks of
+    ``assess.masking.check_gradient_masking`` run on both.
+
+    Args:
+        defended: the defended model: a white-box ``torch.nn.Module`` (logits, same input shape
+            and classes as the assessed model) or the name of a torch zoo model; None uses the
+            zoo entry ``<name>-at`` of an assessed zoo model ``<name>`` when there is one. Zoo
+            models are loaded with ``zoo.load`` (trained and cached on first use).
+        name: the defended model's label in the report; None uses the zoo name or, for a
+            module, its class name.
+        eps: the budget both models are compared at; None uses the defended zoo model's
+            training eps (L-inf), else the evasion plan's headline eps (same norm).
+        norm: ``"inf"`` or ``"2"``.
+        steps: iterations of PGD and of each Ensemble member (APGD-CE, APGD-T).
+        loss: PGD's loss: ``"ce"`` (the usual PGD claim), ``"margin"`` or ``"dlr"``.
+        tol: accuracy difference between two attacks (or two models) treated as noise, for the
+            masking checks and the verdict; None means ``max(0.03, 3 / n)``, the spread that
+            ``check_gradient_masking`` allows between reseeded runs of one attack. Measured on
+            200 digits points: Square beat PGD-CE by 1.5 points on digits-cnn-at and PGD-margin
+            by 2 points on digits-cnn, so the 1-point default of the checks flags sound models.
+        square_queries: queries per point of the black-box Square check.
+        seeds: PGD runs with different seeds (restart-variance check; >= 2 to run it).
+        curve_factors: multiples of eps at which the Ensemble curve of both models is drawn.
+        n: points used (the first n of the assessment points); None uses all.
+
+    Raises:
+        ConfigError: an unknown or non-torch zoo name, a bad eps, norm, steps, queries, seeds,
+            factors or n.
+    """
+
+    defended: nn.Module | str | None = None
+    name: str | None = None
+    eps: float | None = None
+    norm: Norm = "inf"
+    steps: int = 40
+    loss: Loss = "ce"
+    tol: float | None = None
+    square_queries: int = 500
+    seeds: int = 2
+    curve_factors: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5)
+    n: int | None = 200
+
+    def __post_init__(self) -> None:
+        own = "DefensesPlan"
+        if isinstance(self.defended, str):
+            from modelshield.models import zoo
+
+            s = zoo.spec(self.defended)
+            if s.kind != "torch":
+                raise ConfigError(
+                    f"{own}: 'defended' must name a torch zoo model; got {self.defended!r}, a "
+                    f"{s.kind} model. Pass a white-box model (nn.Module) or e.g. 'digits-cnn-at'."
+                )
+        elif self.defended is not None and not isinstance(self.defended, nn.Module):
+            raise ConfigError(
+                f"{own}: 'defended' must be a torch.nn.Module, a zoo name or None; got "
+                f"{type(self.defended).__name__}. Load the model first (modelshield.models.load_model)."
+            )
+        if self.eps is not None:
+            check_range("eps", self.eps, owner=own, low=0.0, low_open=True,
+                        fix="Give the budget in input units, e.g. eps=0.1, or None for the default.")
+            object.__setattr__(self, "eps", float(self.eps))
+        check_choice("norm", self.norm, NORMS, owner=own)
+        check_range("steps", self.steps, owner=own, low=1, integer=True)
+        check_choice("loss", self.loss, LOSSES, owner=own)
+        if self.tol is not None:
+            check_range("tol", self.tol, owner=own, low=0.0, high=1.0,
+                        fix="Give an accuracy difference in [0, 1], e.g. tol=0.03, or None.")
+        check_range("square_queries", self.square_queries, owner=own, low=1, integer=True)
+        check_range("seeds", self.seeds, owner=own, low=1, integer=True)
+        factors = tuple(self.curve_factors)
+        if not factors:
+            raise ConfigError(f"{own}: 'curve_factors' must hold at least one value; got (). "
+                              "Use e.g. curve_factors=(0.5, 1.0, 1.5).")
+        for f in factors:
+            check_range("curve_factors", f, owner=own, low=0.0, low_open=True,
+                        fix="Give positive multiples of eps, e.g. (0.25, 0.5, 1.0, 1.5).")
+        object.__setattr__(self, "curve_factors", tuple(sorted({float(f) for f in (*factors, 1.0)})))
+        if self.n is not None:
+            check_range("n", self.n, owner=own, low=1, integer=True, fix="Use None for every point.")
+
+    def to_dict(self) -> dict[str, object]:
+        d = self.defended
+        what = None if d is None else d if isinstance(d, str) else f"nn.Module ({type(d).__name__})"
+        return {"defended": what, "name": self.name, "eps": self.eps, "norm": self.norm, "steps": self.steps,
+                "loss": self.loss, "tol": self.tol, "square_queries": self.square_queries,
+                "seeds": self.seeds, "curve_factors": list(self.curve_factors), "n": self.n}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AssessmentPlan:
     """Which sections to run, on how many points, and each section's sub-plan.
 
@@ -205,6 +303,7 @@ class AssessmentPlan:
         evasion: the sub-plan of the ``"evasion"`` section.
         blackbox: the sub-plan of the ``"blackbox"`` section (image models).
         tabular: the sub-plan of the ``"tabular"`` section (tabular models).
+        defenses: the sub-plan of the ``"defenses"`` section (defended vs undefended model).
 
     Raises:
         ConfigError: bad n, batch_size or seed, or an empty section list.
@@ -220,6 +319,7 @@ class AssessmentPlan:
     evasion: EvasionPlan = field(default_factory=EvasionPlan)
     blackbox: BlackBoxPlan = field(default_factory=BlackBoxPlan)
     tabular: TabularPlan = field(default_factory=TabularPlan)
+    defenses: DefensesPlan = field(default_factory=DefensesPlan)
 
     def __post_init__(self) -> None:
         sections = tuple(self.sections)
@@ -244,6 +344,7 @@ class AssessmentPlan:
             "evasion": self.evasion.to_dict(),
             **({"blackbox": self.blackbox.to_dict()} if "blackbox" in self.sections else {}),
             **({"tabular": self.tabular.to_dict()} if "tabular" in self.sections else {}),
+            **({"defenses": self.defenses.to_dict()} if "defenses" in self.sections else {}),
         }
 
 

@@ -19,7 +19,7 @@ from modelshield.assess import (
     run,
     write_report,
 )
-from modelshield.assess.plan import DEFAULT_ATTACKS, DEFAULT_BUDGETS, DEFAULT_EPS, parse_floats
+from modelshield.assess.plan import DEFAULT_ATTACKS, DEFAULT_BUDGETS, DEFAULT_EPS, DefensesPlan, parse_floats
 from modelshield.cli import _render as render
 from modelshield.cli._target import Target, load_target, parse_norm, torch_threads
 from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, DATA_HELP, MODEL_HELP
@@ -52,6 +52,25 @@ def _parse_ints(text: str, *, name: str) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
+def _defenses_plan(defended: str | None, *, arch: str | None) -> DefensesPlan:
+    """The defenses sub-plan for ``--defended``: a zoo name, or a model file loaded like --model."""
+    if defended is None:
+        return DefensesPlan()
+    from modelshield.models import zoo
+    from modelshield.models.load import load_model
+
+    if defended in zoo.names():
+        return DefensesPlan(defended=defended)
+    path = Path(defended).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"modelshield assess: '--defended' must be a zoo name ({', '.join(zoo.names())}) or an "
+            f"existing model file; got {defended!r}. Pass e.g. --defended digits-cnn-at."
+        )
+    module, _ = load_model(path, arch=arch)
+    return DefensesPlan(defended=module, name=path.name)
+
+
 def _assess_and_write(target: Target, plan: AssessmentPlan, out: Path, *, force: bool,
                       thresholds: list[Threshold]) -> None:
     with render.progress_bar("assessing") as progress, render.show_warnings():
@@ -82,10 +101,15 @@ def assess(
     batch_size: Annotated[int, typer.Option(help="Points per attack call.")] = 250,
     seed: Annotated[int, typer.Option(help="Seed given to every attack.")] = 0,
     sections: Annotated[str | None, typer.Option(
-        help="Comma-separated report sections: evasion, blackbox, extraction, backdoor (image models), "
-             "tabular (tabular models), poisoning, text-evasion (text models: spam-*). "
-             "Default: evasion for image models, tabular for tabular models, "
-             "poisoning,text-evasion for text models.")] = None,
+        help="Comma-separated report sections: evasion, blackbox, extraction, backdoor, defenses "
+             "(image models), tabular (tabular models), poisoning, text-evasion (text models: spam-*). "
+             "Default: evasion for image models (plus defenses with --defended), tabular for tabular "
+             "models, poisoning,text-evasion for text models.")] = None,
+    defended: Annotated[str | None, typer.Option(
+        "--defended", help="defenses section: the defended model compared with --model, a model file "
+        "(loaded like --model; a bare state dict uses --arch) or a zoo name. Default: the zoo's "
+        "'<name>-at' for a zoo model that has one (digits-cnn -> digits-cnn-at). eps: the defended "
+        "zoo model's training eps, else --headline-eps.")] = None,
     query_budgets: Annotated[str, typer.Option(
         help="blackbox section: Square query budgets per point.")] = _BUDGETS_DEFAULT,
     blackbox_n: Annotated[int, typer.Option(help="blackbox section: points attacked.")] = 100,
@@ -118,8 +142,15 @@ def assess(
         target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress)
     chosen = (tuple(s.strip() for s in sections.split(",") if s.strip()) if sections is not None
               else TEXT_SECTIONS if target.text else TABULAR_SECTIONS if target.tabular else IMAGE_SECTIONS)
+    if defended is not None and "defenses" not in chosen:
+        if sections is not None:
+            raise ConfigError(
+                f"modelshield assess: '--defended' is used by the defenses section; got --sections "
+                f"{sections!r} without it. Add defenses, e.g. --sections {sections},defenses."
+            )
+        chosen = (*chosen, "defenses")
     plan = AssessmentPlan(sections=chosen, n=n, batch_size=batch_size, seed=seed, evasion=evasion,
-                          blackbox=blackbox, tabular=tabular)
+                          blackbox=blackbox, tabular=tabular, defenses=_defenses_plan(defended, arch=arch))
     _assess_and_write(target, plan, out, force=force, thresholds=thresholds)
 
 

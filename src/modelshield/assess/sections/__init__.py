@@ -5,6 +5,7 @@ from __future__ import annotations
 from modelshield.assess._section import SECTIONS, register_section
 from modelshield.assess.sections.backdoor import BackdoorSection
 from modelshield.assess.sections.blackbox import BlackBoxSection, TabularSection
+from modelshield.assess.sections.defenses import DefensesSection
 from modelshield.assess.sections.evasion import SEVERITY_THRESHOLDS, EvasionSection, evasion_severity
 from modelshield.assess.sections.extraction import ExtractionSection
 from modelshield.assess.sections.spam import PoisoningSection, TextEvasionSection
@@ -13,6 +14,7 @@ __all__ = [
     "SEVERITY_THRESHOLDS",
     "BackdoorSection",
     "BlackBoxSection",
+    "DefensesSection",
     "EvasionSection",
     "ExtractionSection",
     "PoisoningSection",
@@ -35,3 +37,5 @@ if "text-evasion" not in SECTIONS:
     register_section(TextEvasionSection())
 if "backdoor" not in SECTIONS:
     register_section(BackdoorSection())
+if "defenses" not in SECTIONS:
+    register_section(DefensesSection())
