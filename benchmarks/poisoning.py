@@ -19,6 +19,8 @@ Prints one JSON object (issue: text evasion, data poisoning and training-data va
   default flagging).
 - ``targets``: at 10% random flips, whether each validator reaches recall >= 0.9 at precision
   >= 0.8 and whether the F1 after cleaning is within 1 point (0.01) of the unpoisoned model.
+- ``detection_seed_spread``: ConfidentLearning at 10% random flips for flip seeds 0, 1 and 2
+  (the main run uses seed 0), so one lucky draw cannot carry the target.
 - ``text_evasion``: TextEvasion success rate (share of detected spam that passes, re-checked
   here by scoring the adversarial texts and recounting words changed) and median words
   changed at budgets of 10% and 20% of words, per method and model, on the whole test split.
@@ -174,6 +176,19 @@ def main(argv: list[str] | None = None) -> None:
                 "f1_within_1_point": {m: g is not None and g <= 0.01 for m, g in f1_gap.items()},
             }
 
+    spread: dict[str, Any] = {}
+    if not args.quick:
+        for seed in (0, 1, 2):
+            whole = class_rate(0.1, y_tr, cls=1)
+            flip = RandomLabelFlip(rate=whole, classes=(1,), target_class=0, seed=seed)
+            y_p = flip(texts_tr, y_tr).y_poisoned
+            truth = (y_p != y_tr).numpy()
+            flagged, _ = detect_poison("confident-learning", texts_tr, y_p, seed=0)
+            spread[f"seed {seed}"] = detection(np.asarray(flagged, dtype=bool), truth)
+        spread["mean"] = {
+            k: _r(statistics.mean(float(v[k]) for v in spread.values())) for k in ("precision", "recall")
+        }
+
     text: dict[str, Any] = {}
     n_text = 200 if args.quick else len(texts_te)
     for m in models:
@@ -230,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         "poisoning": poisoning,
         "detection": detect,
         "targets_at_10pct_random": targets,
+        "detection_seed_spread": spread,
         "text_evasion": {"n_texts": n_text, "results": text},
         "environment": {
             "python": platform.python_version(),
