@@ -43,18 +43,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from modelshield.assess.sections.extraction import (
+from modelshield.attacks.evasion import PGD
+from modelshield.attacks.extraction import (
+    EquationSolving,
     ExtractionRun,
+    JacobianAugmentation,
+    KnockoffNets,
     Pool,
     load_pool,
     prada_verdict,
     run_extraction,
-)
-from modelshield.attacks.evasion import PGD
-from modelshield.attacks.extraction import (
-    EquationSolving,
-    JacobianAugmentation,
-    KnockoffNets,
     transferability,
 )
 from modelshield.data import load_dataset
@@ -132,8 +130,21 @@ def ours(name: str, run: ExtractionRun, budgets: list[int], ev: dict[str, Any], 
     }
 
 
+def recipe(budget: int, checkpoints: tuple[int, ...], output: Literal["proba", "labels"], epochs: int,
+           min_steps: int, make: Callable[[], nn.Module], seed: int) -> KnockoffNets:
+    """modelshield's stronger Knockoff recipe: balanced selection, at least min_steps steps."""
+    return KnockoffNets(budget=budget, checkpoints=checkpoints, output=output, epochs=epochs,
+                        min_steps=min_steps, strategy="balanced", batch_size=BATCH, lr=LR,
+                        thief_factory=make, seed=seed)
+
+
+def matched_epochs(budget: int, epochs: int, min_steps: int) -> int:
+    """The epochs that give ART's thief as many gradient steps as the recipe's at this budget."""
+    return max(epochs, math.ceil(min_steps / math.ceil(budget / BATCH)))
+
+
 def art_rows(victim: nn.Module, pool: Pool, budgets: list[int], epochs: int, ev: dict[str, Any],
-             seed: int, streams: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Any]:
+             seed: int, streams: dict[str, tuple[Tensor, Tensor]], min_steps: int = 0) -> dict[str, Any]:
     """ART's CopycatCNN and KnockoffNets (random) at each budget, probabilities and labels."""
     from art.attacks.extraction import CopycatCNN
     from art.attacks.extraction import KnockoffNets as ArtKnockoff
@@ -159,7 +170,11 @@ def art_rows(victim: nn.Module, pool: Pool, budgets: list[int], epochs: int, ev:
     x_np = pool.x.numpy()
     make = thief_factory()
     out: dict[str, Any] = {}
-    for cls_name, cls in (("art_copycat_cnn", CopycatCNN), ("art_knockoff_nets", ArtKnockoff)):
+    plan: list[tuple[str, Any, bool]] = [("art_copycat_cnn", CopycatCNN, False),
+                                         ("art_knockoff_nets", ArtKnockoff, False)]
+    if min_steps:
+        plan.append(("art_copycat_cnn_matched_steps", CopycatCNN, True))
+    for cls_name, cls, matched in plan:
         for use_proba in (True, False):
             key = f"{cls_name}_{'proba' if use_proba else 'labels'}"
             t0 = time.perf_counter()
@@ -173,8 +188,10 @@ def art_rows(victim: nn.Module, pool: Pool, budgets: list[int], epochs: int, ev:
                 thief_clf = PyTorchClassifier(model=thief, loss=nn.CrossEntropyLoss(),
                                               optimizer=torch.optim.Adam(thief.parameters(), lr=LR),
                                               input_shape=(1, 28, 28), nb_classes=10, clip_values=(0.0, 1.0))
+                n_ep = matched_epochs(b, epochs, min_steps) if matched else epochs
                 kwargs: dict[str, Any] = {"batch_size_fit": BATCH, "batch_size_query": 512,
-                                          "nb_epochs": epochs, "nb_stolen": b, "use_probability": use_proba}
+                                          "nb_epochs": n_ep, "nb_stolen": b, "use_probability": use_proba}
+                row.setdefault("epochs", {})[str(b)] = n_ep
                 if cls is ArtKnockoff:
                     kwargs.update(sampling_strategy="random", verbose=False)
                 Counting.rows, Counting.xs = 0, []
@@ -183,17 +200,18 @@ def art_rows(victim: nn.Module, pool: Pool, budgets: list[int], epochs: int, ev:
                 row["curve"][str(b)] = quality(thief, ev["x"], ev["y"], ev["victim_labels"])
                 last, stream = thief, np.concatenate(Counting.xs)
             assert last is not None and stream is not None
-            xs = torch.from_numpy(stream)
-            streams[key] = (xs, predict(victim, xs))
-            row["transfer_pgd_linf_0.3"] = transfer(last, victim, ev["xt"], ev["yt"], ev["pgd_steps"])
+            if not matched:
+                xs = torch.from_numpy(stream)
+                streams[key] = (xs, predict(victim, xs))
+                row["transfer_pgd_linf_0.3"] = transfer(last, victim, ev["xt"], ev["yt"], ev["pgd_steps"])
             row["time_s"] = round(time.perf_counter() - t0, 1)
             out[key] = row
     return out
 
 
 def art_copycat_once(victim: nn.Module, pool: Pool, budget: int, epochs: int, ev: dict[str, Any],
-                     seed: int) -> float:
-    """Fidelity of one ART CopycatCNN (probabilities) copy for a given seed."""
+                     seed: int, use_proba: bool = True) -> float:
+    """Fidelity of one ART CopycatCNN copy for a given seed."""
     from art.attacks.extraction import CopycatCNN
     from art.estimators.classification import PyTorchClassifier
 
@@ -207,7 +225,8 @@ def art_copycat_once(victim: nn.Module, pool: Pool, budget: int, epochs: int, ev
                                   optimizer=torch.optim.Adam(thief.parameters(), lr=LR),
                                   input_shape=(1, 28, 28), nb_classes=10, clip_values=(0.0, 1.0))
     CopycatCNN(classifier=victim_clf, batch_size_fit=BATCH, batch_size_query=512, nb_epochs=epochs,
-               nb_stolen=budget, use_probability=True).extract(pool.x.numpy(), thieved_classifier=thief_clf)
+               nb_stolen=budget, use_probability=use_proba).extract(pool.x.numpy(),
+                                                                    thieved_classifier=thief_clf)
     return quality(thief, ev["x"], ev["y"], ev["victim_labels"])["fidelity"]
 
 
@@ -217,6 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--pool", default="fashion-mnist", help="fashion-mnist (other data) or mnist (same data)")
     p.add_argument("--budgets", default="500,2000,5000")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--min-steps", type=int, default=1500, help="the recipe's least gradient steps")
     p.add_argument("--n-eval", type=int, default=2000)
     p.add_argument("--n-transfer", type=int, default=500)
     p.add_argument("--pgd-steps", type=int, default=20)
@@ -275,6 +295,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                           seed=seed, keep_stream=True)
         rows[f"modelshield_knockoff_{output}"] = ours("KnockoffNets", run, budgets, ev, t0)
         streams[f"modelshield_knockoff_{output}"] = run.stream  # type: ignore[assignment]  # kept
+    # The stronger recipe: thief-guided class-balancing selection + at least --min-steps steps.
+    for output in ko_outputs:
+        t0 = time.perf_counter()
+        ko = recipe(top, tuple(budgets[:-1]), output, epochs, args.min_steps, make, seed)
+        runs[f"balanced_{output}"] = run = run_extraction(victim, pool, ko, eval_data=(x_eval, y_eval),
+                                                          seed=seed, keep_stream=True)
+        row_b = ours("KnockoffNets(balanced)", run, budgets, ev, t0)
+        row_b["answer_counts"] = run.result.extra.get("answer_counts")
+        rows[f"modelshield_knockoff_balanced_{output}"] = row_b
+        streams[f"modelshield_knockoff_balanced_{output}"] = run.stream  # type: ignore[assignment]  # kept
     jac_outputs: tuple[Literal["labels", "proba"], ...] = ("labels", "proba")
     for output in jac_outputs:
         t0 = time.perf_counter()
@@ -305,7 +335,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         streams["modelshield_equation_proba"] = eq_run.stream  # type: ignore[assignment]  # kept
     if not args.no_peers:
         try:
-            rows.update(art_rows(victim, pool, budgets, epochs, ev, seed, streams))
+            rows.update(art_rows(victim, pool, budgets, epochs, ev, seed, streams, args.min_steps))
         except ImportError as exc:
             rows["art"] = {"skipped": str(exc)}
     report["attacks"] = rows
@@ -313,24 +343,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # Head to head: Knockoff (ours) against ART at every budget; positive = ours more faithful.
     head: dict[str, Any] = {}
     for output in ("proba", "labels"):
-        mine = rows[f"modelshield_knockoff_{output}"]["curve"]
-        for peer in ("art_copycat_cnn", "art_knockoff_nets"):
-            theirs = rows.get(f"{peer}_{output}", {}).get("curve")
-            if theirs:
-                head[f"knockoff_{output}_vs_{peer}"] = {
-                    b: round(mine[b]["fidelity"] - theirs[b]["fidelity"], 4) for b in mine if mine[b]}
+        for variant in ("knockoff", "knockoff_balanced"):
+            mine = rows[f"modelshield_{variant}_{output}"]["curve"]
+            for peer in ("art_copycat_cnn", "art_knockoff_nets", "art_copycat_cnn_matched_steps"):
+                theirs = rows.get(f"{peer}_{output}", {}).get("curve")
+                if theirs:
+                    head[f"{variant}_{output}_vs_{peer}"] = {
+                        b: round(mine[b]["fidelity"] - theirs[b]["fidelity"], 4) for b in mine if mine[b]}
     report["fidelity_advantage_over_art"] = head
 
     # Seed spread: the same head-to-head at the middle budget with other seeds (RNG noise scale).
     if not args.no_peers and len(budgets) > 1 and args.spread_seeds:
         mid = budgets[len(budgets) // 2 - (1 if len(budgets) % 2 == 0 else 0)]
-        spread: dict[str, list[float]] = {"modelshield_knockoff_proba": [], "art_copycat_cnn_proba": []}
-        for s in range(seed + 1, seed + 1 + args.spread_seeds):
-            ko = KnockoffNets(budget=mid, output="proba", epochs=epochs, batch_size=BATCH, lr=LR,
-                              thief_factory=make, seed=s)
-            fid = run_extraction(victim, pool, ko, eval_data=(x_eval, y_eval), seed=s).result.fidelity
-            spread["modelshield_knockoff_proba"].append(round(fid, 4))
-            spread["art_copycat_cnn_proba"].append(art_copycat_once(victim, pool, mid, epochs, ev, s))
+        spread: dict[str, list[float]] = {}
+        seeds = range(seed + 1, seed + 1 + args.spread_seeds)
+        for s in seeds:
+            for output in ko_outputs:
+                ko = recipe(mid, (), output, epochs, args.min_steps, make, s)
+                fid = run_extraction(victim, pool, ko, eval_data=(x_eval, y_eval), seed=s).result.fidelity
+                spread.setdefault(f"modelshield_knockoff_balanced_{output}", []).append(round(fid, 4))
+                spread.setdefault(f"art_copycat_cnn_{output}", []).append(
+                    art_copycat_once(victim, pool, mid, epochs, ev, s, use_proba=output == "proba"))
+                spread.setdefault(f"art_copycat_cnn_matched_steps_{output}", []).append(
+                    art_copycat_once(victim, pool, mid, matched_epochs(mid, epochs, args.min_steps), ev, s,
+                                     use_proba=output == "proba"))
         report["seed_spread"] = {"budget": mid, "seeds": list(range(seed + 1, seed + 1 + args.spread_seeds)),
                                  "fidelity": spread}
 
@@ -371,18 +407,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for delta in grid:
         verdicts = [prada_verdict(s, lb, monitor=PRADA(delta=delta)) for s, lb in benign]
         fpr[str(delta)] = round(sum(v["flagged"] for v in verdicts) / len(verdicts), 4)
-    calibrated = next((d for d in grid if fpr[str(d)] == 0.0), None)
+    # Calibration on other benign traffic (MNIST *training* images, streams of the same size),
+    # then the false-positive rate measured out of sample on the test-image streams above.
+    train_x = ds.x_train[: size * args.benign_streams]
+    calib_streams = [(s, predict(victim, s)) for s in torch.split(train_x, size)]
+    calibrated: dict[str, Any] = {}
+    for max_fpr in (0.0, 0.05):
+        mon = PRADA().calibrate(calib_streams, max_fpr=max_fpr)
+        held = [prada_verdict(s, lb, monitor=mon) for s, lb in benign]
+        det = {name: prada_verdict(xs, lb, monitor=mon)["queries_to_detection"]
+               for name, (xs, lb) in streams.items()}
+        calibrated[str(max_fpr)] = {
+            "delta": round(mon.delta, 6),
+            "in_sample_fpr": mon.calibration_["in_sample_fpr"] if mon.calibration_ else None,
+            "held_out_fpr": round(sum(v["flagged"] for v in held) / len(held), 4),
+            "queries_to_detection": det,
+        }
     detection: dict[str, Any] = {}
     for name, (xs, lb) in streams.items():
         detection[name] = {"queries": int(xs.shape[0]),
                            "default_delta": prada_verdict(xs, lb, monitor=PRADA())["queries_to_detection"]}
-        if calibrated is not None:
-            detection[name]["calibrated_delta"] = prada_verdict(
-                xs, lb, monitor=PRADA(delta=calibrated))["queries_to_detection"]
     report["prada"] = {
-        "default_delta": 0.95, "calibrated_delta": calibrated, "min_queries": 100,
+        "default_delta": 0.95, "min_queries": 100,
         "benign_streams": len(benign), "benign_stream_queries": size,
         "false_positive_rate_by_delta": fpr,
+        "calibrated_on_mnist_train_streams": calibrated,
         "queries_to_detection": detection,
         "time_s": round(time.perf_counter() - t0, 1),
     }

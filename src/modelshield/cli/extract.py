@@ -82,8 +82,11 @@ def extract(
     queries: Annotated[int, typer.Option(help="Victim queries the attack may spend.")] = 2000,
     pool: Annotated[str | None, typer.Option(help=POOL_HELP)] = None,
     output: Annotated[str, typer.Option(help="What the API answers: proba or labels.")] = "proba",
-    strategy: Annotated[str, typer.Option(
-        help="Knockoff query selection: random, adaptive or balanced.")] = "random",
+    strategy: Annotated[str | None, typer.Option(
+        help="Knockoff query selection: random, adaptive or balanced (default: balanced, the "
+             "strongest in benchmarks/RESULTS.md).")] = None,
+    min_steps: Annotated[int, typer.Option(
+        help="Knockoff: least thief gradient steps per checkpoint (no extra queries).")] = 1500,
     defence: Annotated[str, typer.Option(help=f"Output hardening: {', '.join(DEFENCES)}.")] = "none",
     prada: Annotated[bool, typer.Option("--prada", help="Replay the query stream through PRADA.")] = False,
     checkpoints: Annotated[str | None, typer.Option(help="Comma-separated query counts for the curve "
@@ -102,8 +105,11 @@ def extract(
     if json_out is not None:
         check_new_files([json_out], overwrite=force, owner=OWNER)
     check_choice("--defence", defence, DEFENCES, owner=OWNER)
+    if strategy is None:
+        strategy = "balanced" if attack == "knockoff" else "random"
     atk = build_extraction_attack(attack, budget=queries, output=output, strategy=strategy,
-                                  checkpoints=_checkpoints(checkpoints, queries), epochs=epochs, seed=seed)
+                                  checkpoints=_checkpoints(checkpoints, queries), epochs=epochs,
+                                  min_steps=min_steps if attack == "knockoff" else 0, seed=seed)
     with render.progress_bar("loading victim") as progress, render.show_warnings():
         target = load_target(victim, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress)
         dataset = target.data_info.get("name")
@@ -117,7 +123,7 @@ def extract(
     if json_out is not None:
         eval_info = {**target.data_info, "n": int(target.x.shape[0])}
         settings = {"attack": attack, "queries": queries, "output": output, "strategy": strategy,
-                    "defence": defence, "seed": seed, "params": run.result.params}
+                    "min_steps": min_steps, "defence": defence, "seed": seed, "params": run.result.params}
         prov = provenance(model_info=target.model_info, data_info=eval_info, seed=seed,
                           attacks={attack: run.result.params})
         prov.update(pool=thief_pool.info(), pool_sha256=thief_pool.sha256)

@@ -267,11 +267,13 @@ def build_extraction_attack(
     strategy: str = "random",
     checkpoints: Sequence[int] = (),
     epochs: int | None = None,
+    min_steps: int = 0,
     seed: int = 0,
 ) -> ExtractionAttack:
     """An extraction attack by name (one of ``EXTRACTION_ATTACKS``) with ``budget`` victim queries.
 
-    ``"knockoff"``: KnockoffNets with ``strategy`` and ``checkpoints``. ``"jacobian"``:
+    ``"knockoff"``: KnockoffNets with ``strategy``, ``checkpoints`` and ``min_steps`` (least
+    thief gradient steps per checkpoint; costs no queries). ``"jacobian"``:
     JacobianAugmentation with a seed set of ``min(100, budget)`` pool rows and enough doubling
     rounds to spend ``budget`` (one curve point per round). ``"equation"``: EquationSolving
     (probabilities only; ``budget`` must be at least the number of input features + 1).
@@ -292,7 +294,7 @@ def build_extraction_attack(
         cps = tuple(c for c in checkpoints if c < budget)
         strat: Literal["random", "adaptive", "balanced"] = (
             "adaptive" if strategy == "adaptive" else "balanced" if strategy == "balanced" else "random")
-        attack = KnockoffNets(budget=budget, strategy=strat,
+        attack = KnockoffNets(budget=budget, strategy=strat, min_steps=min_steps,
                               output=out, checkpoints=cps, seed=seed)
         return attack if epochs is None else dataclasses.replace(attack, epochs=epochs)
     if strategy != "random":
