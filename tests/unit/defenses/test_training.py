@@ -102,6 +102,10 @@ def test_catastrophic_overfitting_detector_on_crafted_history() -> None:
     # Healthy: both rise together; and a PGD dip without the FGSM gap is not overfitting.
     assert detect_catastrophic_overfitting([0.3, 0.5, 0.6, 0.65], [0.4, 0.6, 0.7, 0.72]) is None
     assert detect_catastrophic_overfitting([0.3, 0.6, 0.3], [0.35, 0.65, 0.35]) is None
+    # Overfit from the first epoch (no drop to see): FGSM far above PGD is enough.
+    assert detect_catastrophic_overfitting([0.02, 0.02], [0.97, 0.97]) == 0
+    assert detect_catastrophic_overfitting([0.3, 0.4], [0.75, 0.95]) == 1
+    assert detect_catastrophic_overfitting([0.3, 0.4], [0.75, 0.95], collapse_gap=0.6) is None
     with pytest.raises(ConfigError, match="same length"):
         detect_catastrophic_overfitting([0.1], [0.1, 0.2])
 

@@ -41,6 +41,7 @@ from modelshield.models import TorchModel, eval_mode
 
 __all__ = [
     "METHODS",
+    "OVERFIT_COLLAPSE_GAP",
     "OVERFIT_DROP",
     "OVERFIT_GAP",
     "AdversarialTrainer",
@@ -57,6 +58,10 @@ OVERFIT_DROP = 0.2
 """Catastrophic overfitting: PGD accuracy on the check batch falls this far below its best so far..."""
 OVERFIT_GAP = 0.2
 """...while FGSM accuracy on the same batch stays at least this far above it (Wong et al., 2020)."""
+OVERFIT_COLLAPSE_GAP = 0.5
+"""Catastrophic overfitting from the start: FGSM accuracy this far above PGD accuracy in any
+epoch, whatever the history (a fast-trained MNIST model at eps 0.3 showed FGSM 97% / PGD 2%
+from its first epoch, so no later drop could be seen)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -160,6 +165,7 @@ def detect_catastrophic_overfitting(
     *,
     drop: float = OVERFIT_DROP,
     gap: float = OVERFIT_GAP,
+    collapse_gap: float = OVERFIT_COLLAPSE_GAP,
 ) -> int | None:
     """The first epoch index (0-based) showing catastrophic overfitting, or None.
 
@@ -167,6 +173,8 @@ def detect_catastrophic_overfitting(
     the best PGD accuracy of the earlier epochs while its FGSM accuracy is more than ``gap``
     above its PGD accuracy: the model has learnt to defeat the single-step attack it trains on
     (a distorted, locally non-linear loss surface) and lost its robustness to iterative attacks.
+    Any epoch (the first included) whose FGSM accuracy exceeds its PGD accuracy by more than
+    ``collapse_gap`` is flagged too: a model can overfit before PGD accuracy ever rises.
 
     Reference: Wong, Rice and Kolter, "Fast is better than free: Revisiting adversarial
     training", ICLR 2020 (arXiv:2001.03994), Section 5.
@@ -178,7 +186,7 @@ def detect_catastrophic_overfitting(
         )
     best = -math.inf
     for e, (p, f) in enumerate(zip(pgd_accuracy, fgsm_accuracy, strict=True)):
-        if e > 0 and p < best - drop and f - p > gap:
+        if (e > 0 and p < best - drop and f - p > gap) or f - p > collapse_gap:
             return e
         best = max(best, p)
     return None
