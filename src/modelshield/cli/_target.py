@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from modelshield._typing import Norm
 from modelshield.assess import Progress
 from modelshield.errors import ConfigError
 from modelshield.models import CallableModel, TorchModel, as_model, eval_mode
+from modelshield.models.zoo._train import torch_threads
 
 __all__ = ["Target", "as_query_model", "load_target", "parse_norm", "torch_threads"]
 
@@ -194,19 +193,3 @@ def parse_norm(text: str) -> Norm:
     """The CLI's norm spellings ('inf', 'linf', '2', 'l2') as a Norm; others go on to be rejected."""
     key = text.strip().lower().removeprefix("l")
     return key if key in ("inf", "2") else text  # type: ignore[return-value]  # the attack/plan rejects it
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block with n torch intra-op CPU threads (None: unchanged), then restore the setting.
-
-    Small models gain nothing from intra-op parallelism, and on a busy machine extra threads
-    make every tiny matrix product wait for a core: one thread can be many times faster.
-    """
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

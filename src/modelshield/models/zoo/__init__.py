@@ -53,7 +53,7 @@ from modelshield.models.load import FORMAT, load_model, save_model, weights_sha2
 from modelshield.models.zoo._archs import ARCHS, build
 from modelshield.models.zoo._phishing import PhishingKind, phishing_fingerprint, train_phishing_model
 from modelshield.models.zoo._spam import SpamKind, spam_fingerprint, spam_metrics, train_spam_model
-from modelshield.models.zoo._train import Progress, Recipe, evaluate, fit
+from modelshield.models.zoo._train import Progress, Recipe, evaluate, fit, torch_threads
 
 __all__ = [
     "ARCHS",
@@ -470,18 +470,13 @@ def _train_adversarial(
         raise RuntimeError("unreachable: adversarial zoo entries have eps")
     trainer = AdversarialTrainer(eps=s.eps, bounds=s.bounds, **recipe)
     module = build(s.arch, seed=int(recipe["seed"]))
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
+    with torch_threads(int(threads) if threads else None):
         start = time.perf_counter()
         trainer.fit(module, (ds.x_train, ds.y_train), progress=progress)
         train_time = time.perf_counter() - start
         module.eval()
         x, y = ds.x_test[:ROBUST_CHECK_POINTS], ds.y_test[:ROBUST_CHECK_POINTS]
         robust = PGD(eps=s.eps, steps=20, seed=0)(module, x, y).robust_accuracy
-    finally:
-        torch.set_num_threads(before)
     return module, {**recipe, "num_threads": threads, "trainer": "AdversarialTrainer"}, train_time, robust
 
 

@@ -11,17 +11,34 @@ fix the thread count (restored afterwards), otherwise the caller's setting is us
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Progress", "Recipe", "evaluate", "fit"]
+__all__ = ["Progress", "Recipe", "evaluate", "fit", "torch_threads"]
 
 Progress = Callable[[int, int, str], None]
 """progress(done, total, message): called as training advances."""
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with n torch intra-op CPU threads (None: unchanged), then restore the setting.
+
+    Small models gain nothing from intra-op parallelism, and on a busy machine extra threads
+    make every tiny matrix product wait for a core: one thread can be many times faster.
+    """
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -78,30 +95,27 @@ def fit(
         optimizer, max_lr=recipe.lr, total_steps=steps, pct_start=0.25
     )
     done = 0
-    saved_threads = torch.get_num_threads()
-    if recipe.num_threads is not None:
-        torch.set_num_threads(recipe.num_threads)
     module.train()
     try:
-        for epoch in range(recipe.epochs):
-            order = torch.randperm(n, generator=gen)
-            running, seen = 0.0, 0
-            for start in range(0, n, recipe.batch_size):
-                idx = order[start : start + recipe.batch_size]
-                loss = F.cross_entropy(module(x[idx]), y[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is untyped in torch
-                optimizer.step()
-                schedule.step()
-                done += 1
-                running += float(loss.detach()) * len(idx)
-                seen += len(idx)
-                if progress is not None and done % 20 == 0 and start + recipe.batch_size < n:
-                    progress(done, total, f"epoch {epoch + 1}/{recipe.epochs}: loss {running / seen:.4f}")
-            if progress is not None:
-                progress(done, total, f"epoch {epoch + 1}/{recipe.epochs} done: loss {running / seen:.4f}")
+        with torch_threads(recipe.num_threads):
+            for epoch in range(recipe.epochs):
+                order = torch.randperm(n, generator=gen)
+                running, seen, tag = 0.0, 0, f"epoch {epoch + 1}/{recipe.epochs}"
+                for start in range(0, n, recipe.batch_size):
+                    idx = order[start : start + recipe.batch_size]
+                    loss = F.cross_entropy(module(x[idx]), y[idx])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is untyped in torch
+                    optimizer.step()
+                    schedule.step()
+                    done += 1
+                    running += float(loss.detach()) * len(idx)
+                    seen += len(idx)
+                    if progress is not None and done % 20 == 0 and start + recipe.batch_size < n:
+                        progress(done, total, f"{tag}: loss {running / seen:.4f}")
+                if progress is not None:
+                    progress(done, total, f"{tag} done: loss {running / seen:.4f}")
     finally:
-        torch.set_num_threads(saved_threads)
         module.eval()
         # Parameter .grad buffers are ours (the module is being trained here), but free them.
         for p in module.parameters():
