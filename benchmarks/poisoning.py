@@ -178,7 +178,10 @@ def main(argv: list[str] | None = None) -> None:
 
     spread: dict[str, Any] = {}
     if not args.quick:
-        for seed in (0, 1, 2):
+        # Seed 0 is the main run's 10% random cell: reuse it rather than fit it again.
+        main_cell = detect["random"]["10%"]["confident-learning"]
+        spread["seed 0"] = {k: main_cell[k] for k in ("flagged", "true_positives", "precision", "recall")}
+        for seed in (1, 2):
             whole = class_rate(0.1, y_tr, cls=1)
             flip = RandomLabelFlip(rate=whole, classes=(1,), target_class=0, seed=seed)
             y_p = flip(texts_tr, y_tr).y_poisoned
