@@ -72,6 +72,45 @@ def test_training_set_detectors_rank_poisoned_points_first(setup) -> None:  # ty
     assert torch.equal(counts, torch.ceil(0.15 * sizes.double() - 1e-9).long())
 
 
+def _natural_and_planted_features() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Synthetic (N, 12) features of 8 classes: each class has a natural 30% sub-population
+    (shifted 3-5.8 sd along its own axis, so the classes' splits differ as on real data); class 5
+    also holds a planted 25% cluster shifted 10 sd."""
+    g = torch.Generator().manual_seed(0)
+    feats, labels, planted = [], [], []
+    for c in range(8):
+        n = 400
+        f = torch.randn(n, 12, generator=g)
+        f[: int(0.3 * n), c] += 3.0 + 0.4 * c
+        p = torch.zeros(n, dtype=torch.bool)
+        if c == 5:
+            p[-100:] = True
+            f[p, 11] += 10.0
+        feats.append(f)
+        labels.append(torch.full((n,), c))
+        planted.append(p)
+    return torch.cat(feats), torch.cat(labels), torch.cat(planted)
+
+
+def test_cross_class_check_keeps_natural_subpopulations_unflagged() -> None:
+    feats, y, planted = _natural_and_planted_features()
+    x = torch.zeros(len(y), 1)
+    for make in (lambda t: ActivationClustering(anomaly_threshold=t),
+                 lambda t: SpectralSignatures(anomaly_threshold=t)):
+        det = make(2.0).fit(None, x, y, features=feats)
+        flagged_classes = set(y[det.flagged_indices_].tolist())
+        assert flagged_classes == {5}, type(det).__name__
+        m = detection_metrics(det.flagged_indices_, planted.nonzero().squeeze(1), len(y))
+        assert m["f1"] > 0.95, (type(det).__name__, m)
+        # Without the check the natural sub-populations of other classes are flagged as well.
+        loose = make(None).fit(None, x, y, features=feats)
+        assert len(set(y[loose.flagged_indices_].tolist())) > 1, type(det).__name__
+    ac = ActivationClustering().fit(None, x, y, features=feats)
+    report = {c.label: c for c in ac.classes_}
+    assert report[5].anomaly_index >= 2.0 > max(report[c].anomaly_index for c in range(8) if c != 5)
+    assert ac.to_dict()["classes"][5]["anomaly_index"] == pytest.approx(report[5].anomaly_index, abs=1e-6)
+
+
 def test_anomaly_index_hand_computed() -> None:
     norms = torch.tensor([1.0, 10.0, 11.0, 12.0, 13.0])
     # median 11, |dev| = 10, 1, 0, 1, 2 -> median 1 -> MAD 1.4826

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -9,7 +10,38 @@ from torch import Tensor
 
 from modelshield.errors import InputError, NotFittedError
 
-__all__ = ["check_clean_set", "check_fitted", "check_xy", "detection_metrics"]
+__all__ = ["MAD_CONSTANT", "anomaly_indices", "check_clean_set", "check_fitted", "check_xy",
+           "detection_metrics", "high_outliers"]
+
+MAD_CONSTANT = 1.4826
+"""Consistency constant that makes the MAD estimate the standard deviation of normal data."""
+
+
+def anomaly_indices(norms: Tensor) -> Tensor:
+    """(C,) |l_c - median(l)| / (1.4826 * median(|l - median(l)|)) for (C,) values, e.g. trigger norms.
+
+    Neural Cleanse's anomaly index (Wang et al. 2019): how many robust standard deviations a
+    class's value lies from the median of all classes.
+    """
+    med = norms.median()
+    mad = MAD_CONSTANT * (norms - med).abs().median()
+    return (norms - med).abs() / mad.clamp_min(1e-12)
+
+
+def high_outliers(stats: dict[int, float]) -> dict[int, float]:
+    """{class: anomaly index} for per-class statistics, 0 for values at or below the median.
+
+    Used by the training-set detectors to ask whether a class's split statistic stands out
+    from the other classes' (a planted sub-population) rather than matching them (a natural
+    one). Fewer than 3 classes cannot be compared: every index is then +inf (no veto).
+    """
+    if len(stats) < 3:
+        return {c: math.inf for c in stats}
+    keys = list(stats)
+    vals = torch.tensor([stats[c] for c in keys], dtype=torch.float64)
+    idx = anomaly_indices(vals)
+    med = vals.median()
+    return {c: float(i) if float(v) > float(med) else 0.0 for c, v, i in zip(keys, vals, idx, strict=True)}
 
 
 def check_fitted(obj: object, attr: str) -> None:

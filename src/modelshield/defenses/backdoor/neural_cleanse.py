@@ -15,22 +15,11 @@ from modelshield._checks import check_range
 from modelshield.attacks._ops import make_generator
 from modelshield.attacks._verify import attack_params
 from modelshield.attacks.backdoor.triggers import StampTrigger, check_image_batch, stamp
-from modelshield.defenses.backdoor._common import check_clean_set
+from modelshield.defenses.backdoor._common import MAD_CONSTANT, anomaly_indices, check_clean_set
 from modelshield.errors import ConfigError, InputError
 from modelshield.models import ModelLike, TorchModel, as_gradient_model, eval_mode
 
 __all__ = ["MAD_CONSTANT", "NeuralCleanse", "NeuralCleanseReport", "anomaly_indices", "reverse_trigger"]
-
-MAD_CONSTANT = 1.4826
-"""Consistency constant that makes the MAD estimate the standard deviation of normal data."""
-
-
-def anomaly_indices(norms: Tensor) -> Tensor:
-    """(C,) |l_c - median(l)| / (1.4826 * median(|l - median(l)|)) for (C,) trigger L1 norms."""
-    med = norms.median()
-    mad = MAD_CONSTANT * (norms - med).abs().median()
-    return (norms - med).abs() / mad.clamp_min(1e-12)
-
 
 def reverse_trigger(
     m: TorchModel,
