@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modelshield._checks import check_range
@@ -207,26 +208,44 @@ class FinePruning:
 class Unlearning:
     """Unlearn a backdoor with its reversed trigger (Neural Cleanse's mitigation).
 
-    Fine-tune a copy of the model on the clean set where a ``stamp_fraction`` share of the
-    inputs carry the reversed trigger and keep their *correct* labels, so the model learns
-    to ignore the trigger.
+    Fine-tune a copy of the model on the clean set with the reversed trigger stamped on a
+    ``stamp_fraction`` share of each batch, the stamped inputs keeping their *correct*
+    labels, so the model learns to ignore the trigger (Wang et al. stamp 20% of the data).
+
+    Two changes from the paper's recipe make it work with a small clean set (1,000 images in
+    benchmarks/backdoor.py rather than the paper's 10% of the training set), measured on
+    Fashion-MNIST / lenet-28, BadNets at 5% (clean accuracy 89.96%, ASR 99.9%):
+
+    - every batch is trained on its clean inputs *and* their stamped copies (the stamped rows
+      are added, not swapped in), and the clean copies are fitted to the original model's
+      predictions (knowledge distillation) instead of the labels, which keeps the model's
+      clean behaviour: ASR 29% -> 2-4%;
+    - only the ``top`` most anomalous flagged classes are unlearned (1 by default): an
+      all-to-one backdoor has one target, and the extra classes Neural Cleanse flags on
+      Fashion-MNIST (bags and shirts have naturally small triggers) cost 0.6 points of clean
+      accuracy when unlearned. Pass ``top=None`` to unlearn every flagged class.
 
     Args:
-        epochs, lr, batch_size: fine-tuning settings.
-        stamp_fraction: share of clean inputs stamped (0.2 in the paper).
-        seed: stamping and order seed.
+        epochs, lr, batch_size: fine-tuning settings (Adam, constant rate).
+        stamp_fraction: share of each batch that also gets a stamped copy.
+        top: how many flagged classes of a NeuralCleanseReport to unlearn, most anomalous
+            first (None: all).
+        min_clean: least clean rows accepted.
+        seed: batch order and stamping seed.
 
-    Reference: B. Wang et al., "Neural Cleanse", IEEE S&P 2019 (section VI-C).
+    Reference: B. Wang et al., "Neural Cleanse: Identifying and Mitigating Backdoor Attacks in
+    Neural Networks", IEEE S&P 2019 (section VI-C).
 
     Example:
         report = NeuralCleanse()(model, x_clean)
         repaired = Unlearning()(model, x_clean, y_clean, trigger=report).model
     """
 
-    epochs: int = 5
+    epochs: int = 20
     lr: float = 1e-3
     batch_size: int = 64
-    stamp_fraction: float = 0.2
+    stamp_fraction: float = 1.0
+    top: int | None = 1
     min_clean: int = 20
     seed: int = 0
 
@@ -236,6 +255,8 @@ class Unlearning:
         check_range("lr", self.lr, owner=o, low=0.0, low_open=True)
         check_range("batch_size", self.batch_size, owner=o, low=1, integer=True)
         check_range("stamp_fraction", self.stamp_fraction, owner=o, low=0.0, high=1.0, low_open=True)
+        if self.top is not None:
+            check_range("top", self.top, owner=o, low=1, integer=True)
         check_range("min_clean", self.min_clean, owner=o, low=1, integer=True)
 
     def __call__(
@@ -243,8 +264,8 @@ class Unlearning:
     ) -> RemovalResult:
         """Repair a copy of model with clean data (x, y) and the reversed trigger(s).
 
-        ``trigger``: a NeuralCleanseReport (the triggers of its flagged classes are used) or a
-        single StampTrigger.
+        ``trigger``: a NeuralCleanseReport (the triggers of its ``top`` most anomalous flagged
+        classes are used) or a single StampTrigger.
         """
         started = time.perf_counter()
         x, y = check_xy(x, y, owner="Unlearning")
@@ -255,24 +276,44 @@ class Unlearning:
                     "Unlearning: 'trigger' must have at least one flagged class; got a NeuralCleanseReport "
                     "that flags none. Nothing to unlearn, or pass trigger=report.trigger_for(label)."
                 )
-            triggers = [trigger.trigger_for(c) for c in trigger.flagged]
+            index = dict(zip(trigger.classes, trigger.anomaly_index.tolist(), strict=True))
+            ranked = sorted(trigger.flagged, key=lambda c: -index[c])
+            classes = ranked[: self.top] if self.top is not None else ranked
+            triggers = [trigger.trigger_for(c) for c in classes]
         else:
-            triggers = [trigger]
+            classes, triggers = [], [trigger]
         module = copy.deepcopy(torch_module(model, owner="Unlearning"))
         module.eval()
         acc0 = clean_accuracy(module, x, y)
-        gen = make_generator(self.seed, torch.device("cpu"))
         n = int(x.shape[0])
-        k = max(1, round(self.stamp_fraction * n))
-        rows = torch.randperm(n, generator=gen)[:k].to(x.device)
-        x_u = x.clone()
-        for j, t in enumerate(triggers):
-            part = rows[j :: len(triggers)]
-            x_u[part] = t.apply(x[part]).to(x.dtype)
-        _fine_tune(module, x_u, y, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed)
-        module.eval()
+        with torch.no_grad():
+            teacher = torch.cat([F.softmax(module(x[i : i + 512]), 1) for i in range(0, n, 512)])
+        gen = make_generator(self.seed, torch.device("cpu"))
+        optimizer = torch.optim.Adam(module.parameters(), lr=self.lr)
+        try:
+            module.train()
+            for _ in range(self.epochs):
+                order = torch.randperm(n, generator=gen).to(x.device)
+                for start in range(0, n, self.batch_size):
+                    b = order[start : start + self.batch_size]
+                    k = max(1, round(self.stamp_fraction * len(b)))
+                    xs = x[b[:k]].clone()
+                    for j, t in enumerate(triggers):
+                        xs[j :: len(triggers)] = t.apply(xs[j :: len(triggers)]).to(x.dtype)
+                    out = module(torch.cat([x[b], xs]))
+                    clean_out, stamped_out = out[: len(b)], out[len(b) :]
+                    loss = F.cross_entropy(stamped_out, y[b[:k]]) + F.kl_div(
+                        F.log_softmax(clean_out, 1), teacher[b], reduction="batchmean")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is untyped in torch
+                    optimizer.step()
+        finally:
+            module.eval()
+            for p in module.parameters():
+                p.grad = None
         return RemovalResult(
             method="Unlearning", params=attack_params(self), model=module, clean_accuracy_before=acc0,
-            clean_accuracy_after=clean_accuracy(module, x, y), extra={"n_stamped": k},
+            clean_accuracy_after=clean_accuracy(module, x, y),
+            extra={"unlearned_classes": [int(c) for c in classes]},
             time_s=time.perf_counter() - started,
         )
