@@ -22,7 +22,7 @@ from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
 from modelshield._typing import NORMS, Norm
-from modelshield.assess.sanity import check_monotone, check_single_step, tolerance
+from modelshield.assess.sanity import SLACK, check_monotone, check_single_step, tolerance
 from modelshield.attacks._ops import ce_loss
 from modelshield.attacks._verify import check_batch
 from modelshield.attacks.evasion._protocol import EvasionAttack
@@ -191,7 +191,11 @@ def check_gradient_masking(
 
     - ``non_monotone_eps``: robust accuracy rises with eps (``sanity.check_monotone``).
     - ``unbounded_not_broken``: the unbounded budget leaves more than ``unbounded_tol`` accuracy.
-    - ``black_box_beats_white_box``: Square's robust accuracy is below the attack's by > tol.
+    - ``black_box_beats_white_box``: Square's robust accuracy is below that of the best
+      white-box attack run (the claim's attack, its reseeded runs and the Ensemble) by > tol.
+      A claim's attack that merely loses to Square while the Ensemble does not is a weak
+      attack, not misleading gradients: that shows as ``stronger_attack_gap`` or
+      ``restart_variance``, and the reported robust accuracy is the per-point worst case anyway.
     - ``single_step_beats_iterative``: FGSM beats the attack by > tol (``sanity.check_single_step``).
     - ``restart_variance``: reseeded runs differ by more than ``restart_tol``.
     - ``zero_gradients``: more than ``zero_grad_tol`` of the points have an all-zero gradient.
@@ -295,7 +299,7 @@ def check_gradient_masking(
                          "is failing to optimise (gradient masking or too few steps)."),
             reference=REFERENCE))
     unb = by_eps[unbounded].robust_accuracy
-    if unb > unbounded_tol:
+    if unb > unbounded_tol + SLACK:
         flags.append(MaskingFlag(
             name="unbounded_not_broken",
             evidence={"unbounded_eps": unbounded, "robust_accuracy": unb, "threshold": unbounded_tol},
@@ -304,13 +308,16 @@ def check_gradient_masking(
                          "works must reach ~0%, so its gradients are not informative."),
             reference=REFERENCE))
     sq = results["square"].robust_accuracy
-    if sq < a_acc - t:
+    white = {k: v for k, v in acc.items() if k not in ("square", "fgsm")}
+    best_white = min(white, key=lambda k: white[k])
+    wb_name = "the Ensemble" if best_white == "ensemble" else f"the white-box {attack_name}"
+    if sq < white[best_white] - t - SLACK:
         flags.append(MaskingFlag(
             name="black_box_beats_white_box",
-            evidence={"square": sq, "white_box": a_acc, "tolerance": t},
+            evidence={"square": sq, "white_box": white[best_white], "tolerance": t},
             explanation=(f"The black-box Square attack ({square_queries} queries) leaves {_pct(sq)} "
-                         f"robust accuracy but the white-box {attack_name} leaves {_pct(a_acc)}: "
-                         "gradients mislead the white-box attack."),
+                         f"robust accuracy but the strongest white-box attack, {wb_name}, leaves "
+                         f"{_pct(white[best_white])}: gradients mislead the white-box attacks."),
             reference=REFERENCE))
     curves = {"fgsm": [results["fgsm"]], "pgd": [results["attack"]]}
     if check_single_step(curves, tol=t):
@@ -324,7 +331,7 @@ def check_gradient_masking(
     if len(reseeded) > 1:
         accs = [r.robust_accuracy for r in reseeded]
         spread = max(accs) - min(accs)
-        if spread > r_tol:
+        if spread > r_tol + SLACK:
             flags.append(MaskingFlag(
                 name="restart_variance",
                 evidence={"spread": spread, "min": min(accs), "max": max(accs), "tolerance": r_tol},
@@ -332,7 +339,7 @@ def check_gradient_masking(
                              f"{_pct(min(accs))} to {_pct(max(accs))}: results that depend on the "
                              "random start point to a noisy or shattered loss surface."),
                 reference=REFERENCE))
-    if zero_frac > zero_grad_tol:
+    if zero_frac > zero_grad_tol + SLACK:
         flags.append(MaskingFlag(
             name="zero_gradients",
             evidence={"fraction": zero_frac, "threshold": zero_grad_tol},
@@ -341,7 +348,7 @@ def check_gradient_masking(
                          "get no direction there."),
             reference=ATHALYE))
     e_acc = results["ensemble"].robust_accuracy
-    if e_acc < a_acc - max(gap_tol, t):
+    if e_acc < a_acc - max(gap_tol, t) - SLACK:
         flags.append(MaskingFlag(
             name="stronger_attack_gap",
             evidence={"ensemble": e_acc, "attack": a_acc, "threshold": gap_tol},

@@ -17,7 +17,7 @@ def _rate(mask: Tensor, over: Tensor | None = None) -> float:
     """Mean of a bool mask, optionally over the rows where ``over`` holds (nan if none)."""
     if over is not None:
         mask = mask[over]
-    return float(mask.float().mean()) if mask.numel() else math.nan
+    return float(mask.double().mean()) if mask.numel() else math.nan
 
 
 def _json_float(v: float) -> float | None:
