@@ -14,6 +14,7 @@ from modelshield.defenses.training import (
     AdversarialTrainer,
     DefensiveDistillation,
     detect_catastrophic_overfitting,
+    epoch_overfits,
     lr_at,
     trades_loss,
 )
@@ -124,7 +125,7 @@ def test_fast_training_stops_and_rolls_back_on_overfitting(digits, monkeypatch) 
             after_epoch1.update({k: v.clone() for k, v in net.state_dict().items()})
 
     # Every epoch after the first "collapses": the second must be flagged, undone, and stop training.
-    monkeypatch.setattr(adv, "detect_catastrophic_overfitting", lambda pgd, fgsm, **kw: 1)
+    monkeypatch.setattr(adv, "epoch_overfits", lambda best, pgd, fgsm, **kw: best is not None)
     report = trainer.fit(net, (x, y), progress=snap)
     assert report.stopped_early and report.catastrophic_overfitting
     assert report.overfitting_epoch == 2 and len(report.epochs) == 2
@@ -132,6 +133,39 @@ def test_fast_training_stops_and_rolls_back_on_overfitting(digits, monkeypatch) 
     for k, v in net.state_dict().items():
         assert torch.equal(v, after_epoch1[k])
     assert all(e.check_pgd_accuracy is not None for e in report.epochs)
+
+
+def test_epoch_overfits_rule() -> None:
+    assert epoch_overfits(None, 0.02, 0.97)  # collapsed from the first epoch
+    assert not epoch_overfits(None, 0.30, 0.45)
+    assert epoch_overfits(0.62, 0.05, 0.90)  # the drop-with-gap rule
+    assert not epoch_overfits(0.62, 0.30, 0.35)  # a PGD dip without the FGSM gap
+    assert not epoch_overfits(0.62, 0.60, 0.70)
+
+
+def test_first_epoch_collapse_is_flagged_and_undone(digits, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import modelshield.defenses.training.adversarial as adv
+
+    x, y = digits[0][:256], digits[1][:256]
+    trainer = AdversarialTrainer(method="fast", eps=0.1, epochs=3, batch_size=64, check_size=64,
+                                 eval_steps=3)
+    net = _mlp(4)
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    seen: list[float | None] = []
+
+    def collapsed(best: float | None, pgd: float, fgsm: float, **kw: float) -> bool:
+        seen.append(best)
+        return True
+
+    # A model that collapses in its first epoch (FGSM 97% / PGD 2% on MNIST at eps 0.3) used to
+    # go unflagged: the first epoch was never judged.
+    monkeypatch.setattr(adv, "epoch_overfits", collapsed)
+    report = trainer.fit(net, (x, y))
+    assert seen == [None]
+    assert report.stopped_early and report.overfitting_epoch == 1 and len(report.epochs) == 1
+    assert report.epochs[0].rolled_back
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, initial[k])
 
 
 def test_trades_loss_hand_values() -> None:

@@ -18,6 +18,7 @@ from modelshield.defenses.training.adversarial import (
     EpochStats,
     TrainingReport,
     detect_catastrophic_overfitting,
+    epoch_overfits,
 )
 from modelshield.defenses.training.distillation import DefensiveDistillation, DistillationResult
 from modelshield.defenses.training.trades import trades_loss
@@ -32,6 +33,7 @@ __all__ = [
     "EpochStats",
     "TrainingReport",
     "detect_catastrophic_overfitting",
+    "epoch_overfits",
     "lr_at",
     "trades_loss",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -49,6 +48,7 @@ __all__ = [
     "Method",
     "TrainingReport",
     "detect_catastrophic_overfitting",
+    "epoch_overfits",
 ]
 
 Method = Literal["pgd", "trades", "fast"]
@@ -184,12 +184,30 @@ def detect_catastrophic_overfitting(
             "detect_catastrophic_overfitting: 'pgd_accuracy' and 'fgsm_accuracy' must have the same "
             f"length; got {len(pgd_accuracy)} and {len(fgsm_accuracy)}. Pass one value per epoch."
         )
-    best = -math.inf
+    best: float | None = None
     for e, (p, f) in enumerate(zip(pgd_accuracy, fgsm_accuracy, strict=True)):
-        if (e > 0 and p < best - drop and f - p > gap) or f - p > collapse_gap:
+        if epoch_overfits(best, p, f, drop=drop, gap=gap, collapse_gap=collapse_gap):
             return e
-        best = max(best, p)
+        best = p if best is None else max(best, p)
     return None
+
+
+def epoch_overfits(
+    best_pgd: float | None,
+    pgd: float,
+    fgsm: float,
+    *,
+    drop: float = OVERFIT_DROP,
+    gap: float = OVERFIT_GAP,
+    collapse_gap: float = OVERFIT_COLLAPSE_GAP,
+) -> bool:
+    """Whether one epoch with check-batch accuracies ``pgd`` and ``fgsm`` shows catastrophic
+    overfitting, given the best PGD accuracy of the earlier epochs (None for the first epoch).
+
+    The per-epoch rule of ``detect_catastrophic_overfitting``.
+    """
+    fell = best_pgd is not None and pgd < best_pgd - drop and fgsm - pgd > gap
+    return fell or fgsm - pgd > collapse_gap
 
 
 def as_trainable(model: object, *, owner: str) -> nn.Module:
@@ -432,10 +450,9 @@ class AdversarialTrainer:
                 extra.update(val_clean_accuracy=res.clean_accuracy,
                              val_robust_accuracy=res.robust_accuracy)
             pgd_hist = [h["check_pgd_accuracy"] for h in history if not h.get("rolled_back")]
-            fgsm_hist = [h["check_fgsm_accuracy"] for h in history if not h.get("rolled_back")]
-            # Only a fresh collapse in this epoch counts (earlier epochs were already judged).
-            overfit = bool(pgd_hist) and detect_catastrophic_overfitting(
-                [max(pgd_hist), pgd_acc], [max(fgsm_hist), fgsm_acc]) == 1
+            # This epoch is judged on its own numbers against the earlier epochs' best PGD
+            # accuracy; the first epoch is judged too (a model can collapse from the start).
+            overfit = epoch_overfits(max(pgd_hist) if pgd_hist else None, pgd_acc, fgsm_acc)
             extra["catastrophic_overfitting"] = overfit
             stop = overfit and self.stop_on_overfitting
             return EpochEnd(extra=extra, stop=stop, rollback=stop)
