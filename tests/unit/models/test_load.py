@@ -69,7 +69,8 @@ def test_save_refuses_to_overwrite(tmp_path: Path, net: nn.Module) -> None:
 
 
 def test_save_rejects_unknown_arch_and_bad_meta(tmp_path: Path, net: nn.Module) -> None:
-    with pytest.raises(ConfigError, match=r"'arch' must be one of 'cnn-8x8', 'lenet-28'; got 'cnn8x8'"):
+    archs = r"'cnn-8x8', 'lenet-28', 'lenet-28-wide'"
+    with pytest.raises(ConfigError, match=rf"'arch' must be one of {archs}; got 'cnn8x8'"):
         save_model(net, tmp_path / "a.pt", arch="cnn8x8")
     with pytest.raises(ConfigError, match=r"'meta' must hold only.*got Tensor at meta\['w'\]"):
         save_model(net, tmp_path / "b.pt", arch="cnn-8x8", meta={"w": torch.zeros(1)})

@@ -81,6 +81,16 @@ def test_build_is_seeded_and_leaves_global_rng_alone() -> None:
         zoo.build("lenet")
 
 
+def test_wide_lenet_is_madry_et_al_mnist_model() -> None:
+    # conv 1->32 5x5, conv 32->64 5x5, linear 3136->1024, linear 1024->10 (weights + biases).
+    expected = (32 * 25 + 32) + (64 * 32 * 25 + 64) + (3136 * 1024 + 1024) + (1024 * 10 + 10)
+    wide, small = zoo.build("lenet-28-wide"), zoo.build("lenet-28")
+    assert sum(p.numel() for p in wide.parameters()) == expected == 3_274_634
+    assert sum(p.numel() for p in small.parameters()) == 215_370  # the zoo's mnist-cnn is unchanged
+    assert wide(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    assert weights_sha256(zoo.build("lenet-28-wide")) == weights_sha256(wide)
+
+
 def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MODELSHIELD_CACHE", str(tmp_path / "c"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
