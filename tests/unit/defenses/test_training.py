@@ -168,6 +168,28 @@ def test_first_epoch_collapse_is_flagged_and_undone(digits, monkeypatch) -> None
         assert torch.equal(v, initial[k])
 
 
+def test_overfitting_check_uses_the_warmed_up_eps(digits, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import modelshield.defenses.training.adversarial as adv
+
+    x, y = digits[0][:256], digits[1][:256]
+    trainer = AdversarialTrainer(method="pgd", eps=0.1, steps=2, epochs=3, eps_warmup_epochs=2,
+                                 batch_size=64, check_size=64, eval_steps=3)
+    used: list[float] = []
+    real = adv.FGSM
+
+    def recording(*, eps: float, norm: str) -> object:
+        used.append(eps)
+        return real(eps=eps, norm=norm)  # type: ignore[arg-type]  # norm is a Norm here
+
+    monkeypatch.setattr(adv, "FGSM", recording)
+    report = trainer.fit(_mlp(5), (x, y))
+    # Under a warm-up the check attacks at the eps trained on so far, not the final eps (a model
+    # not yet trained at 0.1 resists FGSM at 0.1 far better than PGD: that is not overfitting).
+    assert used == [e.eps for e in report.epochs]
+    assert used[0] < used[1] < 0.1 and used[2] == pytest.approx(0.1)
+    assert not report.catastrophic_overfitting
+
+
 def test_trades_loss_hand_values() -> None:
     z = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     y = torch.tensor([0, 1])

@@ -336,8 +336,11 @@ def train_loop(
             stopped = end.stop
             save(epoch + 1)
             if progress is not None:
+                val = "".join(f", {label} {record[key]:.3f}" for key, label in (
+                    ("val_clean_accuracy", "val clean"), ("val_robust_accuracy", "val robust"))
+                    if record.get(key) is not None)
                 progress(done, total, f"{phase}epoch {epoch + 1}/{cfg.epochs} done: "
-                         f"loss {record['loss']:.4f}, adv acc {record['train_adv_accuracy']:.3f}")
+                         f"loss {record['loss']:.4f}, adv acc {record['train_adv_accuracy']:.3f}{val}")
     finally:
         for m, flag in modes:
             m.training = flag

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -75,8 +76,9 @@ class EpochStats:
             the training adversary's inputs (noisy inputs for noise training), as seen while training.
         lr: learning rate at the end of the epoch. eps: training eps at the end of the epoch.
         time_s: wall time of the epoch, evaluation included.
-        check_fgsm_accuracy, check_pgd_accuracy: accuracy under FGSM and PGD at the full eps on the
-            held-out check batch (the catastrophic-overfitting monitor); None when not measured.
+        check_fgsm_accuracy, check_pgd_accuracy: accuracy under FGSM and PGD on the held-out
+            check batch at the epoch's training eps (the full eps after any warm-up): the
+            catastrophic-overfitting monitor; None when not measured.
         val_clean_accuracy, val_robust_accuracy: on ``val_data`` (PGD at eps); None without it.
         catastrophic_overfitting: this epoch showed catastrophic overfitting.
         rolled_back: the epoch's weight update was undone (training stopped here).
@@ -265,9 +267,10 @@ class AdversarialTrainer:
     clean cross-entropy. ``"trades"`` minimises CE(f(x), y) + beta * KL(f(x) || f(x')) with x'
     maximising the KL (Zhang et al. 2019). ``"fast"`` uses one FGSM step of 1.25 * eps from a
     uniform random start (Wong et al. 2020) and watches for catastrophic overfitting: after each
-    epoch FGSM and PGD accuracy are measured on a held-out check batch and, when PGD accuracy
-    collapses while FGSM accuracy stays high (``detect_catastrophic_overfitting``), the epoch is
-    flagged and (``stop_on_overfitting``) its update is undone and training stops.
+    epoch FGSM and PGD accuracy are measured on a held-out check batch at the eps trained on
+    so far and, when PGD accuracy collapses while FGSM accuracy stays high, or FGSM accuracy is
+    far above PGD accuracy from the start (``epoch_overfits``), the epoch is flagged and
+    (``stop_on_overfitting``) its update is undone and training stops. Every method is checked.
 
     Adversaries are computed with the model in eval mode (BatchNorm statistics are updated only
     by the training forward pass). Randomness (shuffling of tensor data, random starts) comes
@@ -440,16 +443,23 @@ class AdversarialTrainer:
 
         def epoch_end(epoch: int, history: list[dict[str, Any]]) -> EpochEnd:
             pgd = PGD(eps=self.eps, norm=self.norm, steps=self.eval_steps, seed=self.seed + epoch)
-            fgsm_acc = FGSM(eps=self.eps, norm=self.norm)(
+            # The overfitting check attacks at the eps trained on so far: during an eps warm-up a
+            # model not yet trained at the full eps resists FGSM far better than PGD there, which
+            # is not catastrophic overfitting.
+            check_pgd = dataclasses.replace(pgd, eps=eps_now[0])
+            fgsm_acc = FGSM(eps=eps_now[0], norm=self.norm)(
                 TorchModel(module, bounds=self.bounds), check_x, check_y).robust_accuracy
-            pgd_acc = pgd(TorchModel(module, bounds=self.bounds), check_x, check_y).robust_accuracy
+            pgd_acc = check_pgd(TorchModel(module, bounds=self.bounds), check_x, check_y).robust_accuracy
             extra: dict[str, Any] = {"eps": eps_now[0], "check_fgsm_accuracy": fgsm_acc,
                                      "check_pgd_accuracy": pgd_acc}
             if val_data is not None:
                 res = pgd(TorchModel(module, bounds=self.bounds), val_data[0], val_data[1])
                 extra.update(val_clean_accuracy=res.clean_accuracy,
                              val_robust_accuracy=res.robust_accuracy)
-            pgd_hist = [h["check_pgd_accuracy"] for h in history if not h.get("rolled_back")]
+            # Only epochs checked at the same eps are comparable (under a warm-up PGD accuracy
+            # falls as the eps grows, by design).
+            pgd_hist = [h["check_pgd_accuracy"] for h in history
+                        if not h.get("rolled_back") and h.get("eps") == eps_now[0]]
             # This epoch is judged on its own numbers against the earlier epochs' best PGD
             # accuracy; the first epoch is judged too (a model can collapse from the start).
             overfit = epoch_overfits(max(pgd_hist) if pgd_hist else None, pgd_acc, fgsm_acc)
