@@ -88,6 +88,22 @@ def test_resume_continues_from_the_checkpoint(trained: tuple[Path, Path, Any], t
     assert "resumed at epoch 1" in result.stdout
 
 
+def test_arch_override_and_eps_warmup_are_recorded(tmp_path: Path) -> None:
+    out = tmp_path / "warm.pt"
+    result = train(out, "--method", "trades", "--arch", "cnn-8x8", "--eps-warmup-epochs", "1")
+    assert result.exit_code == 0, result.output
+    _, meta = load_model(out)
+    assert meta["arch"] == "cnn-8x8"
+    assert meta["training"]["params"]["eps_warmup_epochs"] == 1
+    assert meta["training"]["epochs"][0]["eps"] < 0.1  # still warming up at the end of epoch 1
+    assert meta["provenance"]["attacks"]["training"]["eps_warmup_epochs"] == 1
+    # An architecture made for other inputs, or none at all, is refused before any training.
+    assert "'--arch' must take inputs of shape (1, 8, 8)" in one_error_line(
+        train(tmp_path / "w.pt", "--arch", "lenet-28-wide"))
+    assert "'arch' must be one of" in one_error_line(train(tmp_path / "v.pt", "--arch", "resnet"))
+    assert not (tmp_path / "w.pt").exists() and not (tmp_path / "v.pt").exists()
+
+
 def test_distill_reports_ce_and_margin_pgd(tmp_path: Path) -> None:
     out = tmp_path / "distilled.pt"
     result = invoke("defend", "distill", "--model", "digits-cnn", "--temperature", "20", "--epochs", "1",

@@ -70,9 +70,14 @@ def _start(model: str, *, data: str | None, data_dir: Path | None, arch: str | N
             raise ConfigError(f"{owner}: '--model' must be a neural-network zoo model "
                               f"({', '.join(torch_names)}) or a model file; got {model!r}, a "
                               f"{s.kind} model. Pick e.g. --model digits-cnn.")
-        module = zoo.build(s.arch, seed=seed) if fresh else zoo.load(model, data_root=data_dir).module
-        arch_name, dataset = s.arch, s.dataset
-        model_info: dict[str, Any] = {"name": model, "source": "zoo-architecture", "arch": s.arch}
+        arch_name, dataset = (arch or s.arch), s.dataset
+        if arch is not None:
+            if not fresh:
+                raise ConfigError(f"{owner}: '--arch' must not be given with a trained zoo model; got "
+                                  f"{arch!r} with --model {model}. Drop --arch to use {model}'s weights.")
+            _check_arch_input(arch, s.input_shape, owner)
+        module = zoo.build(arch_name, seed=seed) if fresh else zoo.load(model, data_root=data_dir).module
+        model_info: dict[str, Any] = {"name": model, "source": "zoo-architecture", "arch": arch_name}
     else:
         path = Path(model).expanduser()
         if not path.is_file():
@@ -97,6 +102,20 @@ def _start(model: str, *, data: str | None, data_dir: Path | None, arch: str | N
                   model_info=model_info,
                   data_info={"name": ds.name, "sha256": ds.sha256, "split": "test",
                              "n": min(n, len(ds.y_test)), "n_train": int(ds.x_train.shape[0])})
+
+
+def _check_arch_input(arch: str, input_shape: tuple[int, ...], owner: str) -> None:
+    """ConfigError unless the zoo architecture arch takes inputs of input_shape."""
+    from modelshield.models import zoo
+
+    probe = torch.zeros((1, *input_shape))
+    try:
+        with torch.no_grad():
+            zoo.build(arch)(probe)
+    except RuntimeError as exc:
+        raise ConfigError(f"{owner}: '--arch' must take inputs of shape {input_shape}; got {arch!r}, "
+                          f"which does not ({str(exc).splitlines()[0][:120]}). Pick an architecture "
+                          "made for this data, e.g. lenet-28-wide for MNIST.") from exc
 
 
 def _check_eps(eps: float, bounds: tuple[float, float], owner: str) -> None:
@@ -143,10 +162,13 @@ def _prov(s: _Start, module: nn.Module, seed: int, settings: dict[str, Any]) -> 
 
 @defend_app.command("adversarial-training")
 def adversarial_training(
-    model: Annotated[str, typer.Option(help="Zoo name (a fresh copy of its architecture is trained) "
-                                             "or a model file whose weights are the starting point.")],
+    model: Annotated[str, typer.Option(help="Zoo name (a fresh copy of its architecture, or of "
+                                             "--arch, is trained on its data) or a model file whose "
+                                             "weights are the starting point.")],
     out: Annotated[Path, typer.Option("--out", help="Where to save the trained model (.pt, safe format).")],
     eps: Annotated[float, typer.Option(help="L-inf training and evaluation budget.")] = 0.3,
+    eps_warmup_epochs: Annotated[int, typer.Option(help="Grow the training eps linearly from 0 over "
+                                                        "this many epochs (0: off).")] = 0,
     method: Annotated[str, typer.Option(help=f"One of: {', '.join(METHODS)}.")] = "pgd",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
     steps: Annotated[int, typer.Option(help="Inner attack steps (pgd, trades).")] = 10,
@@ -162,7 +184,9 @@ def adversarial_training(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out file.")] = False,
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
-    arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+    arch: Annotated[str | None, typer.Option(help=ARCH_HELP + " With a zoo name: the architecture to "
+                                              "train instead of the zoo model's, e.g. lenet-28-wide "
+                                              "(Madry et al.'s MNIST model) for MNIST at eps 0.3.")] = None,
 ) -> None:
     """Adversarially train (PGD, TRADES or fast FGSM), save, then evaluate under Ensemble.standard
     and the gradient-masking checks; exits 2 on bad input."""
@@ -176,6 +200,7 @@ def adversarial_training(
     _check_eps(eps, s.bounds, owner)
     trainer = AdversarialTrainer(method=method, eps=eps, steps=steps, epochs=epochs,  # type: ignore[arg-type]
                                  batch_size=batch_size, lr=lr, bounds=s.bounds, seed=seed,
+                                 eps_warmup_epochs=eps_warmup_epochs,
                                  checkpoint_dir=checkpoint_dir, eval_steps=min(eval_steps, 20))
     n_val = min(256, int(s.x_test.shape[0]))
     with render.progress_bar(f"{method} adversarial training") as progress, render.show_warnings():
@@ -185,7 +210,8 @@ def adversarial_training(
         progress(0, 1, "evaluating: Ensemble.standard and masking checks")
         masking = _masking(s.module, s, eps=eps, steps=eval_steps, square_queries=square_queries, seed=seed)
     settings = {"method": method, "eps": eps, "epochs": epochs, "steps": steps, "batch_size": batch_size,
-                "lr": lr, "seed": seed, "eval_steps": eval_steps, "square_queries": square_queries}
+                "lr": lr, "eps_warmup_epochs": eps_warmup_epochs, "seed": seed, "eval_steps": eval_steps,
+                "square_queries": square_queries}
     _save(s.module, out, s, force=force, meta={
         "defence": "adversarial-training", "training": report.to_dict(), "evaluation": masking.to_dict(),
         "provenance": _prov(s, s.module, seed, {"training": settings})})
