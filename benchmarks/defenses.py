@@ -19,7 +19,7 @@ hours: Madry et al.'s MNIST architecture (``lenet-28-wide``), 12 training epochs
 steps and a 2-epoch eps warm-up for every method (Madry et al. trained ~83 epochs with 40 steps
 on a GPU), 500 attack points with 100-step attacks, and smoothing with n = 10,000 samples on 300
 points (Cohen et al. used 100,000 on 500). Every knob is a flag; the trained models can be saved
-with --save. A small run:
+with --save and evaluated again without retraining with --load. A small run:
     python benchmarks/defenses.py --dataset digits --eps 0.1 --quick
 """
 
@@ -116,6 +116,20 @@ def evaluate(module: nn.Module, x: Tensor, y: Tensor, eps: float, cfg: argparse.
     return out
 
 
+def loaded_record(folder: Path | None, method: str, module: nn.Module) -> dict[str, Any] | None:
+    """Load ``folder/METHOD.pt`` into ``module`` and return its training record (``METHOD.json``,
+    marked ``loaded_from``), or None when there is nothing saved for this method."""
+    if folder is None or not (folder / f"{method}.pt").exists():
+        return None
+    sidecar = folder / f"{method}.json"
+    if not sidecar.exists():
+        raise SystemExit(f"{folder / f'{method}.pt'} has no training record {sidecar}: save models "
+                         "with --save (which writes both), or remove the .pt to retrain")
+    module.load_state_dict(torch.load(folder / f"{method}.pt", weights_only=True))
+    log(0, 0, f"{method}: loaded the trained model from {folder}")
+    return {**json.loads(sidecar.read_text()), "loaded_from": str(folder / f"{method}.pt")}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", choices=sorted(MODELS), default="mnist")
@@ -133,6 +147,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--save", default=None, help="folder to save the trained models' state dicts in")
+    p.add_argument("--load", default=None,
+                   help="folder of adversarially trained models saved by an earlier --save run of the "
+                        "same configuration: METHOD.pt is evaluated instead of retrained and its "
+                        "training record read from METHOD.json")
     p.add_argument("--arch", default=None,
                    help="architecture of every trained model (mnist: lenet-28-wide, Madry et al.'s "
                         "model; digits: the zoo model's)")
@@ -170,22 +188,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
         "adversarial_training": {},
     }
+    load = Path(args.load) if args.load else None
     for method in methods:
         module = zoo.build(arch, seed=0)
-        trainer = AdversarialTrainer(method=method, eps=args.eps, steps=steps, epochs=args.epochs,
-                                     eps_warmup_epochs=warmup,
-                                     bounds=ds.bounds, eval_steps=min(args.eval_steps, 20))
-        log(0, args.epochs, f"{method}: adversarial training of {arch}")
-        tr = trainer.fit(module, (xtr, ytr), val_data=(xval, yval), progress=log)
-        if save is not None:
-            torch.save(module.state_dict(), save / f"{method}.pt")
-        log(0, 0, f"{method}: trained in {tr.train_time_s:.0f} s; evaluating (masking checks"
+        record = loaded_record(load, method, module)
+        if record is None:
+            trainer = AdversarialTrainer(method=method, eps=args.eps, steps=steps, epochs=args.epochs,
+                                         eps_warmup_epochs=warmup,
+                                         bounds=ds.bounds, eval_steps=min(args.eval_steps, 20))
+            log(0, args.epochs, f"{method}: adversarial training of {arch}")
+            tr = trainer.fit(module, (xtr, ytr), val_data=(xval, yval), progress=log)
+            record = {"train_time_s": round(tr.train_time_s, 2),
+                      "catastrophic_overfitting": tr.catastrophic_overfitting,
+                      "epochs": [{k: v for k, v in asdict(e).items() if v is not None} for e in tr.epochs]}
+            if save is not None:
+                torch.save(module.state_dict(), save / f"{method}.pt")
+                (save / f"{method}.json").write_text(json.dumps(record, indent=2))
+        log(0, 0, f"{method}: trained in {record['train_time_s']:.0f} s; evaluating (masking checks"
                   f"{', AutoAttack' if not args.no_peers else ''})")
         report["adversarial_training"][method] = {
-            "train_time_s": round(tr.train_time_s, 2),
-            "catastrophic_overfitting": tr.catastrophic_overfitting,
-            "epochs": [{k: v for k, v in asdict(e).items() if v is not None} for e in tr.epochs],
-            **evaluate(module, x, y, args.eps, args, peers=not args.no_peers)}
+            **record, **evaluate(module, x, y, args.eps, args, peers=not args.no_peers)}
 
     log(0, 0, "defensive distillation")
     student = zoo.build(arch, seed=0)

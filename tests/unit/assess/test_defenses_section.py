@@ -173,10 +173,17 @@ def _probs(x: Tensor) -> Tensor:
 @pytest.mark.parametrize(("model", "name", "needle"), [
     (nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), "my-model",
      "pass a defended model: --defended PATH or a zoo name"),
-    (nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), "mnist-cnn", "no adversarially trained zoo counterpart"),
+    (nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), "fashion-cnn",
+     "no adversarially trained zoo counterpart"),
+    (nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), "mnist-cnn", "zoo train mnist-cnn-at"),
     (as_model(_probs, n_classes=10), "digits-cnn", "black box"),
 ])
-def test_skipped_with_the_reason(model: Any, name: str, needle: str) -> None:
+def test_skipped_with_the_reason(model: Any, name: str, needle: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelshield.models import zoo
+
+    # A slow counterpart (mnist-cnn-at, ~1 h) is skipped when not cached, never trained implicitly.
+    monkeypatch.setattr(zoo, "is_cached", lambda n: False)
+    monkeypatch.setattr(zoo, "load", lambda *a, **k: pytest.fail("the section must not train or load"))
     x = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     y = torch.zeros(20, dtype=torch.long)
     s = _section(_assess(model, x, y, name=name))

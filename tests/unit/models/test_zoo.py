@@ -49,8 +49,8 @@ def in_cache(digits_cache: Trained,
 
 
 def test_names_and_specs() -> None:
-    assert zoo.names() == ["digits-cnn", "digits-cnn-at", "fashion-cnn", "mnist-cnn", "phishing-gbm",
-                           "phishing-logreg", "phishing-rf", "spam-logreg", "spam-nb"]
+    assert zoo.names() == ["digits-cnn", "digits-cnn-at", "fashion-cnn", "mnist-cnn", "mnist-cnn-at",
+                           "phishing-gbm", "phishing-logreg", "phishing-rf", "spam-logreg", "spam-nb"]
     s = zoo.spec("mnist-cnn")
     assert (s.dataset, s.input_shape, s.n_classes, s.bounds) == ("mnist", (1, 28, 28), 10, (0.0, 1.0))
     assert zoo.spec("digits-cnn").min_accuracy == 0.97 and zoo.spec("fashion-cnn").min_accuracy == 0.89
@@ -63,7 +63,8 @@ def test_names_and_specs() -> None:
 
 
 def test_unknown_name_lists_names_and_suggests() -> None:
-    listed = (r"'digits-cnn', 'digits-cnn-at', 'fashion-cnn', 'mnist-cnn', .*'spam-nb'; got 'mnist-cn'\. "
+    listed = (r"'digits-cnn', 'digits-cnn-at', 'fashion-cnn', 'mnist-cnn', 'mnist-cnn-at', .*'spam-nb'; "
+              r"got 'mnist-cn'\. "
               r"Did you mean 'mnist-cnn'")
     with pytest.raises(ConfigError, match=listed):
         zoo.spec("mnist-cn")
@@ -207,6 +208,25 @@ def test_idx_models_train_to_their_accuracy(
     assert model.meta["n_test"] == 10_000
     loaded = zoo.load(name, train_if_missing=False)
     assert weights_sha256(loaded.module) == model.meta["weights_sha256"]
+
+
+def test_mnist_at_recipe_is_the_benchmarked_pgd_setting() -> None:
+    """mnist-cnn-at takes an hour to train, so CI checks its recipe, not its training: a valid
+    AdversarialTrainer at the spec's eps on Madry et al.'s architecture, with the settings whose
+    results benchmarks/RESULTS.md reports (benchmarks/defenses.py, PGD row)."""
+    from modelshield.defenses.training import AdversarialTrainer
+    from modelshield.models.zoo import _AT_RECIPES
+
+    s = zoo.spec("mnist-cnn-at")
+    assert (s.dataset, s.arch, s.eps, s.input_shape) == ("mnist", "lenet-28-wide", 0.3, (1, 28, 28))
+    assert s.min_accuracy >= 0.98 and (s.min_robust_accuracy or 0.0) >= 0.85
+    recipe = dict(_AT_RECIPES["mnist-cnn-at"])
+    threads = recipe.pop("num_threads")
+    trainer = AdversarialTrainer(eps=s.eps, bounds=s.bounds, **recipe)
+    assert threads == 2 and trainer.method == "pgd"
+    assert (trainer.steps, trainer.epochs, trainer.eps_warmup_epochs) == (10, 12, 2)
+    assert (trainer.lr, trainer.batch_size, trainer.schedule, trainer.optimizer) == (1e-3, 128, "cyclic",
+                                                                                   "adam")
 
 
 def test_adversarially_trained_digits_model_is_robust_and_cached(

@@ -140,11 +140,18 @@ def _counterpart(ctx: AssessmentContext, plan: DefensesPlan,
                     "adversarially trained zoo counterpart '<name>-at'); pass a defended model: "
                     "--defended PATH or a zoo name (DefensesPlan(defended=...)).")
         name = candidate
+        if zoo.spec(name).slow and not zoo.is_cached(name):
+            return (f"the assessed model's defended counterpart {name!r} is not cached and takes about "
+                    f"an hour to train ({zoo.spec(name).description}); train it once with "
+                    f"`modelshield zoo train {name}`, or pass it explicitly (--defended {name}) to "
+                    "train it as part of this assessment.")
 
     def tick(done: int, total: int, text: str) -> None:
         if progress is not None:
             progress(done, total, f"defenses: {name}: {text}")
 
+    if not zoo.is_cached(name):
+        tick(0, 1, f"not cached, training it first ({zoo.spec(name).description})")
     zm = zoo.load(name, progress=tick)
     if not isinstance(zm.module, nn.Module):  # refused by DefensesPlan; kept for zoo changes
         return f"the zoo model {name!r} is not a torch module; pass a white-box defended model."
