@@ -21,19 +21,14 @@ from torch import Tensor, nn
 
 from modelshield.attacks.backdoor import BadNets, make_train_fn
 from modelshield.data import load_fashion_mnist, load_mnist
+from modelshield.defenses.backdoor.activations import extract_features
+from modelshield.defenses.backdoor.removal import _last_conv
 
 
 def last_conv_output(model: nn.Module, x: Tensor) -> Tensor:
-    """(N, C, H, W) ReLU'd output of the model's last nn.Conv2d on x."""
-    conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
-    out: list[Tensor] = []
-    handle = conv.register_forward_hook(lambda _m, _i, o: out.append(o.detach().relu()))
-    try:
-        with torch.no_grad():
-            model.eval()(x)
-    finally:
-        handle.remove()
-    return out[0]
+    """(N, C, H*W) ReLU'd output on x of the convolution FinePruning prunes (the last nn.Conv2d)."""
+    name, conv = _last_conv(model)
+    return extract_features(model, x, layer=name).relu().view(x.shape[0], conv.out_channels, -1)
 
 
 def main() -> None:
@@ -49,7 +44,7 @@ def main() -> None:
         xe, ye = ds.x_test[1000:3000], ds.y_test[1000:3000]
         clean = last_conv_output(model, ds.x_test[:1000])
         trig = last_conv_output(model, res.apply_trigger(xe[ye != res.target]))
-        ch_clean, ch_trig = clean.mean((0, 2, 3)), trig.mean((0, 2, 3))
+        ch_clean, ch_trig = clean.mean((0, 2)), trig.mean((0, 2))
         u_clean, u_trig = clean.mean(0).flatten(), trig.mean(0).flatten()
         top = (u_trig - u_clean).argsort(descending=True)[:20]
         ranks = [int((u_clean < u_clean[i]).sum()) for i in top]
