@@ -33,17 +33,18 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from modelshield.assess.masking import check_gradient_masking
 from modelshield.attacks.evasion import PGD, Ensemble
-from modelshield.data import load_dataset
+from modelshield.data import Dataset, load_dataset
 from modelshield.defenses.certification.smoothing import RandomizedSmoothing, noise_augmented_training
 from modelshield.defenses.detection.squeezing import FeatureSqueezing, adaptive_attack
 from modelshield.defenses.training import METHODS, AdversarialTrainer, DefensiveDistillation
+from modelshield.defenses.training.adversarial import Method
 from modelshield.models import zoo
 
 MODELS = {"digits": "digits-cnn", "mnist": "mnist-cnn"}
@@ -197,29 +198,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
         "sections": sections,
     }
-    load = Path(args.load) if args.load else None
     if "adversarial_training" in sections:
-        report["adversarial_training"] = {}
-    for method in (methods if "adversarial_training" in sections else []):
-        module = zoo.build(arch, seed=0)
-        record = loaded_record(load, method, module)
-        if record is None:
-            trainer = AdversarialTrainer(method=method, eps=args.eps, steps=steps, epochs=args.epochs,
-                                         eps_warmup_epochs=warmup,
-                                         bounds=ds.bounds, eval_steps=min(args.eval_steps, 20))
-            log(0, args.epochs, f"{method}: adversarial training of {arch}")
-            tr = trainer.fit(module, (xtr, ytr), val_data=(xval, yval), progress=log)
-            record = {"train_time_s": round(tr.train_time_s, 2),
-                      "catastrophic_overfitting": tr.catastrophic_overfitting,
-                      "epochs": [{k: v for k, v in asdict(e).items() if v is not None} for e in tr.epochs]}
-            if save is not None:
-                torch.save(module.state_dict(), save / f"{method}.pt")
-                (save / f"{method}.json").write_text(json.dumps(record, indent=2))
-        log(0, 0, f"{method}: trained in {record['train_time_s']:.0f} s; evaluating (masking checks"
-                  f"{', AutoAttack' if not args.no_peers else ''})")
-        report["adversarial_training"][method] = {
-            **record, **evaluate(module, x, y, args.eps, args, peers=not args.no_peers)}
-
+        report["adversarial_training"] = adversarial_training(
+            arch, cast(list[Method], methods), ds, (xtr, ytr), (xval, yval), x, y, steps=steps, warmup=warmup,
+            load=Path(args.load) if args.load else None, save=save, args=args)
     if "distillation" in sections:
         report["distillation"] = distillation(arch, (xtr, ytr), x, y, ds.bounds, plain_epochs, args)
     if "randomized_smoothing" in sections:
@@ -229,6 +211,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["feature_squeezing"] = squeezing(name, ds, x, y, args)
     print(json.dumps(report, indent=2, default=lambda o: o.tolist() if isinstance(o, Tensor) else str(o)))
     return report
+
+
+def adversarial_training(arch: str, methods: list[Method], ds: Dataset, train: tuple[Tensor, Tensor],
+                         val: tuple[Tensor, Tensor], x: Tensor, y: Tensor, *, steps: int, warmup: int,
+                         load: Path | None, save: Path | None, args: argparse.Namespace) -> dict[str, Any]:
+    """Each method's training record (trained here, or read back from ``load``) and evaluation."""
+    out: dict[str, Any] = {}
+    for method in methods:
+        module = zoo.build(arch, seed=0)
+        record = loaded_record(load, method, module)
+        if record is None:
+            trainer = AdversarialTrainer(method=method, eps=args.eps, steps=steps, epochs=args.epochs,
+                                         eps_warmup_epochs=warmup,
+                                         bounds=ds.bounds, eval_steps=min(args.eval_steps, 20))
+            log(0, args.epochs, f"{method}: adversarial training of {arch}")
+            tr = trainer.fit(module, train, val_data=val, progress=log)
+            record = {"train_time_s": round(tr.train_time_s, 2),
+                      "catastrophic_overfitting": tr.catastrophic_overfitting,
+                      "epochs": [{k: v for k, v in asdict(e).items() if v is not None} for e in tr.epochs]}
+            if save is not None:
+                torch.save(module.state_dict(), save / f"{method}.pt")
+                (save / f"{method}.json").write_text(json.dumps(record, indent=2))
+        log(0, 0, f"{method}: trained in {record['train_time_s']:.0f} s; evaluating (masking checks"
+                  f"{', AutoAttack' if not args.no_peers else ''})")
+        out[method] = {**record, **evaluate(module, x, y, args.eps, args, peers=not args.no_peers)}
+    return out
 
 
 def distillation(arch: str, train: tuple[Tensor, Tensor], x: Tensor, y: Tensor,
@@ -274,7 +282,7 @@ def smoothing(arch: str, train: tuple[Tensor, Tensor], x: Tensor, y: Tensor, bou
     return out
 
 
-def squeezing(name: str, ds: Any, x: Tensor, y: Tensor, args: argparse.Namespace) -> dict[str, Any]:
+def squeezing(name: str, ds: Dataset, x: Tensor, y: Tensor, args: argparse.Namespace) -> dict[str, Any]:
     """Feature squeezing's detection rate at 5% FPR for plain PGD and the adaptive (BPDA) attack."""
     log(0, 0, "feature squeezing")
     base = zoo.load(name, data_root=args.data_dir).module.eval()
