@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from modelshield.attacks.evasion import PGD, EvasionAttack, HopSkipJump, SimBA, Square, Transfer
-from modelshield.models import as_model
+from modelshield.models import TorchModel, as_model
 
 
 def _net() -> nn.Module:
@@ -100,7 +100,8 @@ def test_blackbox_contract(case: Case) -> None:
         pq = res.point_queries
         assert pq is not None and case.max_queries is not None
         assert int(pq.max()) <= case.max_queries
-        assert m.queries.forward == int(pq.sum()) + x.shape[0]
+        probe = int(isinstance(m, TorchModel))  # the one-row shape probe of a torch model
+        assert m.queries.forward == int(pq.sum()) + 3 * x.shape[0] + probe  # verification: clean twice, x_adv
         json.dumps(res.to_dict())
         again = attack(model, x, y)
         assert torch.equal(again.x_adv, res.x_adv)  # seeded => repeatable

@@ -25,9 +25,11 @@ __all__ = [
     "Severity",
     "Table",
     "atlas",
+    "is_text_model",
     "json_float",
     "max_severity",
     "register_section",
+    "skipped_section",
 ]
 
 Severity: TypeAlias = Literal["none", "low", "medium", "high", "critical"]
@@ -190,6 +192,25 @@ class AssessmentContext:
     bounds: tuple[float, float]
     seed: int
     batch_size: int
+
+
+def is_text_model(ctx: AssessmentContext) -> bool:
+    """True for a text model, whose assessment points are row indices into its messages."""
+    return ctx.model_info.get("modality") == "text" or str(ctx.data_info.get("points", "")).startswith(
+        "row indices")
+
+
+def skipped_section(section_id: str, title: str, reason: str) -> Section:
+    """A Section saying that it does not apply to this model, and why (severity ``"none"``)."""
+    return Section(
+        id=section_id,
+        title=title,
+        summary=f"Skipped: {reason}",
+        severity="none",
+        metrics={"skipped": True, "reason": reason},
+        findings=(f"Not run: {reason}",),
+        provenance={"skipped": reason},
+    )
 
 
 class SectionRunner(Protocol):

@@ -20,6 +20,7 @@ __all__ = [
     "SLACK",
     "check_eps_curves",
     "check_largest_eps",
+    "check_model_answers",
     "check_monotone",
     "check_single_step",
     "check_zero_eps",
@@ -159,9 +160,46 @@ def _nan_to(v: float, default: float) -> float:
     return default if v != v else v
 
 
+def check_model_answers(curves: Curves) -> list[str]:
+    """Say when the model returned NaN/inf, or answered the same inputs differently.
+
+    Verification (``verify_evasion``) never counts a NaN or infinite answer as a success, and
+    reads a non-deterministic model by majority vote (randomised answers) or one input per
+    query (answers that depend on the batch); the report must say so, since either changes
+    what the numbers mean.
+    """
+    out: list[str] = []
+    errors = {name: max((r.n_model_errors for r in curve), default=0) for name, curve in curves.items()}
+    hit = {name: e for name, e in errors.items() if e}
+    if hit:
+        n = max(r.n for curve in curves.values() for r in curve)
+        listed = ", ".join(f"{name}: {e}" for name, e in hit.items())
+        out.append(
+            f"Model errors: the model returned NaN or inf on up to {max(hit.values())} of {n} points "
+            f"({listed}); those inputs are counted as not broken, never as successes. Check the "
+            "model on such inputs: an attacker may use them to crash or confuse the service."
+        )
+    kinds = {str(r.extra.get("nondeterminism")) for curve in curves.values() for r in curve
+             if r.extra.get("stochastic")}
+    if kinds:
+        how = []
+        if any("random" in k for k in kinds):
+            how.append("randomised answers were read by a majority vote of repeated queries")
+        if any("batch" in k for k in kinds):
+            how.append("answers that depend on the other inputs of the batch were read one input "
+                       "per query")
+        out.append(
+            "Non-deterministic model: the model answered the same inputs differently, so "
+            f"{' and '.join(how)} (expectation over the randomness, as randomised defences are "
+            "evaluated). Attack such models with EOT and make inference deterministic if you can."
+        )
+    return out
+
+
 def check_eps_curves(curves: Curves, *, tol: float | None = None) -> list[str]:
     """Every check above, in a fixed order."""
     return [
+        *check_model_answers(curves),
         *check_zero_eps(curves),
         *check_monotone(curves, tol=tol),
         *check_single_step(curves, tol=tol),

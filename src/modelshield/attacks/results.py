@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["EvasionResult"]
+__all__ = ["EvasionResult", "merge_extra"]
 
 
 def _rate(mask: Tensor, over: Tensor | None = None) -> float:
@@ -40,8 +40,13 @@ class EvasionResult:
         norms: (N,) perturbation size ||x_adv - x|| in the attack's norm.
         queries_forward, queries_backward: input rows scored / differentiated, verification included.
         time_s: wall time of the call.
-        extra: attack-specific JSON-safe details (e.g. per-member counts of an ensemble).
+        extra: attack-specific JSON-safe details (e.g. per-member counts of an ensemble), and
+            how verification read a non-deterministic model (``stochastic``, ``nondeterminism``,
+            ``votes``; see ``verify_evasion``).
         point_queries: (N,) forward queries spent on each point, for query-based attacks.
+        model_errors: (N,) bool: the model answered NaN or inf on x or on the returned input.
+            Such rows are never successes (x_adv is x there; a clean error has clean_pred -1).
+            None means no such check was made (results built by hand).
     """
 
     attack: str
@@ -61,6 +66,12 @@ class EvasionResult:
     time_s: float
     extra: dict[str, Any] = field(default_factory=dict)
     point_queries: Tensor | None = None
+    model_errors: Tensor | None = None
+
+    @property
+    def n_model_errors(self) -> int:
+        """Rows on which the model answered NaN or inf (0 when unchecked)."""
+        return 0 if self.model_errors is None else int(self.model_errors.sum())
 
     @property
     def n(self) -> int:
@@ -137,6 +148,7 @@ class EvasionResult:
             "max_perturbation": _json_float(self.max_perturbation),
             "median_perturbation": _json_float(self.median_perturbation),
             "invalid_points": int((~self.valid).sum()),
+            "model_errors": self.n_model_errors,
             "queries_forward": self.queries_forward,
             "queries_backward": self.queries_backward,
             "time_s": round(self.time_s, 4),
@@ -168,7 +180,53 @@ class EvasionResult:
             queries_forward=sum(p.queries_forward for p in parts),
             queries_backward=sum(p.queries_backward for p in parts),
             time_s=sum(p.time_s for p in parts),
-            extra=first.extra,
+            extra=merge_extra([p.extra for p in parts], [p.n for p in parts]),
             point_queries=None if first.point_queries is None
             else torch.cat([p.point_queries for p in parts if p.point_queries is not None]),
+            model_errors=None if any(p.model_errors is None for p in parts)
+            else torch.cat([p.model_errors for p in parts if p.model_errors is not None]),
         )
+
+
+_ALL_KEYS = frozenset({"determinism_checked"})
+"""Boolean extras that hold for a merged result only when they hold for every part."""
+_SAME_KEYS = frozenset({"votes"})
+"""Numeric extras that are settings, not counts: the merged value is the largest."""
+
+
+def _merge_values(key: str, values: list[Any], weights: list[int]) -> Any:
+    """One extra value from the values of consecutive batches (see ``merge_extra``)."""
+    present = [(v, w) for v, w in zip(values, weights, strict=True) if v is not None]
+    if not present:
+        return None
+    vals = [v for v, _ in present]
+    if all(isinstance(v, bool) for v in vals):
+        return all(vals) if key in _ALL_KEYS else any(vals)
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
+        if key in _SAME_KEYS:
+            return max(vals)
+        if all(isinstance(v, int) for v in vals) or key.endswith("time_s"):
+            total = sum(vals)
+            return round(total, 4) if isinstance(total, float) else total
+        weight = sum(w for _, w in present)
+        return round(sum(v * w for v, w in present) / max(weight, 1), 6)
+    if all(isinstance(v, dict) for v in vals):
+        return merge_extra(vals, [w for _, w in present])
+    if all(isinstance(v, list) for v in vals) and len({len(v) for v in vals}) == 1:
+        return [_merge_values(key, list(col), [w for _, w in present]) for col in zip(*vals, strict=True)]
+    if all(isinstance(v, str) for v in vals):
+        return ",".join(dict.fromkeys(vals))
+    return vals[0]
+
+
+def merge_extra(extras: Sequence[dict[str, Any]], weights: Sequence[int]) -> dict[str, Any]:
+    """Merge the ``extra`` dicts of results on consecutive batches.
+
+    Counts (ints) and times (``*time_s``) add up, flags are true when any part's is (all, for
+    ``determinism_checked``), other numbers are averaged weighted by the parts' sizes, per-member
+    lists (``Ensemble``) are merged member by member, and differing strings are joined.
+    """
+    keys: dict[str, None] = {}
+    for e in extras:
+        keys.update(dict.fromkeys(e))
+    return {k: _merge_values(k, [e.get(k) for e in extras], list(weights)) for k in keys}

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from modelshield.errors import ModelCapabilityError
 from modelshield.models._budget import QueryCounter
+from modelshield.models._outputs import labels_and_errors, safe_argmax
 
 __all__ = ["CallableModel", "OutputKind"]
 
@@ -24,6 +25,8 @@ class CallableModel:
     ``predict_proba`` (scikit-learn estimators), or, for label-only models, ``predict``.
     Inputs are converted to numpy once per batch and outputs back to tensors on x's device.
     With ``output="auto"`` the first answer decides: a 1-D integer array means labels only.
+    NaN or infinite scores are passed on as they are (like ``TorchModel``): ``predict`` reads
+    NaN as -inf and ``predict_with_errors`` marks such rows as model errors.
     """
 
     def __init__(
@@ -89,10 +92,6 @@ class CallableModel:
                 f"of shape (N,) for N={x.shape[0]} inputs; got shape {arr.shape}. Return one row "
                 "of class probabilities per input."
             )
-        if not np.isfinite(arr).all():
-            raise ModelCapabilityError(
-                "CallableModel: the model returned NaN or infinite scores. Check the model."
-            )
         if self._output == "auto":
             self._output = "proba"
         if self._n_classes is None:
@@ -116,6 +115,14 @@ class CallableModel:
         return out
 
     def predict(self, x: Tensor) -> Tensor:
-        """(N,) int64 labels; counts N queries."""
+        """(N,) int64 labels; counts N queries. NaN scores are read as -inf."""
         out = self._call(x)
-        return out if out.dim() == 1 else out.argmax(1)
+        return out if out.dim() == 1 else safe_argmax(out)
+
+    def predict_with_errors(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(N,) labels and (N,) bool model errors (rows with NaN or inf scores); N queries."""
+        return labels_and_errors(self._call(x))
+
+    def outputs(self, x: Tensor) -> Tensor:
+        """The model's raw answer to x: (N, C) scores or, for label-only models, (N,) labels."""
+        return self._call(x)

@@ -10,12 +10,17 @@ from torch import Tensor, nn
 
 from modelshield.errors import InputError, ModelCapabilityError
 from modelshield.models._budget import QueryCounter
+from modelshield.models._outputs import labels_and_errors, safe_argmax
 
 __all__ = ["TorchModel", "eval_mode"]
 
 
 def _infer_n_classes(module: nn.Module) -> int | None:
-    """out_features of the last nn.Linear registered in the module, if any."""
+    """out_features of the last nn.Linear registered in the module, if any.
+
+    Only a provisional guess (registration order need not be call order): the first forward
+    pass replaces it with the true output width (see ``TorchModel.n_classes_confirmed``).
+    """
     last = None
     for sub in module.modules():
         if isinstance(sub, nn.Linear):
@@ -30,7 +35,9 @@ class TorchModel:
     A binary model with one output logit ``z`` is presented as two logits ``[0, z]``, so that
     softmax gives ``sigmoid(z)`` for class 1 and every attack works unchanged.
     The adapter never moves the module, never touches parameter ``.grad`` and counts every
-    forward row and every input-gradient row.
+    forward row and every input-gradient row. Without ``n_classes`` the class count is a guess
+    from the module's layers until the first forward pass reads the real output width
+    (attacks probe one row first, see ``attacks._verify.check_batch``).
     """
 
     def __init__(
@@ -47,6 +54,12 @@ class TorchModel:
         inferred = _infer_n_classes(module) if n_classes is None else n_classes
         # A single output logit is a binary classifier.
         self._n_classes: int | None = 2 if inferred == 1 else inferred
+        self._confirmed = n_classes is not None
+
+    @property
+    def n_classes_confirmed(self) -> bool:
+        """True once the class count is known for sure (given, or read from a forward pass)."""
+        return self._confirmed
 
     def __repr__(self) -> str:
         return f"TorchModel({type(self.module).__name__}, bounds={self.bounds})"
@@ -89,8 +102,9 @@ class TorchModel:
             )
         if out.shape[1] == 1:
             out = torch.cat([torch.zeros_like(out), out], dim=1)
-        if self._n_classes is None:
+        if not self._confirmed:
             self._n_classes = int(out.shape[1])
+            self._confirmed = True
         elif out.shape[1] != self._n_classes:
             raise ModelCapabilityError(
                 f"TorchModel: expected {self._n_classes} logits per input; got {out.shape[1]}. "
@@ -109,9 +123,25 @@ class TorchModel:
         with torch.no_grad():
             return self.logits(x)
 
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The floating dtype of the module's first floating parameter or buffer (None if none)."""
+        for t in (*self.module.parameters(), *self.module.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return None
+
     def predict(self, x: Tensor) -> Tensor:
-        """(N,) int64 labels; counts N forward queries."""
-        return self.scores(x).argmax(1)
+        """(N,) int64 labels; counts N forward queries. NaN logits are read as -inf."""
+        return safe_argmax(self.scores(x))
+
+    def predict_with_errors(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(N,) labels and (N,) bool model errors (rows with NaN or inf logits); N queries."""
+        return labels_and_errors(self.scores(x))
+
+    def outputs(self, x: Tensor) -> Tensor:
+        """The model's raw answer to x: (N, C) logits; counts N forward queries."""
+        return self.scores(x)
 
     def value_and_grad(
         self, x: Tensor, loss_fn: Callable[[Tensor], Tensor]

@@ -19,7 +19,7 @@ def test_fgsm_linf_step_is_eps_times_gradient_sign(tiny_linear: nn.Linear) -> No
     res = FGSM(eps=0.1)(tiny_linear, x, y)
     assert torch.allclose(res.x_adv, torch.tensor([[0.4, 0.4, 0.3, 0.2]]))
     assert res.norms.item() == pytest.approx(0.1)
-    assert res.queries_forward == 2 and res.queries_backward == 1  # attack + re-verification
+    assert res.queries_forward == 5 and res.queries_backward == 1  # probe, attack, clean twice, x_adv
 
 
 def test_fgsm_l2_step_has_norm_eps(tiny_linear: nn.Linear) -> None:

@@ -28,9 +28,12 @@ from modelshield.assess._section import (
     Section,
     Table,
     atlas,
+    is_text_model,
     json_float,
+    skipped_section,
 )
 from modelshield.assess.plan import BlackBoxPlan, TabularPlan
+from modelshield.assess.sanity import check_model_answers, warn_findings
 from modelshield.assess.sections.evasion import evasion_severity
 from modelshield.attacks.evasion.hopskipjump import HopSkipJump
 from modelshield.attacks.evasion.square import Square
@@ -207,6 +210,12 @@ class BlackBoxSection:
     id: str = "blackbox"
 
     def __call__(self, ctx: AssessmentContext, progress: Progress | None) -> Section:
+        if is_text_model(ctx):
+            return skipped_section(
+                self.id, "Black-box exposure (query-only attacks)",
+                "this is a text model: its inputs are messages, which pixel-space attacks (Square, "
+                "HopSkipJump) cannot perturb (they would only move row indices between messages). "
+                "See the text-evasion section for query-only attacks on text.")
         plan: BlackBoxPlan = ctx.plan.blackbox
         x, y = (ctx.x, ctx.y) if plan.n is None else (ctx.x[: plan.n], ctx.y[: plan.n])
         n = int(x.shape[0])
@@ -228,6 +237,8 @@ class BlackBoxSection:
                               "success_rate": json_float(res.attack_success_rate),
                               "median_queries_per_success": json_float(res.queries_per_success[0])})
             settings[f"hsj@{b}"] = {"class": res.attack, **res.params}
+        notes = check_model_answers({"square": [sq]})
+        warn_findings(notes)
         clean = sq.clean_accuracy
         last = curve[-1]
         robust = float(last["robust_accuracy"] or 0.0)
@@ -288,6 +299,7 @@ class BlackBoxSection:
             findings=tuple(findings),
             figures=tuple(figures),
             tables=tuple(tables),
+            warnings=tuple(notes),
             provenance={"plan": plan.to_dict(), "attacks": settings},
         )
 

@@ -26,7 +26,9 @@ from modelshield.assess._section import (
     Severity,
     Table,
     atlas,
+    is_text_model,
     json_float,
+    skipped_section,
 )
 from modelshield.attacks.extraction import KnockoffNets
 from modelshield.attacks.extraction.experiment import (
@@ -247,6 +249,12 @@ class ExtractionSection:
         return pool
 
     def __call__(self, ctx: AssessmentContext, progress: Progress | None) -> Section:
+        if is_text_model(ctx):
+            return skipped_section(
+                self.id, "Model extraction",
+                "this is a text model: the extraction attacks train copies on tensor inputs from a "
+                "surrogate pool, which for a text model would be row indices rather than messages, "
+                "so the copy would not be a copy of the model.")
         warnings: list[str] = []
         pool = self._pool(ctx, warnings)
         m = ctx.model

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from modelshield._typing import Norm
-from modelshield.attacks._verify import attack_params, start_call
+from modelshield.attacks._verify import attack_params, probe_forward, start_call
 from modelshield.attacks.evasion._protocol import EvasionAttack
 from modelshield.attacks.evasion._query import black_box_mode, check_room_for_call
 from modelshield.attacks.results import EvasionResult
@@ -100,7 +100,9 @@ class Transfer:
                 f"Transfer: the surrogate's bounds must match the victim's {m.bounds}; got "
                 f"{sur.bounds}. Build the surrogate with as_model(net, bounds={m.bounds})."
             )
-        if sur._n_classes is not None and sur.n_classes != m.n_classes:
+        if not sur.n_classes_confirmed:
+            probe_forward(sur, call.x, owner="Transfer")
+        if sur.n_classes != m.n_classes:
             raise ConfigError(
                 f"Transfer: the surrogate must have the victim's {m.n_classes} classes; got "
                 f"{sur.n_classes}. Train the surrogate on the victim's label set."
@@ -128,4 +130,4 @@ class Transfer:
             "attack": {"attack": type(self.attack).__name__, **attack_params(self.attack)},
             "surrogate": type(sur.module).__name__,
         }
-        return dataclasses.replace(res, params=params, extra=extra)
+        return dataclasses.replace(res, params=params, extra={**res.extra, **extra})
