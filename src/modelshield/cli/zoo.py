@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from modelshield.cli import _render as render
@@ -18,18 +19,31 @@ zoo_app = typer.Typer(help="List and train the reference models of the zoo.", no
 
 @zoo_app.command("list")
 def list_models() -> None:
-    """Show each zoo model, its data set, whether it is cached and its recorded test accuracy."""
+    """Show each zoo model, its data set, whether it is cached and its recorded test accuracy.
+
+    A cached model whose weights file is not the one its metadata records (zoo.check_cache) is
+    shown as "changed" with no accuracy, and a line says how to retrain it. Loading a model
+    re-scores it on its test data as well (see modelshield.models.zoo).
+    """
     from modelshield.models import zoo
 
     table = Table(title=f"modelshield zoo (cache: {zoo.cache_dir()})", header_style="bold")
     for col in ("name", "dataset", "cached", "test accuracy", "min required", "description"):
         table.add_column(col, justify="right" if "acc" in col or "min" in col else "left")
+    problems: list[str] = []
     for name in zoo.names():
-        spec, meta = zoo.spec(name), zoo.cached_meta(name)
+        spec, meta, problem = zoo.spec(name), zoo.cached_meta(name), zoo.check_cache(name)
         accuracy = f"{100 * float(meta['test_accuracy']):.2f}%" if meta and "test_accuracy" in meta else "-"
-        table.add_row(name, spec.dataset, "yes" if zoo.is_cached(name) else "no", accuracy,
-                      f"{100 * spec.min_accuracy:.1f}%", spec.description)
+        cached = "yes" if zoo.is_cached(name) else "no"
+        if problem is not None:
+            cached, accuracy = "changed", "stale"
+            problems.append(f"{name}: {problem}; its recorded accuracy does not apply. Retrain it with "
+                            f"`modelshield zoo train {name} --force`.")
+        table.add_row(name, spec.dataset, cached, accuracy, f"{100 * spec.min_accuracy:.1f}%",
+                      spec.description)
     render.out().print(table)
+    for line in problems:
+        render.say(f"[bold yellow]warning:[/] {escape(line)}")
 
 
 @zoo_app.command("train")

@@ -1,12 +1,21 @@
-"""Safe model files: save a state dict with its architecture name, load without unpickling code.
+"""Safe model files: save a state dict with its architecture name, load without running code from it.
 
 A ``modelshield-v1`` file is a ``torch.save`` of a plain dict::
 
     {"format": "modelshield-v1", "arch": "<zoo architecture>", "state_dict": {...}, "meta": {...}}
 
 that loads with ``torch.load(weights_only=True)``: tensors and primitive containers only, so
-opening a file never runs code from it. TorchScript archives are accepted too. A pickled
-``nn.Module`` (``torch.save(model)``) is refused, because unpickling it could run arbitrary code.
+opening a file never runs code from it. A bare state dict loads the same way (with ``arch=``).
+
+Refused, because opening them can run code the file brings along:
+
+* a pickled ``nn.Module`` (``torch.save(model)``): unpickling can call any Python function;
+* a TorchScript archive (``torch.jit.save``), unless the caller passes ``trust_torchscript=True``
+  (CLI: ``--trust-torchscript``): ``torch.jit.load`` runs the archive's compiled code while
+  loading (a scripted module's ``__setstate__`` can create or overwrite files, e.g. through
+  ``torch.from_file(..., shared=True)``), before anyone can look at the result. TorchScript is
+  recognised by content (a zip holding ``code/`` or ``constants.pkl``), whatever the file is
+  called, before anything in it is read by torch.
 """
 
 from __future__ import annotations
@@ -39,13 +48,12 @@ FORMAT = "modelshield-v1"
 
 _SAFE_ALTERNATIVES = (
     "Save the weights instead: modelshield.models.load.save_model(model, path, arch=...) "
-    "(or torch.save(model.state_dict(), path) and load with arch=...), or export TorchScript "
-    "with torch.jit.script(model).save(path)"
+    "(or torch.save(model.state_dict(), path) and load with arch=...)"
 )
 
 
 class UnsafeModelFileError(DataError, ModelCapabilityError):
-    """A model file holds pickled Python objects, which modelshield refuses to unpickle.
+    """A model file would run code while loading (pickled Python objects, or TorchScript not trusted).
 
     It is both a DataError (the file cannot be read safely) and a ModelCapabilityError (the model
     is not in a form that can be loaded safely), so either ``except`` clause catches it.
@@ -178,7 +186,10 @@ def save_model(
 
 
 def _is_torchscript(path: Path) -> bool:
-    """True when the file is a zip archive laid out like TorchScript (has code/ and constants.pkl)."""
+    """True when the file is a zip archive laid out like TorchScript (has code/ or constants.pkl).
+
+    Reads only the zip's table of contents, never a member, so it is safe on any file.
+    """
     if not zipfile.is_zipfile(path):
         return False
     try:
@@ -186,7 +197,21 @@ def _is_torchscript(path: Path) -> bool:
             names = zf.namelist()
     except (zipfile.BadZipFile, OSError):
         return False
-    return any(n.split("/")[-1] == "constants.pkl" or "/code/" in n for n in names)
+    return any(
+        n.split("/")[-1] == "constants.pkl" or "/code/" in n or n.startswith("code/") for n in names
+    )
+
+
+def _refuse_torchscript(path: Path) -> UnsafeModelFileError:
+    """The error for a TorchScript archive that the caller did not say it trusts."""
+    return UnsafeModelFileError(
+        f"load_model: {str(path)!r} must be a weights file (modelshield-v1 or a state dict) unless "
+        "TorchScript is trusted; it is a TorchScript archive, and loading TorchScript runs code from "
+        "the file while loading (a scripted __setstate__ can write files, for example), before modelshield "
+        "can check anything. Re-save it as weights with modelshield.models.load.save_model(model, "
+        "path, arch=...) (or torch.save(model.state_dict(), path) and pass arch=), or, only if you "
+        "trust where the file came from, pass trust_torchscript=True (CLI: --trust-torchscript)."
+    )
 
 
 def _load_torchscript(path: Path) -> nn.Module:
@@ -238,25 +263,31 @@ def _build_and_fill(arch: str, state: dict[str, Tensor], path: Path) -> nn.Modul
     return module
 
 
-def load_model(path: str | Path, *, arch: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a model file without unpickling arbitrary objects.
+def load_model(
+    path: str | Path, *, arch: str | None = None, trust_torchscript: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a model file without running code from it.
 
     Accepted formats:
 
     * ``modelshield-v1`` (written by :func:`save_model`): the file names its architecture.
     * a bare state dict (``torch.save(model.state_dict(), path)``, or a checkpoint dict with a
       ``"state_dict"`` entry): pass ``arch=`` naming a zoo architecture.
-    * a TorchScript archive (``torch.jit.script(model).save(path)``); ``arch`` is ignored.
+    * a TorchScript archive (``torch.jit.script(model).save(path)``), only with
+      ``trust_torchscript=True``; ``arch`` is then ignored.
 
     Everything except TorchScript is read with ``torch.load(weights_only=True)``. A pickled
-    ``nn.Module`` (``torch.save(model)``) is refused rather than unpickled. Loading a TorchScript
-    archive runs no Python, but its compiled TorchScript code runs whenever the module is
-    called, so treat TorchScript from unknown sources like any other program.
+    ``nn.Module`` (``torch.save(model)``) is refused rather than unpickled. A TorchScript archive
+    is refused by default, recognised by its content before torch opens it: ``torch.jit.load``
+    runs the archive's compiled code while loading (a scripted ``__setstate__``) and whenever
+    the module is called, so it is a program, to be run only when you trust its source.
 
     Args:
         path: the model file.
         arch: zoo architecture for a bare state dict; for a modelshield-v1 file it must match
             the stored name when given.
+        trust_torchscript: load a TorchScript archive with ``torch.jit.load`` (running its code);
+            pass True only for files from a source you trust.
 
     Returns:
         ``(module, meta)``: the module on the CPU in eval mode, and the stored metadata plus
@@ -264,8 +295,9 @@ def load_model(path: str | Path, *, arch: str | None = None) -> tuple[nn.Module,
 
     Raises:
         MissingDataError: the file does not exist.
-        UnsafeModelFileError: the file holds pickled Python objects (a DataError and a
-            ModelCapabilityError); the message lists the safe alternatives.
+        UnsafeModelFileError: the file holds pickled Python objects, or is TorchScript and
+            trust_torchscript is False (a DataError and a ModelCapabilityError); the message
+            lists the safe alternatives.
         ConfigError: a bare state dict without ``arch``, an unknown ``arch``, or an ``arch``
             that contradicts the file.
         DataError: the file is corrupt, or the weights do not fit the architecture.
@@ -281,9 +313,16 @@ def load_model(path: str | Path, *, arch: str | None = None) -> tuple[nn.Module,
             f"{'a folder' if p.is_dir() else 'missing'}. Check the path, or use a zoo name "
             "(`modelshield zoo list`)."
         )
+    if not isinstance(trust_torchscript, bool):
+        raise ConfigError(
+            f"load_model: 'trust_torchscript' must be a bool; got {trust_torchscript!r}. Pass "
+            "True only for TorchScript files from a source you trust."
+        )
     digest = file_sha256(p)
     base_meta: dict[str, Any] = {"sha256": digest, "path": str(p.resolve())}
-    if _is_torchscript(p):
+    if _is_torchscript(p):  # decided from the zip's table of contents, before torch reads it
+        if not trust_torchscript:
+            raise _refuse_torchscript(p)
         module = _load_torchscript(p)
         return module.eval(), {**base_meta, "format": "torchscript", "arch": None}
 

@@ -107,7 +107,9 @@ def test_torchscript_round_trip(tmp_path: Path, net: nn.Module) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.9 deprecates TorchScript
         torch.jit.script(net).save(str(path))  # type: ignore[no-untyped-call]  # untyped in torch
-    module, meta = load_model(path)
+    with pytest.raises(UnsafeModelFileError, match=r"TorchScript.*trust_torchscript=True"):
+        load_model(path)  # TorchScript runs code while loading: refused unless trusted
+    module, meta = load_model(path, trust_torchscript=True)
     assert not module.training and meta["format"] == "torchscript" and meta["arch"] is None
     assert torch.equal(module(x_batch()), net(x_batch()))
     assert meta["sha256"] == file_sha256(path)
@@ -116,7 +118,7 @@ def test_torchscript_round_trip(tmp_path: Path, net: nn.Module) -> None:
 def test_refuses_pickled_module(tmp_path: Path, net: nn.Module) -> None:
     path = tmp_path / "full.pt"
     torch.save(net, path)
-    expected = r"pickled Python objects.*refuses to unpickle.*save_model.*TorchScript"
+    expected = r"pickled Python objects.*refuses to unpickle.*save_model"
     with pytest.raises(DataError, match=expected):
         load_model(path)
     with pytest.raises(ModelCapabilityError):

@@ -9,6 +9,21 @@ clean test accuracy and provenance (weights and data SHA-256, seed, torch versio
 about an hour on two cores, trained on first use like the others); each is cached only when its
 PGD robust accuracy passes a floor, which its metadata records.
 
+A cached torch model is checked on every ``load`` before it is returned, because anyone who can
+write to the cache can replace it: the file must be a ``modelshield-v1`` weights file (TorchScript
+and pickles are refused unread, so nothing in the cache can run code); its file and weights
+SHA-256 must match the JSON copy beside it (which catches a weights file replaced on its own,
+even with self-consistent metadata inside); and it is re-scored on the first ``CHECK_POINTS``
+points of its own test split, which must reproduce the clean accuracy recorded on that slice at
+training time (within one point) and stay within ``FLOOR_SLACK`` of the entry's accuracy floor.
+The re-score holds even when an attacker rewrites both files, as long as the new weights score
+differently on that slice from what is recorded, or far below the floor; weights tampered to
+keep that accuracy (e.g. a backdoor that leaves clean predictions alone) are not caught by it. Files
+cached before these checks record no slice accuracy: they are re-scored on the whole test split
+against their recorded ``test_accuracy`` instead (slower; retrain to get the fast check). Any
+failure is a DataError naming ``modelshield zoo train NAME --force``. ``check_cache(name)`` is the
+cheap part (digests only, no data) that ``modelshield zoo list`` uses.
+
 scikit-learn models (``kind="sklearn"``: phishing-logreg, phishing-rf, phishing-gbm) are never
 pickled: they retrain from the data on every load (under a second each, one thread) and only
 their JSON metadata is cached in ``cache_dir()/zoo/<name>.json``. On load the retrained model's
@@ -51,7 +66,14 @@ from torch import Tensor
 from modelshield.data import load_dataset, load_tabular_dataset
 from modelshield.data.sms_spam import load_sms_spam
 from modelshield.errors import ConfigError, DataError, MissingDataError
-from modelshield.models.load import FORMAT, load_model, save_model, weights_sha256
+from modelshield.models.load import (
+    FORMAT,
+    UnsafeModelFileError,
+    file_sha256,
+    load_model,
+    save_model,
+    weights_sha256,
+)
 from modelshield.models.zoo._archs import ARCHS, build
 from modelshield.models.zoo._phishing import PhishingKind, phishing_fingerprint, train_phishing_model
 from modelshield.models.zoo._spam import SpamKind, spam_fingerprint, spam_metrics, train_spam_model
@@ -60,6 +82,7 @@ from modelshield.models.zoo._train import Progress, Recipe, evaluate, fit, torch
 __all__ = [
     "ARCHS",
     "CACHE_ENV",
+    "CHECK_POINTS",
     "KINDS",
     "TEXT_DATASETS",
     "ZooKind",
@@ -68,6 +91,7 @@ __all__ = [
     "build",
     "cache_dir",
     "cached_meta",
+    "check_cache",
     "is_cached",
     "is_text",
     "load",
@@ -142,7 +166,8 @@ class ZooModel:
         module: for ``spec.kind == "torch"`` the ``nn.Module`` (CPU, eval mode), mapping inputs in
             ``spec.bounds`` to logits; for ``"sklearn"`` the fitted estimator (``predict_proba``
             gives (N, 2) probabilities; wrap it with ``as_model(est, bounds=spec.bounds)``).
-        meta: torch: ``test_accuracy``, ``train_time_s``, ``epochs``, ``seed``,
+        meta: torch: ``test_accuracy``, ``check_points`` and ``check_accuracy`` (the slice that
+            ``load`` re-scores), ``train_time_s``, ``epochs``, ``seed``,
             ``weights_sha256``, ``data_sha256``, ``torch_version``, ``trained_at`` (ISO 8601,
             UTC) and the training recipe, plus ``sha256`` (of the file), ``path``, ``format`` and
             ``arch``. scikit-learn: ``test_accuracy``, ``malicious_recall``, ``data_sha256``,
@@ -289,6 +314,13 @@ _AT_RECIPES: dict[str, dict[str, Any]] = {
 ROBUST_CHECK_POINTS = 500
 """Test points of the PGD check that an adversarially trained zoo model must pass to be cached."""
 
+CHECK_POINTS = 256
+"""Test points (the first ones of its test split) a cached torch zoo model is re-scored on at load."""
+
+FLOOR_SLACK = 0.05
+"""A cached torch model re-scored below ``min_accuracy - FLOOR_SLACK`` on the check slice is refused
+even when its recorded numbers agree (the slice is small, so the floor gets some room)."""
+
 
 def names() -> list[str]:
     """The zoo's model names, sorted."""
@@ -354,7 +386,8 @@ def is_cached(name: str) -> bool:
 def cached_meta(name: str) -> dict[str, Any] | None:
     """The metadata stored beside a cached model (from its JSON file), or None when not cached.
 
-    Cheap: reads the small JSON file only, never the weights. Useful for listings.
+    Cheap: reads the small JSON file only, never the weights. The numbers are what was recorded
+    at training time, not a check: see ``check_cache`` (cheap) and ``load`` (re-scores).
 
     Raises:
         ConfigError: unknown name.
@@ -367,6 +400,41 @@ def cached_meta(name: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def check_cache(name: str) -> str | None:
+    """Why a cached zoo model's recorded metadata cannot be trusted, or None when nothing is wrong.
+
+    Cheap (no data, no forward pass): the JSON metadata must be readable and, for torch models,
+    the weights file's SHA-256 must equal the one recorded in it, so a weights file replaced on
+    its own is noticed. It cannot notice both files rewritten together; ``load`` re-scores the
+    model on its test data and catches that unless the accuracy is unchanged.
+
+    Args:
+        name: a zoo name.
+
+    Returns:
+        None when the model is not cached or looks intact, else a short reason (for listings).
+
+    Raises:
+        ConfigError: unknown name.
+    """
+    s = spec(name)
+    path = _weights_path(s.name)
+    if not path.is_file():
+        return None
+    side = cached_meta(s.name)
+    if side is None:
+        return f"its metadata file {path.with_suffix('.json').name} is missing or unreadable"
+    if s.kind == "sklearn":
+        return None if side.get("format") == SKLEARN_FORMAT else "its metadata has the wrong format"
+    try:
+        digest = file_sha256(path)
+    except (MissingDataError, OSError):
+        return "its weights file cannot be read"
+    if side.get("sha256") != digest:
+        return "its weights file is not the one recorded (modified or replaced)"
+    return None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -428,10 +496,13 @@ def train(
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_json(path, zm.meta)
         return zm
+    if progress is not None:  # say what the (possibly long) first steps are, before they run
+        progress(0, 1, f"training {s.name} (cached afterwards): loading {s.dataset}")
     ds = load_dataset(s.dataset, data_root)
     if s.name in _AT_RECIPES:
         module, recipe_dict, train_time, robust = _train_adversarial(s, ds, progress)
         accuracy = evaluate(module, ds.x_test, ds.y_test)
+        check_points, check_accuracy = _check_score(module, ds.x_test, ds.y_test)
     else:
         recipe = _RECIPES[s.name]
         recipe_dict, robust = asdict(recipe), None
@@ -441,6 +512,7 @@ def train(
         fit(module, ds.x_train, ds.y_train, recipe, progress=progress, progress_total=steps + 1)
         train_time = time.perf_counter() - start
         accuracy = evaluate(module, ds.x_test, ds.y_test)
+        check_points, check_accuracy = _check_score(module, ds.x_test, ds.y_test)
         if progress is not None:
             progress(steps + 1, steps + 1, f"test accuracy {accuracy:.4f}")
     if accuracy < s.min_accuracy:
@@ -448,6 +520,12 @@ def train(
             f"zoo.train: {s.name!r} must reach test accuracy >= {s.min_accuracy:.3f}; got "
             f"{accuracy:.4f}, so it was not cached. Check the {s.dataset} files (sha256 "
             f"{ds.sha256[:12]}...) are the original ones, then retrain."
+        )
+    if check_accuracy < s.min_accuracy - FLOOR_SLACK:  # so that load's floor check never refuses it
+        raise DataError(
+            f"zoo.train: {s.name!r} must reach accuracy >= {s.min_accuracy - FLOOR_SLACK:.3f} on the "
+            f"first {check_points} test points (the load-time check); got {check_accuracy:.4f}, so it "
+            "was not cached. Check the data files, then retrain; if it fails again, report it."
         )
     if robust is not None and s.min_robust_accuracy is not None and robust < s.min_robust_accuracy:
         raise DataError(
@@ -460,6 +538,8 @@ def train(
         "dataset": s.dataset,
         "test_accuracy": accuracy,
         "n_test": int(ds.x_test.shape[0]),
+        "check_points": check_points,
+        "check_accuracy": check_accuracy,
         "train_time_s": round(train_time, 3),
         "epochs": recipe_dict["epochs"],
         "seed": recipe_dict["seed"],
@@ -478,6 +558,13 @@ def train(
     full = {**meta, "sha256": digest, "path": str(path.resolve()), "format": FORMAT, "arch": s.arch}
     _write_json(path.with_suffix(".json"), full)
     return ZooModel(spec=s, module=module.eval(), meta=full, path=path)
+
+
+def _check_score(module: torch.nn.Module, x_test: Tensor, y_test: Tensor) -> tuple[int, float]:
+    """(points, accuracy) of module on the first CHECK_POINTS test points: the load-time check."""
+    n = min(CHECK_POINTS, int(x_test.shape[0]))
+    with torch_threads(1):  # as _rescore does: same thread count, same arithmetic
+        return n, evaluate(module, x_test[:n], y_test[:n])
 
 
 def _train_adversarial(
@@ -514,7 +601,7 @@ def load(
 
     Args:
         name: a zoo name (see ``names()``).
-        data_root: the data folder, used only when training.
+        data_root: the data folder, used when training and to re-score a cached torch model.
         train_if_missing: train (and cache) the model when it is not cached.
         progress: optional ``progress(done, total, message)`` callback, used when training.
 
@@ -525,7 +612,13 @@ def load(
         ConfigError: unknown name.
         MissingDataError: not cached and ``train_if_missing`` is False (the fix is
             ``modelshield zoo train NAME``), or the training data is missing.
-        DataError: the cached file is corrupt or its weights do not match their recorded digest.
+        MissingDataError: the test data that a cached torch model is re-scored on is missing.
+        UnsafeModelFileError: the cached file is TorchScript or a pickle (never loaded from
+            the cache; a DataError).
+        DataError: the cached file is corrupt, its weights do not match the digests recorded in
+            it and beside it, or it does not reproduce its recorded accuracy on the first
+            ``CHECK_POINTS`` test points (see the module docstring); the message names
+            ``modelshield zoo train NAME --force``.
 
     Example:
         model = zoo.load("fashion-cnn", data_root="/data")
@@ -542,20 +635,109 @@ def load(
         )
     if s.kind == "sklearn":
         return _load_sklearn(s, path, data_root, progress=progress)
-    module, meta = load_model(path)
     fix = f"Retrain it with `modelshield zoo train {s.name} --force`."
+    try:
+        module, meta = load_model(path)  # never trust_torchscript: the cache must not run code
+    except UnsafeModelFileError as exc:
+        raise UnsafeModelFileError(
+            f"zoo.load: the cached {s.name!r} at {str(path)!r} must be a modelshield-v1 weights file; "
+            "it is a TorchScript archive or pickled objects, which run code while loading, so it was "
+            f"not opened. Delete it and retrain: `modelshield zoo train {s.name} --force`."
+        ) from exc
     if meta.get("arch") != s.arch:
         raise DataError(
             f"zoo.load: the cached {s.name!r} must have architecture {s.arch!r}; got "
             f"{meta.get('arch')!r} in {str(path)!r}. {fix}"
         )
     recorded = meta.get("weights_sha256")
-    if recorded != weights_sha256(module):
+    actual = weights_sha256(module)
+    if recorded != actual:
         raise DataError(
             f"zoo.load: the weights in {str(path)!r} must match their recorded SHA-256 "
             f"{str(recorded)[:12]}...; they do not (the file was modified). {fix}"
         )
+    side = _side_meta(s, path, fix)
+    for key, value in (("sha256", meta["sha256"]), ("weights_sha256", actual)):
+        if side.get(key) != value:
+            what = "file" if key == "sha256" else "weights"
+            raise DataError(
+                f"zoo.load: the {what} SHA-256 of the cached {s.name!r} must be the one recorded "
+                f"beside it in {path.with_suffix('.json').name} ({str(side.get(key))[:12]}...); got "
+                f"{value[:12]}... from {str(path)!r}, so the weights file was replaced or modified. "
+                f"{fix}"
+            )
+    _rescore(s, module, side, data_root, fix)
     return ZooModel(spec=s, module=module, meta=meta, path=path)
+
+
+def _side_meta(s: ZooSpec, path: Path, fix: str) -> dict[str, Any]:
+    """The JSON metadata beside a cached torch model, or DataError when missing or unreadable."""
+    side_path = path.with_suffix(".json")
+    try:
+        side = json.loads(side_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"zoo.load: the cached {s.name!r} must have its metadata file {str(side_path)!r} beside "
+            f"it (readable JSON); got {type(exc).__name__}, so its weights cannot be checked. {fix}"
+        ) from exc
+    if not isinstance(side, dict):
+        raise DataError(
+            f"zoo.load: the metadata file {str(side_path)!r} of {s.name!r} must hold a JSON object; "
+            f"got {type(side).__name__}. {fix}"
+        )
+    return side
+
+
+def _rescore(s: ZooSpec, module: torch.nn.Module, side: dict[str, Any],
+             data_root: str | Path | None, fix: str) -> None:
+    """DataError unless module reproduces the clean accuracy recorded in side (within one point).
+
+    Uses the first ``check_points`` test points against ``check_accuracy``; a file cached before
+    those were recorded is scored on the whole test split against ``test_accuracy``.
+    """
+    try:
+        ds = load_dataset(s.dataset, data_root)
+    except MissingDataError as exc:
+        raise MissingDataError(
+            f"zoo.load: the {s.dataset} test data must be found to re-score the cached {s.name!r} "
+            f"before use (see modelshield.models.zoo); {exc}"
+        ) from exc
+    n_test = int(ds.x_test.shape[0])
+    points, recorded = min(CHECK_POINTS, n_test), side.get("check_accuracy")
+    # The slice size is ours, not the file's: a rewritten file must not shrink the check.
+    if side.get("check_points") == points and recorded is not None:
+        # Scored as at training time (_check_score): one thread, the same arithmetic; one point
+        # of slack all the same.
+        where, threads, slack = f"the first {points} test points", 1, 1.0 / points
+    else:  # cached before check_points existed: the whole split, as scored at training time
+        points, recorded, where = n_test, side.get("test_accuracy"), f"its {n_test} test points"
+        threads, slack = None, max(1.0 / points, 0.001)
+    if not isinstance(recorded, int | float) or isinstance(recorded, bool):
+        raise DataError(
+            f"zoo.load: the metadata of the cached {s.name!r} must record its accuracy; got "
+            f"{recorded!r}, so it cannot be checked. {fix}"
+        )
+    with torch_threads(threads):
+        now = evaluate(module, ds.x_test[:points], ds.y_test[:points])
+    if abs(now - float(recorded)) > slack + 1e-9:
+        data_note = ""
+        if side.get("data_sha256") not in (None, ds.sha256):
+            data_note = (f" The {s.dataset} data also differ from the training data (sha256 "
+                         f"{ds.sha256[:12]}..., recorded {str(side.get('data_sha256'))[:12]}...).")
+        raise DataError(
+            f"zoo.load: the cached {s.name!r} must reproduce its recorded accuracy "
+            f"{float(recorded):.4f} on {where}; it scores {now:.4f}, so its weights are not the ones "
+            f"trained (replaced or corrupted) and its recorded numbers do not apply.{data_note} {fix}"
+        )
+    # Recorded numbers rewritten to match worse weights; train() caches nothing this far below
+    # (one point of arithmetic slack, as above).
+    if now + slack < s.min_accuracy - FLOOR_SLACK:
+        raise DataError(
+            f"zoo.load: the cached {s.name!r} must score at least {s.min_accuracy - FLOOR_SLACK:.3f} "
+            f"(its accuracy floor {s.min_accuracy:.3f} less {FLOOR_SLACK}) on {where}; it scores "
+            f"{now:.4f}, so it is not the model the zoo trains (replaced, with its recorded numbers "
+            f"rewritten to match). {fix}"
+        )
 
 
 def test_split(

@@ -126,7 +126,8 @@ def check_arch(arch: object, *, owner: str) -> None:
     hint = f"Did you mean {close[0]!r}? " if close else ""
     raise ConfigError(
         f"{owner}: 'arch' must be one of {', '.join(map(repr, sorted(ARCHS)))}; got {arch!r}. "
-        f"{hint}Use a zoo architecture name, or load a TorchScript file instead."
+        f"{hint}Use a zoo architecture name, or (only for a file from a source you trust) load a "
+        "TorchScript file with trust_torchscript=True."
     )
 
 
