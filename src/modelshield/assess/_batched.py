@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from modelshield._checks import check_range
+from modelshield._resources import check_memory, tensor_bytes
 from modelshield._typing import Norm
 from modelshield.assess._section import Progress
 from modelshield.attacks._verify import start_call
@@ -12,7 +13,11 @@ from modelshield.attacks.evasion._protocol import EvasionAttack
 from modelshield.attacks.results import EvasionResult
 from modelshield.models import ModelLike
 
-__all__ = ["run_in_batches"]
+__all__ = ["ATTACK_COPIES", "run_in_batches"]
+
+ATTACK_COPIES = 8
+"""Copies of a batch an iterative attack holds at once (input, adversarial input, perturbation,
+gradient, best-so-far, momentum and temporaries): the factor of the batch memory estimate."""
 
 
 def run_in_batches(
@@ -45,6 +50,12 @@ def run_in_batches(
         The merged, verified EvasionResult over all N rows.
     """
     check_range("batch_size", batch_size, owner="run_in_batches", low=1, integer=True)
+    rows = min(batch_size, int(x.shape[0]))
+    check_memory("run_in_batches", f"'batch_size' ({rows} rows of shape {tuple(x.shape[1:])}, "
+                 f"{x.element_size()}-byte values, {ATTACK_COPIES} copies an iterative attack holds; the "
+                 "model's activations come on top)",
+                 tensor_bytes(rows, x.shape[1:], itemsize=x.element_size(), copies=ATTACK_COPIES),
+                 fix="Lower batch_size (CLI: --batch-size).")
     n_batches = -(-int(x.shape[0]) // batch_size)
     total = n_batches if total is None else total
     parts: list[EvasionResult] = []

@@ -10,9 +10,9 @@ from typing import Any
 
 import jinja2
 
+from modelshield._io import check_output_paths, write_atomic
 from modelshield.assess._section import SEVERITIES
 from modelshield.assess.suite import Assessment
-from modelshield.errors import ConfigError
 
 __all__ = ["check_new_files", "render_html", "write_json", "write_report"]
 
@@ -20,15 +20,9 @@ TEMPLATE = "report.html.j2"
 
 
 def check_new_files(paths: Iterable[Path], *, overwrite: bool, owner: str) -> None:
-    """Raise ConfigError if any path exists and overwrite is False (checked before any work)."""
-    if overwrite:
-        return
-    for path in paths:
-        if path.exists():
-            raise ConfigError(
-                f"{owner}: the output file must not exist yet; got {str(path)!r}, which exists. "
-                "Pass overwrite=True (CLI: --force) or choose another output location."
-            )
+    """Raise ConfigError unless every path can be written: not a folder, not existing (unless
+    overwrite) and in a writable location (checked before any work; see ``check_output_paths``)."""
+    check_output_paths(paths, force=overwrite, owner=owner)
 
 
 def _pct(v: Any, digits: int = 1) -> str:
@@ -62,16 +56,15 @@ def render_html(report: Assessment | Mapping[str, Any]) -> str:
 
 
 def write_json(path: str | Path, payload: Mapping[str, Any], *, overwrite: bool = False) -> Path:
-    """Write payload as indented JSON to path (parents created); refuse to overwrite by default.
+    """Write payload as indented JSON to path atomically (parents created); refuse to overwrite
+    by default.
 
     Raises:
         ConfigError: path exists and overwrite is False.
     """
     out = Path(path)
     check_new_files([out], overwrite=overwrite, owner="write_json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return out
+    return write_atomic(out, json.dumps(payload, indent=2, allow_nan=False) + "\n", force=overwrite)
 
 
 def write_report(
@@ -80,7 +73,7 @@ def write_report(
     """Write ``report.json`` and ``report.html`` into out_dir (created if needed).
 
     The HTML is rendered from the same dict as the JSON and embeds its figures as data URIs,
-    so the single file can be mailed or archived.
+    so the single file can be mailed or archived. Each file is written atomically.
 
     Args:
         assessment: the result of ``assess.run`` (or its ``to_dict()``).
@@ -99,5 +92,5 @@ def write_report(
     data = assessment.to_dict() if isinstance(assessment, Assessment) else dict(assessment)
     html = render_html(data)
     write_json(json_path, data, overwrite=True)
-    html_path.write_text(html, encoding="utf-8")
+    write_atomic(html_path, html, force=True)
     return json_path, html_path

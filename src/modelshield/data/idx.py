@@ -9,14 +9,17 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
+import os
 import struct
 import zlib
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
+from modelshield._resources import check_memory, format_bytes
 from modelshield.data._dataset import DATA_ENV, Dataset, data_dir
 from modelshield.errors import DataError, MissingDataError
 
@@ -55,14 +58,20 @@ _SPLIT_FILES: dict[str, str] = {
 }
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_MAX_DEFLATE_RATIO = 1032
+"""Deflate's best compression ratio (about 1032:1): the most data a gzip file can honestly hold."""
+_FIX = "Re-download the file; it is corrupt or not in IDX format."
 
 
 def load_idx(path: str | Path) -> np.ndarray:
     """Parse an IDX file, gzip-compressed or raw, into a numpy array.
 
     The compression is detected from the file's first bytes, not its name. The header (magic,
-    type code, number of dimensions, dimensions) is validated and the data size must match the
-    dimensions exactly.
+    type code, number of dimensions, dimensions) is read and validated first, and the data size
+    it declares is checked before any data is read: it must be possible for the file's size
+    (a gzip file holds at most about 1032 times its size) and fit in memory. The data is then
+    read with a bounded read and must match the dimensions exactly, so a crafted file (a "gzip
+    bomb") is refused without being inflated.
 
     Args:
         path: the file, e.g. ``.../train-images-idx3-ubyte.gz``.
@@ -74,7 +83,8 @@ def load_idx(path: str | Path) -> np.ndarray:
     Raises:
         MissingDataError: the file does not exist.
         DataError: the file is not valid IDX (bad gzip stream, bad magic, unknown type code,
-            truncated header or data, trailing bytes); the message names the file.
+            truncated header or data, trailing bytes, a declared size the file cannot hold or
+            memory cannot fit); the message names the file.
 
     Example:
         labels = load_idx("mnist/t10k-labels-idx1-ubyte.gz")   # shape (10000,), uint8
@@ -100,56 +110,92 @@ def _parse_cached(key: tuple[str, int, int]) -> tuple[np.ndarray, str]:
     """The parsed read-only array and the SHA-256 of the file's bytes."""
     path = key[0]
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as fh:
+            arr = _parse_idx_stream(fh, path, file_size=os.fstat(fh.fileno()).st_size)
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
     except OSError as exc:
         raise DataError(f"load_idx: cannot read {path!r}: {exc}. Check the file's permissions.") from exc
-    digest = hashlib.sha256(raw).hexdigest()
-    return _parse_idx_bytes(raw, path), digest
+    return arr, digest.hexdigest()
 
 
-def _parse_idx_bytes(raw: bytes, path: str) -> np.ndarray:
-    """Decode (gunzip if needed) and validate IDX bytes; path only names the file in errors."""
-    fix = "Re-download the file; it is corrupt or not in IDX format."
-    data = raw
-    if raw[:2] == _GZIP_MAGIC:
-        try:
-            data = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(
-                f"load_idx: {path!r} must be a complete gzip stream; got a damaged one ({exc}). {fix}"
-            ) from exc
-    if len(data) < 4:
+def _read(stream: BinaryIO, n: int, path: str) -> bytes:
+    """Up to n bytes of a (possibly gzip) stream; a damaged gzip stream is a DataError."""
+    try:
+        return stream.read(n)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise DataError(
-            f"load_idx: {path!r} must start with a 4-byte IDX header; got {len(data)} bytes "
-            f"(truncated). {fix}"
-        )
-    if data[:2] != b"\x00\x00":
+            f"load_idx: {path!r} must be a complete gzip stream; got a damaged one ({exc}). {_FIX}"
+        ) from exc
+
+
+def _parse_idx_stream(raw: BinaryIO, path: str, *, file_size: int) -> np.ndarray:
+    """Read and validate an IDX file (gunzipped on the fly when it starts with the gzip magic).
+
+    The header is read first and the data size it declares is checked before anything else
+    is read: it must be possible for a file of ``file_size`` bytes (raw: exactly; gzip: at most
+    ``_MAX_DEFLATE_RATIO`` times the compressed size) and fit in memory. The data is then read
+    with a bounded read (the declared size plus one byte, to detect trailing bytes), so a crafted
+    file can never make the loader inflate more than its header declares.
+    """
+    compressed = raw.read(2) == _GZIP_MAGIC
+    raw.seek(0)
+    stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw  # type: ignore[assignment]
+    head = _read(stream, 4, path)
+    if len(head) < 4:
         raise DataError(
-            f"load_idx: {path!r} must start with the IDX magic 0x0000; got 0x{data[:2].hex()}. {fix}"
+            f"load_idx: {path!r} must start with a 4-byte IDX header; got {len(head)} bytes "
+            f"(truncated). {_FIX}"
         )
-    code, ndim = data[2], data[3]
+    if head[:2] != b"\x00\x00":
+        raise DataError(
+            f"load_idx: {path!r} must start with the IDX magic 0x0000; got 0x{head[:2].hex()}. {_FIX}"
+        )
+    code, ndim = head[2], head[3]
     if code not in _IDX_DTYPES:
         known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
-        raise DataError(f"load_idx: {path!r} has IDX type code 0x{code:02X}; must be one of {known}. {fix}")
+        raise DataError(f"load_idx: {path!r} has IDX type code 0x{code:02X}; must be one of {known}. {_FIX}")
     if ndim == 0:
-        raise DataError(f"load_idx: {path!r} must have at least one dimension; got 0. {fix}")
+        raise DataError(f"load_idx: {path!r} must have at least one dimension; got 0. {_FIX}")
     header = 4 + 4 * ndim
-    if len(data) < header:
+    dim_bytes = _read(stream, 4 * ndim, path)
+    if len(dim_bytes) < 4 * ndim:
         raise DataError(
             f"load_idx: {path!r} must have a {header}-byte header for {ndim} dimensions; got "
-            f"{len(data)} bytes (truncated). {fix}"
+            f"{4 + len(dim_bytes)} bytes (truncated). {_FIX}"
         )
-    dims = struct.unpack(f">{ndim}I", data[4:header])
+    dims = struct.unpack(f">{ndim}I", dim_bytes)
     dtype = np.dtype(_IDX_DTYPES[code])
-    expected = math.prod(dims) * dtype.itemsize
-    actual = len(data) - header
-    if actual != expected:
-        problem = "truncated" if actual < expected else "trailing bytes"
+    count = math.prod(dims)
+    expected = count * dtype.itemsize
+    if compressed:
+        most = _MAX_DEFLATE_RATIO * file_size
+        if expected > most:
+            raise DataError(
+                f"load_idx: {path!r} declares shape {dims} ({format_bytes(expected)} of data), which "
+                f"a {format_bytes(file_size)} gzip file cannot hold (at most about {format_bytes(most)} "
+                f"at deflate's best ratio {_MAX_DEFLATE_RATIO}:1); it is truncated or crafted, and was "
+                f"not inflated. {_FIX}"
+            )
+    elif file_size - header != expected:
+        problem = "truncated" if file_size - header < expected else "trailing bytes"
         raise DataError(
-            f"load_idx: {path!r} must hold {expected} data bytes for shape {dims}; got {actual} "
-            f"({problem}). {fix}"
+            f"load_idx: {path!r} must hold {expected} data bytes for shape {dims}; got "
+            f"{file_size - header} ({problem}). {_FIX}"
         )
-    arr = np.frombuffer(data, dtype=dtype, count=math.prod(dims), offset=header).reshape(dims)
+    check_memory("load_idx", f"the data of {path!r} (shape {dims}, {dtype.itemsize}-byte values, as its "
+                 "header declares)", expected, error=DataError,
+                 fix=f"Use a smaller file or a machine with more memory. {_FIX}")
+    data = _read(stream, expected + 1, path)
+    if len(data) != expected:
+        problem = "truncated" if len(data) < expected else "trailing bytes"
+        raise DataError(
+            f"load_idx: {path!r} must hold {expected} data bytes for shape {dims}; got "
+            f"{len(data) if len(data) < expected else 'more'} ({problem}). {_FIX}"
+        )
+    arr = np.frombuffer(data, dtype=dtype, count=count).reshape(dims)
     if dtype.byteorder == ">":
         arr = arr.astype(dtype.newbyteorder("="))
     arr.flags.writeable = False

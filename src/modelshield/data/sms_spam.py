@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_range
+from modelshield._io import write_atomic
+from modelshield._resources import check_memory, format_bytes
 from modelshield.data._dataset import DATA_ENV, find_data_file
 from modelshield.errors import ConfigError, DataError, InputError, MissingDataError
 
@@ -24,6 +26,9 @@ __all__ = [
     "read_labelled_texts",
     "write_labelled_texts",
 ]
+
+_PARSE_COPIES = 6
+"""Bytes held per byte of a text file while it is decoded and split into rows (an estimate)."""
 
 SMS_SPAM_FILE = "SMSSpamCollection"
 SMS_SPAM_FOLDER = "sms-spam"
@@ -188,14 +193,17 @@ def write_labelled_texts(
     y: Tensor | Sequence[int],
     *,
     class_names: tuple[str, ...] = SMS_SPAM_CLASSES,
+    overwrite: bool = True,
 ) -> Path:
     """Write ``<label>\\t<text>`` lines (the SMS Spam Collection format) that read_labelled_texts reads back.
 
     Args:
-        path: the file to write (UTF-8, ``\\n`` line endings; replaced if it exists).
+        path: the file to write atomically (UTF-8, ``\\n`` line endings; replaced if it exists
+            and overwrite is True).
         texts: the messages; none may be empty or contain a line break.
         y: one label index per text.
         class_names: label names by index.
+        overwrite: replace an existing file (else a ConfigError, nothing written).
 
     Returns:
         The path written.
@@ -203,6 +211,7 @@ def write_labelled_texts(
     Raises:
         InputError: texts and labels differ in length, a label is out of range, or a text is
             empty or holds a line break (the message names the row).
+        ConfigError: the file exists and overwrite is False, or the path cannot be written.
     """
     labels = [int(v) for v in (y.tolist() if isinstance(y, Tensor) else y)]
     if len(labels) != len(texts):
@@ -223,9 +232,7 @@ def write_labelled_texts(
                 "Remove empty rows and line breaks."
             )
         lines.append(f"{class_names[lab]}\t{t}\n")
-    p = Path(path).expanduser()
-    p.write_text("".join(lines), encoding="utf-8", newline="")
-    return p
+    return write_atomic(Path(path).expanduser(), "".join(lines), force=overwrite)
 
 
 _FIX = (
@@ -249,6 +256,8 @@ def _read(
     class_names: tuple[str, ...] = SMS_SPAM_CLASSES,
 ) -> tuple[tuple[str, ...], np.ndarray, str]:
     """(texts, labels int64, sha256) of one file; cached by path, mtime and size."""
+    check_memory(owner, f"the text file {path!r} ({format_bytes(size)}; parsing holds about "
+                 f"{_PARSE_COPIES} copies)", _PARSE_COPIES * size, fix="Use a smaller file.", error=DataError)
     raw = Path(path).read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
     try:

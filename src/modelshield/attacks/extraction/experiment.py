@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modelshield._checks import check_choice, check_inputs, check_range
+from modelshield._resources import check_memory, tensor_bytes
 from modelshield.attacks.extraction.equation_solving import EquationSolving
 from modelshield.attacks.extraction.jacobian import JacobianAugmentation
 from modelshield.attacks.extraction.knockoff import KnockoffNets
 from modelshield.attacks.extraction.results import ExtractionResult
 from modelshield.defenses.extraction import HARDENING_METHODS, PRADA, harden, honest_cost
-from modelshield.errors import ConfigError, InputError, ModelCapabilityError
+from modelshield.errors import ConfigError, DataError, InputError, ModelCapabilityError
 from modelshield.models import CallableModel, ModelLike, TorchModel, as_model
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "Pool",
     "QueryLog",
     "build_extraction_attack",
+    "check_budget_memory",
     "digits_from_mnist",
     "load_pool",
     "prada_verdict",
@@ -151,33 +154,64 @@ def digits_from_mnist(x: Tensor, *, threshold: float = 0.35) -> Tensor:
 
 
 def _read_file(path: Path, owner: str) -> Tensor:
+    """The tensor in a .npy / .npz / .pt pool file, read without unpickling anything.
+
+    Raises InputError for a missing file or an unknown suffix, DataError for a file that is not
+    the format its suffix names (a pickle, a truncated or foreign file, a non-numeric array).
+    """
     if not path.is_file():
         raise InputError(
-            f"{owner}: 'pool' must be one of {', '.join(POOLS)} or an existing .npy/.pt file; got "
+            f"{owner}: 'pool' must be one of {', '.join(POOLS)} or an existing .npy/.npz/.pt file; got "
             f"{str(path)!r}. Pass a data set name or the path of a saved tensor."
         )
-    if path.suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{owner}: the pool file {str(path)!r} must be a numpy array saved with "
-                             f"np.save; got an unreadable file ({exc}). Re-save it with np.save.") from exc
-        return torch.from_numpy(np.ascontiguousarray(arr))
-    if path.suffix == ".pt":
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise InputError(f"{owner}: the pool file {str(path)!r} must hold one tensor saved with "
-                             f"torch.save; got an unreadable file ({exc}). Re-save it with "
-                             "torch.save(x, path).") from exc
-        if not isinstance(obj, Tensor):
-            raise InputError(f"{owner}: the pool file {str(path)!r} must hold one tensor; got "
-                             f"{type(obj).__name__}. Save the inputs alone with torch.save(x, path).")
-        return obj
-    raise InputError(
-        f"{owner}: 'pool' must be one of {', '.join(POOLS)} or a .npy/.pt file; got {str(path)!r}. "
-        "Save the pool with np.save or torch.save."
-    )
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz", ".pt"):
+        raise InputError(
+            f"{owner}: 'pool' must be one of {', '.join(POOLS)} or a .npy/.npz/.pt file; got "
+            f"{str(path)!r}. Save the pool with np.save or torch.save."
+        )
+    expected = {".npy": "a numeric array saved with np.save",
+                ".npz": "one numeric array saved with np.savez (key 'x' when it holds several)",
+                ".pt": "one tensor saved with torch.save(x, path)"}[suffix]
+    fix = {".npy": "Re-save it with np.save(path, x)", ".npz": "Re-save it with np.savez(path, x=x)",
+           ".pt": "Re-save it with torch.save(x, path)"}[suffix]
+    obj: object
+    # The file is untrusted input: whatever a parser raises on it (pickle refusals, truncated zips,
+    # bad headers, KeyError from a malformed archive, ...) means "not the expected format".
+    try:
+        if suffix == ".npy":
+            obj = np.load(path, allow_pickle=False)
+        elif suffix == ".npz":
+            # Opened here, not by np.load, which leaks the handle when the zip is broken.
+            with path.open("rb") as fh, np.load(fh, allow_pickle=False) as archive:
+                keys = list(archive.keys())
+                key = "x" if "x" in keys else keys[0] if len(keys) == 1 else None
+                if key is None:
+                    raise DataError(
+                        f"{owner}: the pool file {str(path)!r} must hold {expected}; got the arrays "
+                        f"{keys[:5]!r}. {fix}."
+                    )
+                obj = archive[key]
+        else:
+            with warnings.catch_warnings():  # torch warns about foreign pickle protocols, then refuses
+                warnings.simplefilter("ignore", UserWarning)
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+    except DataError:
+        raise
+    except Exception as exc:
+        first = " ".join(str(exc).split()).split(". ")[0][:200]  # torch's messages run to paragraphs
+        reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        raise DataError(f"{owner}: the pool file {str(path)!r} must hold {expected}; got a file that "
+                        f"cannot be read that way ({reason}). {fix}.") from exc
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in "biuf":
+            raise DataError(f"{owner}: the pool file {str(path)!r} must hold {expected}; got an array of "
+                            f"dtype {obj.dtype}. {fix}.")
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if not isinstance(obj, Tensor):
+        raise DataError(f"{owner}: the pool file {str(path)!r} must hold {expected}; got "
+                        f"{type(obj).__name__}. Save the inputs alone with torch.save(x, path).")
+    return obj
 
 
 def load_pool(
@@ -196,7 +230,8 @@ def load_pool(
         spec: a data set name (``"digits"``, ``"mnist"``, ``"fashion-mnist"``: its training
             images, with its labels as groups), ``"mnist-8x8"`` (MNIST's training digits in the
             8x8 digits format, see ``digits_from_mnist``), ``"noise"`` (``size`` uniform points
-            in bounds) or the path of a ``.npy`` / ``.pt`` tensor ``(N, *input_shape)`` (uint8
+            in bounds) or the path of a ``.npy`` / ``.npz`` / ``.pt`` tensor ``(N, *input_shape)``
+            (read without unpickling: ``allow_pickle=False``, ``weights_only=True``; uint8
             pixels are divided by 255; ``(N, H, W)`` gets a channel axis when the victim wants
             ``(1, H, W)``).
         input_shape: the victim's input shape, e.g. ``(1, 28, 28)``.
@@ -208,7 +243,8 @@ def load_pool(
 
     Raises:
         InputError: the pool's rows do not have ``input_shape``, its values leave ``bounds``, or
-            the file is missing or unreadable.
+            the file is missing or has an unknown suffix.
+        DataError: the file is not the format its suffix names (e.g. a pickle).
         MissingDataError: the data set's files are not found.
     """
     from modelshield.data import load_dataset
@@ -218,6 +254,10 @@ def load_pool(
     groups: Tensor | None = None
     if spec == "noise":
         check_range("size", size, owner=owner, low=1, integer=True)
+        check_memory(owner, f"'size' ({size} noise rows of shape {shape}, float32, 2 copies while drawn)",
+                     tensor_bytes(size, shape, copies=2),
+                     fix="Ask for fewer noise rows (CLI: lower --queries, the noise pool has one row per "
+                         "query).")
         gen = torch.Generator().manual_seed(seed)
         lo, hi = bounds
         x = lo + (hi - lo) * torch.rand((size, *shape), generator=gen)
@@ -419,6 +459,19 @@ class ExtractionRun:
                 "stream_queries": self.stream_queries, "result": self.result.to_dict()}
 
 
+def check_budget_memory(budget: int, input_shape: Sequence[int], *, owner: str) -> None:
+    """Raise ConfigError unless an extraction with ``budget`` queries of ``input_shape`` fits in memory.
+
+    The estimate is ``budget x prod(input_shape) x 4 bytes (float32) x 3 copies``: the queried
+    rows, the API's log of them and the thief's training set (see ``modelshield._resources``).
+    """
+    row = tuple(int(s) for s in input_shape)
+    check_memory(owner, f"the query budget ({budget} queries of shape {row}, float32, 3 copies: the "
+                 "queries, the API's log of them and the thief's training set)",
+                 tensor_bytes(budget, row, copies=3),
+                 fix="Give the attack a smaller budget (CLI: lower --queries).")
+
+
 def run_extraction(
     victim: ModelLike,
     x_pool: Pool | Tensor,
@@ -459,6 +512,10 @@ def run_extraction(
                              eval_data=(x_test, y_test), defence="round", prada=PRADA())
     """
     check_choice("defence", defence, DEFENCES, owner="run_extraction")
+    budget = getattr(attack, "budget", None)
+    if isinstance(budget, int):
+        check_budget_memory(budget, (x_pool.x if isinstance(x_pool, Pool) else x_pool).shape[1:],
+                            owner="run_extraction")
     m = as_model(victim)
     api = m if defence == "none" else harden(m, method=defence, seed=seed)  # type: ignore[arg-type]  # checked above
     x_eval, y_eval = eval_data

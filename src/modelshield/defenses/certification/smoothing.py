@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modelshield._checks import check_bounds, check_inputs, check_labels, check_range
+from modelshield._resources import check_memory, tensor_bytes
 from modelshield.attacks._ops import make_generator
 from modelshield.defenses._mode import module_device, require_eval_mode
 from modelshield.defenses.training._engine import (
@@ -225,6 +226,12 @@ class RandomizedSmoothing:
                 gen: torch.Generator) -> Tensor:
         """(N, C) int64 votes of the base classifier over num noisy copies of each row."""
         c = m.n_classes
+        b_max = min(self.batch_size, num)
+        check_memory("RandomizedSmoothing", f"a batch of noisy copies ({b_max} = min(batch_size, samples) "
+                     f"rows of shape {tuple(x.shape[1:])}, {x.element_size()}-byte values, 3 copies: the "
+                     "noise, the noisy inputs and the first layer's input; the model's activations come "
+                     "on top)", tensor_bytes(b_max, x.shape[1:], itemsize=x.element_size(), copies=3),
+                     fix="Lower batch_size (CLI: --batch-size).")
         rows = []
         with torch.no_grad():
             for xi in x:

@@ -81,7 +81,8 @@ def fit(
         y: ``(N,)`` int64 labels.
         recipe: epochs, batch size, learning rate, weight decay and shuffling seed.
         progress: optional ``progress(done, total, message)`` callback, called about every
-            20 batches and at the end of each epoch; ``done`` counts batches.
+            20 batches and at the end of each epoch (and once before the first batch);
+            ``done`` counts batches.
         progress_total: the ``total`` to report (defaults to the number of batches).
     """
     n = int(x.shape[0])
@@ -95,6 +96,8 @@ def fit(
         optimizer, max_lr=recipe.lr, total_steps=steps, pct_start=0.25
     )
     done = 0
+    if progress is not None:  # before the first batches, which may take a while
+        progress(0, total, f"epoch 1/{recipe.epochs}: training")
     module.train()
     try:
         with torch_threads(recipe.num_threads):

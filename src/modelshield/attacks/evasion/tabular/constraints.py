@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_choice
+from modelshield._io import write_atomic
 from modelshield.errors import ConfigError, DataError, InputError
 
 __all__ = [
@@ -524,19 +525,19 @@ class ConstraintSpec:
         return out
 
     def to_yaml(self, path: str | Path | None = None) -> str:
-        """The spec as YAML text; also written to ``path`` when given."""
+        """The spec as YAML text; also written (atomically, replacing it) to ``path`` when given."""
         import yaml
 
         text: str = yaml.safe_dump(self.to_dict(), sort_keys=False, width=100)
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            write_atomic(path, text, force=True)
         return text
 
     def to_json(self, path: str | Path | None = None) -> str:
-        """The spec as JSON text; also written to ``path`` when given."""
+        """The spec as JSON text; also written (atomically, replacing it) to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            write_atomic(path, text, force=True)
         return text
 
     def update(self, changes: Mapping[str, Mapping[str, Any]]) -> ConstraintSpec:
