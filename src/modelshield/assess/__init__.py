@@ -42,7 +42,12 @@ from modelshield.assess.sections import (
     evasion_severity,
 )
 from modelshield.assess.suite import SCHEMA_VERSION, Assessment, package_versions, provenance, run
-from modelshield.assess.thresholds import Threshold, check_thresholds, parse_threshold
+from modelshield.assess.thresholds import (
+    Threshold,
+    check_threshold_metrics,
+    check_thresholds,
+    parse_threshold,
+)
 
 __all__ = [
     "ATLAS",
@@ -70,6 +75,7 @@ __all__ = [
     "Threshold",
     "atlas",
     "check_new_files",
+    "check_threshold_metrics",
     "check_thresholds",
     "evasion_severity",
     "max_severity",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -11,11 +12,27 @@ from typing import Any, Literal
 from modelshield.assess.suite import Assessment
 from modelshield.errors import ConfigError
 
-__all__ = ["Threshold", "check_thresholds", "parse_threshold"]
+__all__ = ["HEADLINE_METRICS", "Threshold", "check_threshold_metrics", "check_thresholds", "parse_threshold"]
 
 _PATTERN = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(>=|<=|=)\s*(\S+)\s*$")
 _FIX = ("Write METRIC=VALUE (metric must be at least value), METRIC>=VALUE or METRIC<=VALUE, "
         "e.g. robust_accuracy=0.6")
+
+
+HEADLINE_METRICS: Mapping[str, tuple[str, ...]] = {
+    "evasion": ("clean_accuracy", "robust_accuracy", "attack_success_rate"),
+    "blackbox": ("blackbox_robust_accuracy", "blackbox_success_rate"),
+    "tabular": ("tabular_success_rate", "malicious_recall_after", "tabular_valid_rows"),
+    "defenses": ("defended_clean_accuracy", "defended_robust_accuracy", "undefended_robust_accuracy",
+                 "defense_gain", "defended_masking_flags"),
+    "extraction": ("extraction_fidelity", "extraction_copy_accuracy"),
+    "backdoor": ("backdoor_max_anomaly_index", "backdoor_flagged_classes"),
+    "poisoning": ("poisoned_spam_recall", "poisoned_spam_f1", "cleaned_spam_f1",
+                  "poison_detection_recall", "poison_detection_precision"),
+    "text-evasion": ("text_evasion_success_rate", "text_evasion_median_words_changed"),
+}
+"""Headline summary metrics of each built-in section (a section's other numbers are
+``<section>.<metric>``), known before the assessment runs so a misspelt threshold fails at once."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -64,6 +81,43 @@ def parse_threshold(text: str) -> Threshold:
             f"parse_threshold: the value of {metric!r} must be a finite number; got {raw!r}. {_FIX}."
         )
     return Threshold(metric=metric, op="<=" if op == "<=" else ">=", value=value)
+
+
+def check_threshold_metrics(thresholds: Iterable[Threshold], sections: Iterable[str]) -> None:
+    """Check, before running, that each threshold names a metric the planned sections report.
+
+    A bare name must be a headline metric of one of ``sections`` (``HEADLINE_METRICS``); a dotted
+    ``<section>.<metric>`` name must start with one of ``sections`` (its metric part is checked by
+    ``check_thresholds`` after the run). Sections this module does not know (registered by a user)
+    disable the check of bare names, since their headline metrics are unknown until they run.
+
+    Raises:
+        ConfigError: a threshold's metric cannot be reported; the message suggests the closest name.
+    """
+    chosen = tuple(sections)
+    known = all(s in HEADLINE_METRICS for s in chosen)
+    names = [m for s in chosen for m in HEADLINE_METRICS.get(s, ())]
+    for t in thresholds:
+        section, dot, _ = t.metric.partition(".")
+        if dot:
+            if section in chosen:
+                continue
+            close = difflib.get_close_matches(section, chosen, n=1)
+            hint = f" Did you mean '{close[0]}.{t.metric.partition('.')[2]}'?" if close else ""
+            raise ConfigError(
+                f"check_threshold_metrics: a dotted metric must start with a planned section "
+                f"({', '.join(chosen)}); got {t.metric!r}.{hint} Fix the threshold {t} or add the "
+                "section."
+            )
+        if not known or t.metric in names:
+            continue
+        close = difflib.get_close_matches(t.metric, names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"check_threshold_metrics: the metric must be a summary metric of the planned sections "
+            f"({', '.join(names)}, or <section>.<metric>); got {t.metric!r}.{hint} Fix the name in the "
+            f"threshold {t}."
+        )
 
 
 def check_thresholds(

@@ -1,7 +1,14 @@
-"""Rich rendering for the CLI: the one-line error, progress bars, warnings and result tables."""
+"""Rich rendering for the CLI: the one-line error, the crash report, progress bars, warnings and result
+tables. The exit codes live here too (documented in the root ``--help`` and the README)."""
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+import threading
+import time
+import traceback
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -22,7 +29,13 @@ from rich.progress import (
 from rich.table import Table
 
 __all__ = [
+    "EXIT_FINDING",
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
     "assessment_table",
+    "crash",
     "fail",
     "metrics_table",
     "out",
@@ -30,6 +43,19 @@ __all__ = [
     "say",
     "show_warnings",
 ]
+
+EXIT_OK = 0
+"""The command did its work."""
+EXIT_FINDING = 1
+"""A ``--fail-under`` threshold was missed (the work was done; the result is the finding)."""
+EXIT_USAGE = 2
+"""Bad usage or input (any ModelShieldError, or a click usage error): nothing was done."""
+EXIT_INTERNAL = 3
+"""An unexpected exception: a modelshield bug; the traceback is written to a file."""
+EXIT_INTERRUPTED = 130
+"""Interrupted (Ctrl-C), as shells report SIGINT (128 + 2)."""
+
+_MAX_REASON = 300  # characters of an unexpected exception's message shown on the one line
 
 _SEVERITY_STYLE = {"none": "green", "low": "blue", "medium": "yellow", "high": "dark_orange",
                    "critical": "bold red"}
@@ -44,11 +70,50 @@ def _err() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def fail(exc: Exception, *, code: int = 2) -> NoReturn:
-    """Print the error as one red line on stderr and exit with code."""
-    message = " ".join(str(exc).split())
+def fail(exc: BaseException | str, *, code: int = EXIT_USAGE) -> NoReturn:
+    """Print the error (an exception's message, or a text) as one red line on stderr and exit with code."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
     _err().print(f"[bold red]error:[/] [red]{escape(message)}[/]")
     raise typer.Exit(code)
+
+
+def crash_dir() -> Path:
+    """Folder for crash tracebacks: ``$MODELSHIELD_CACHE/crash`` when that variable is set, else the
+    system temporary folder."""
+    cache = os.environ.get("MODELSHIELD_CACHE")
+    return Path(cache).expanduser() / "crash" if cache else Path(tempfile.gettempdir())
+
+
+def _write_traceback(exc: BaseException) -> tuple[Path | None, str]:
+    """Write exc's traceback to a new file; (its path, "") or (None, why it could not be written)."""
+    text = "".join(traceback.format_exception(exc))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    try:
+        folder = crash_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        # mkstemp: a new file (O_EXCL, mode 0600), so a planted link in a shared temp folder is never
+        # followed and two crashes in the same second do not collide.
+        fd, name = tempfile.mkstemp(prefix=f"modelshield-crash-{stamp}-{os.getpid()}-", suffix=".txt",
+                                    dir=folder)
+        path = Path(name)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as err:  # the crash report must never raise a second error over the first
+        return None, f"{type(err).__name__}: {err}"
+    return path, ""
+
+
+def crash(exc: BaseException) -> NoReturn:
+    """Report an unexpected exception as one red line naming the traceback file; exit EXIT_INTERNAL."""
+    reason = " ".join(str(exc).split())
+    if len(reason) > _MAX_REASON:
+        reason = reason[: _MAX_REASON - 3] + "..."
+    what = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+    path, why = _write_traceback(exc)
+    where = (f"Traceback written to {path}" if path is not None
+             else f"The traceback could not be written ({why})")
+    fail(f"internal error ({what}); this is a modelshield bug. {where}; rerun with --debug to see it.",
+         code=EXIT_INTERNAL)
 
 
 def say(text: str) -> None:
@@ -56,14 +121,111 @@ def say(text: str) -> None:
     out().print(text, soft_wrap=True)
 
 
+PROGRESS_ENV = "MODELSHIELD_PROGRESS"
+"""``rich`` (bar), ``plain`` (timestamped lines on stderr), ``off``, or unset: a bar on a terminal,
+plain lines when stderr is a file or pipe (after the first second, so a quick error stays one
+line), nothing when stderr is not a file (e.g. captured by a test runner)."""
+
+
+class _PlainProgress:
+    """``progress(done, total, text)`` printing plain timestamped lines on stderr (no terminal).
+
+    A line is printed when the text changes, when the work completes, when the share done has
+    grown by ``step`` (10 points), and otherwise every ``every`` seconds (a heartbeat, from a
+    background thread, so a long first batch still shows it is running). Nothing is printed
+    during the first ``quiet`` seconds, so a command that fails at once prints only its error.
+    Never a terminal control code.
+    """
+
+    def __init__(self, description: str, *, quiet: float, step: float = 0.1, every: float = 30.0) -> None:
+        self.description, self.quiet, self.step, self.every = description, quiet, step, every
+        self.stream = sys.stderr
+        self.start = time.monotonic()
+        self.state: tuple[int, int | None, str] = (0, None, description)
+        self.printed: tuple[int, int | None, str] | None = None
+        self.last_share = -1.0
+        self.last_time = self.start
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="modelshield-progress", daemon=True)
+
+    def _line(self, now: float) -> None:
+        done, total, label = self.state
+        share = done / total if total else 0.0
+        count = f": {done}/{total} ({100 * share:.0f}%)" if total else ""
+        elapsed = f" [{now - self.start:.0f} s]" if self.printed == self.state else ""
+        self.stream.write(f"[{time.strftime('%H:%M:%S')}] {label}{count}{elapsed}\n")
+        self.stream.flush()
+        self.printed, self.last_share, self.last_time = self.state, share, now
+
+    def __call__(self, done: int, total: int | None, text: str = "") -> None:
+        with self.lock:
+            self.state = (done, total, text or self.description)
+            now = time.monotonic()
+            if now - self.start < self.quiet or self.printed == self.state:
+                return
+            share = done / total if total else 0.0
+            if (self.printed is None or self.state[2] != self.printed[2]
+                    or (total and done >= total) or share - self.last_share >= self.step - 1e-9):
+                self._line(now)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(0.25):
+            with self.lock:
+                now = time.monotonic()
+                if now - self.start < self.quiet:
+                    continue
+                if self.printed is None or now - self.last_time >= self.every:
+                    self._line(now)
+
+    def __enter__(self) -> _PlainProgress:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _progress_mode(console: Console) -> str:
+    mode = os.environ.get(PROGRESS_ENV, "").strip().lower()
+    if mode in ("rich", "plain", "off"):
+        return mode
+    if console.is_terminal:
+        return "rich"
+    try:
+        sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return "off"
+    return "auto-plain"
+
+
+def _ignore(done: int, total: int | None, text: str = "") -> None:
+    """A progress callback that shows nothing."""
+
+
 @contextmanager
 def progress_bar(description: str) -> Iterator[Any]:
-    """Yield a ``progress(done, total, description)`` callback drawing a rich progress bar on stderr."""
+    """Yield a ``progress(done, total, description)`` callback drawing a rich progress bar on stderr.
+
+    When stderr is not a terminal (a log file, CI, a pipe), the callback prints plain lines
+    instead, e.g. ``[12:00:01] pgd eps=0.1: 3/10 (30%)`` (see ``_PlainProgress``);
+    ``$MODELSHIELD_PROGRESS`` (``rich``, ``plain``, ``off``) overrides the choice.
+    """
+    console = _err()
+    mode = _progress_mode(console)
+    if mode == "off":
+        yield _ignore
+        return
+    if mode != "rich":
+        with _PlainProgress(description, quiet=0.0 if mode == "plain" else 1.0) as plain:
+            yield plain
+        return
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=_err(), transient=True) as bar:
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task(description, total=None)
 
-        def callback(done: int, total: int, text: str) -> None:
+        def callback(done: int, total: int | None, text: str) -> None:
             bar.update(task, completed=done, total=total, description=text or description)
 
         yield callback

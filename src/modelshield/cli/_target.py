@@ -13,11 +13,11 @@ from torch import Tensor, nn
 
 from modelshield._typing import Norm
 from modelshield.assess import Progress
-from modelshield.errors import ConfigError
+from modelshield.errors import ConfigError, InputError
 from modelshield.models import CallableModel, TorchModel, as_model, eval_mode
 from modelshield.models.zoo._train import torch_threads
 
-__all__ = ["Target", "as_query_model", "load_target", "parse_norm", "torch_threads"]
+__all__ = ["Target", "as_query_model", "check_model_fits", "load_target", "parse_norm", "torch_threads"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +102,12 @@ def load_target(
     arch: str | None,
     n: int | None,
     progress: Progress | None = None,
+    trust_torchscript: bool = False,
 ) -> Target:
     """Load a zoo model (training it if not cached) or a model file, and the first n test points.
+
+    A TorchScript model file is refused unless trust_torchscript (``--trust-torchscript``): loading
+    it runs code from the file. Zoo models never load TorchScript.
 
     Raises:
         ConfigError: model is neither a zoo name nor an existing file, or a file model has no
@@ -115,6 +119,11 @@ def load_target(
 
     if n is not None and n < 1:
         raise ConfigError(f"modelshield: '--n' must be an int >= 1; got {n!r}. Use e.g. --n 500.")
+    if model in zoo.names() and data is not None and data != zoo.spec(model).dataset:
+        raise ConfigError(
+            f"modelshield: '--data' must be omitted (or {zoo.spec(model).dataset!r}) for the zoo model "
+            f"{model!r}, which knows its data set; got {data!r}. Drop --data, or pick a zoo model for {data}."
+        )
     if model in zoo.names() and zoo.is_text(model):
         zm = zoo.load(model, data_root=data_dir, progress=progress)
         texts, y = zoo.text_split(model, n=n, data_root=data_dir)
@@ -171,7 +180,7 @@ def load_target(
             f"modelshield: '--model' must be a zoo name ({', '.join(zoo.names())}) or an existing "
             f"model file; got {model!r}.{hint} Run 'modelshield zoo list' to see the zoo."
         )
-    module, meta = load_model(path, arch=arch)
+    module, meta = load_model(path, arch=arch, trust_torchscript=trust_torchscript)
     name = data or meta.get("dataset")
     if name is None:
         raise ConfigError(
@@ -179,14 +188,49 @@ def load_target(
             f"{', '.join(DATASETS)}); got nothing. Pass e.g. --data digits."
         )
     ds = load_dataset(str(name), root=data_dir)
-    x, y = ds.x_test[:n], ds.y_test[:n]
+    x, y = ds.x_test[:n].to(torch.float32), ds.y_test[:n].to(torch.long)
+    check_model_fits(module, x, y, bounds=ds.bounds, model=path.name, data=ds.name)
     return Target(
-        module=module, x=x.to(torch.float32), y=y.to(torch.long), bounds=ds.bounds,
+        module=module, x=x, y=y, bounds=ds.bounds,
         model_info={"name": path.name, "source": "file", "path": str(meta.get("path", path)),
                     "arch": meta.get("arch"), "file_sha256": meta.get("sha256"),
                     "weights_sha256": weights_sha256(module)},
         data_info={"name": ds.name, "sha256": ds.sha256, "split": "test", "classes": list(ds.classes)},
     )
+
+
+def check_model_fits(module: Any, x: Tensor, y: Tensor, *, bounds: tuple[float, float], model: str,
+                     data: str, fix: str | None = None) -> None:
+    """One probe forward on x[:1] before any work: the model must map the data's inputs to
+    ``(1, C)`` scores with a score for every label in y.
+
+    Raises:
+        InputError: the model fails on the data's input shape, or its output does not fit the labels.
+    """
+    if not isinstance(module, nn.Module) or x.shape[0] == 0:
+        return
+    shape = tuple(x.shape[1:])
+    fix = fix or (f"Pass the --data the model was trained on (digits: (1, 8, 8); mnist and fashion-mnist: "
+                  f"(1, 28, 28)), or a model for {data}")
+    white = TorchModel(module, bounds=bounds)  # only for eval_mode's save/restore
+    # The user's model is foreign code: whatever its forward raises on these inputs means "this model
+    # does not take this data" (typically a RuntimeError from a shape mismatch).
+    try:
+        with torch.no_grad(), eval_mode(white):
+            out = module(x[:1])
+    except Exception as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise InputError(
+            f"modelshield: the model {model!r} must accept inputs of {data} (shape {shape}); got "
+            f"{type(exc).__name__} on one of them ({first}). {fix}."
+        ) from exc
+    n_labels = int(y.max()) + 1 if y.numel() else 0
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 1 or out.shape[1] < max(n_labels, 2):
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise InputError(
+            f"modelshield: the model {model!r} must output (N, C) class scores with C >= {max(n_labels, 2)} "
+            f"for the {n_labels} classes of {data}; got {got} for one input of shape {shape}. {fix}."
+        )
 
 
 def parse_norm(text: str) -> Norm:

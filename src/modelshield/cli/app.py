@@ -23,21 +23,54 @@ __all__ = ["app", "main"]
 
 
 class _ShieldGroup(TyperGroup):
-    """Root group: a ModelShieldError from any command becomes one red line and exit code 2."""
+    """Root group: every failure of a command becomes one red line and a documented exit code.
+
+    A ModelShieldError (bad input) exits 2, Ctrl-C exits 130, and any other exception is a bug:
+    exit 3, its traceback written to a file the line names. click's usage errors (bad option values,
+    unknown options) become one line and exit 2 as well. ``--debug`` re-raises instead, so the
+    traceback (or typer's usage panel) shows.
+    """
 
     def invoke(self, ctx: Any) -> Any:  # typer's vendored click.Context
         try:
             return super().invoke(ctx)
+        except (typer.Exit, typer.Abort):
+            raise
         except ModelShieldError as exc:
-            if isinstance(ctx.obj, dict) and ctx.obj.get("debug"):
+            if _debug(ctx):
                 raise
-            render.fail(exc)
+            render.fail(exc, code=render.EXIT_USAGE)
+        except KeyboardInterrupt:
+            if _debug(ctx):
+                raise
+            render.fail("interrupted", code=render.EXIT_INTERRUPTED)
+        except Exception as exc:  # the last resort: any other exception is a modelshield bug
+            if _debug(ctx):
+                raise
+            names = {cls.__name__ for cls in type(exc).__mro__}
+            if "NoArgsIsHelpError" in names:
+                raise  # a group called without a command: click prints its help and exits 2
+            if "ClickException" in names:  # e.g. --n abc, an unknown option: one line too, exit 2
+                render.fail(_usage_line(exc), code=render.EXIT_USAGE)
+            render.crash(exc)
+
+
+def _debug(ctx: Any) -> bool:
+    return isinstance(ctx.obj, dict) and bool(ctx.obj.get("debug"))
+
+
+def _usage_line(exc: Exception) -> str:
+    """click's message for a usage error, with the command's --help as the fix. (click's exceptions
+    are matched by class name: typer >= 0.20 vendors click, older typer uses the click package.)"""
+    format_message = getattr(exc, "format_message", None)
+    message = str(format_message() if callable(format_message) else exc).rstrip(".")
+    path = getattr(getattr(exc, "ctx", None), "command_path", None)
+    return f"{message}. See '{path} --help'." if path else f"{message}."
 
 
 app = typer.Typer(
     name="modelshield",
-    cls=_ShieldGroup,
-    help="Attack, audit and harden machine-learning models against adversarial AI.",
+    cls=_ShieldGroup,  # the help text is root's docstring (it documents the exit codes)
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -71,8 +104,13 @@ def root(
 ) -> None:
     """Attack, audit and harden machine-learning models against adversarial AI.
 
-    Errors print one red line with the fix and exit with 2; 'assess' exits with 1 when a
-    --fail-under threshold is missed.
+    Errors print one red line with the fix. Exit codes:
+
+    0 done
+    1 a --fail-under threshold missed ('assess'; the report is still written)
+    2 bad usage or input (checked before the work starts)
+    3 internal error, a modelshield bug: the error names the file holding the traceback (--debug prints it)
+    130 interrupted (Ctrl-C)
     """
     ctx.obj = {"debug": debug}
     ctx.with_resource(torch_threads(threads))  # restored when the command ends

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from torch import nn
 
 from modelshield.assess import (
     AssessmentPlan,
@@ -14,6 +15,7 @@ from modelshield.assess import (
     TabularPlan,
     Threshold,
     check_new_files,
+    check_threshold_metrics,
     check_thresholds,
     parse_threshold,
     run,
@@ -21,8 +23,8 @@ from modelshield.assess import (
 )
 from modelshield.assess.plan import DEFAULT_ATTACKS, DEFAULT_BUDGETS, DEFAULT_EPS, DefensesPlan, parse_floats
 from modelshield.cli import _render as render
-from modelshield.cli._target import Target, load_target, parse_norm, torch_threads
-from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, DATA_HELP, MODEL_HELP
+from modelshield.cli._target import Target, check_model_fits, load_target, parse_norm, torch_threads
+from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, DATA_HELP, MODEL_HELP, TRUST_TORCHSCRIPT_HELP
 from modelshield.errors import ConfigError
 
 __all__ = ["DEMO_MODEL", "DEMO_PLAN", "assess", "demo"]
@@ -52,7 +54,8 @@ def _parse_ints(text: str, *, name: str) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
-def _defenses_plan(defended: str | None, *, arch: str | None) -> DefensesPlan:
+def _defenses_plan(defended: str | None, *, arch: str | None,
+                   trust_torchscript: bool = False) -> DefensesPlan:
     """The defenses sub-plan for ``--defended``: a zoo name, or a model file loaded like --model."""
     if defended is None:
         return DefensesPlan()
@@ -67,7 +70,7 @@ def _defenses_plan(defended: str | None, *, arch: str | None) -> DefensesPlan:
             f"modelshield assess: '--defended' must be a zoo name ({', '.join(zoo.names())}) or an "
             f"existing model file; got {defended!r}. Pass e.g. --defended digits-cnn-at."
         )
-    module, _ = load_model(path, arch=arch)
+    module, _ = load_model(path, arch=arch, trust_torchscript=trust_torchscript)
     return DefensesPlan(defended=module, name=path.name)
 
 
@@ -75,6 +78,7 @@ def _assess_and_write(target: Target, plan: AssessmentPlan, out: Path, *, force:
                       thresholds: list[Threshold]) -> None:
     with render.progress_bar("assessing") as progress, render.show_warnings():
         model = target.adapted() if target.tabular or target.text else target.module
+        progress(0, None, f"assessing ({', '.join(plan.sections)}): first batch running")
         result = run(model, target.x, target.y, plan=plan, model_info=target.model_info,
                      data_info=target.data_info, bounds=target.bounds, progress=progress)
     paths = write_report(result, out, overwrite=force)
@@ -92,6 +96,8 @@ def assess(
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+    trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
+                                                    help=TRUST_TORCHSCRIPT_HELP)] = False,
     attacks: Annotated[str, typer.Option(help="Comma-separated evasion attacks.")] = _ATTACKS_DEFAULT,
     eps: Annotated[str, typer.Option(help="Comma-separated eps grid (input units).")] = _EPS_DEFAULT,
     headline_eps: Annotated[float, typer.Option(help="Budget the severity and summary use.")] = 0.1,
@@ -139,7 +145,8 @@ def assess(
                           constraints=constraints)
     check_new_files([out / "report.json", out / "report.html"], overwrite=force, owner="modelshield assess")
     with render.progress_bar("loading model") as progress, render.show_warnings():
-        target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress)
+        target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress,
+                             trust_torchscript=trust_torchscript)
     chosen = (tuple(s.strip() for s in sections.split(",") if s.strip()) if sections is not None
               else TEXT_SECTIONS if target.text else TABULAR_SECTIONS if target.tabular else IMAGE_SECTIONS)
     if defended is not None and "defenses" not in chosen:
@@ -149,8 +156,14 @@ def assess(
                 f"{sections!r} without it. Add defenses, e.g. --sections {sections},defenses."
             )
         chosen = (*chosen, "defenses")
+    check_threshold_metrics(thresholds, chosen)  # a misspelt metric fails now, not after the run
+    defenses = _defenses_plan(defended, arch=arch, trust_torchscript=trust_torchscript)
+    if isinstance(defenses.defended, nn.Module):  # a --defended file must fit the data before any section
+        check_model_fits(defenses.defended, target.x, target.y, bounds=target.bounds,
+                         model=str(defenses.name), data=str(target.data_info.get("name")),
+                         fix="Pass to --defended a defended version of --model (same inputs and classes)")
     plan = AssessmentPlan(sections=chosen, n=n, batch_size=batch_size, seed=seed, evasion=evasion,
-                          blackbox=blackbox, tabular=tabular, defenses=_defenses_plan(defended, arch=arch))
+                          blackbox=blackbox, tabular=tabular, defenses=defenses)
     _assess_and_write(target, plan, out, force=force, thresholds=thresholds)
 
 

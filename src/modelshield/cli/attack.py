@@ -32,6 +32,10 @@ MODEL_HELP = "Zoo name (see 'modelshield zoo list') or path to a saved model fil
 DATA_HELP = "Data set of a model file: digits, mnist or fashion-mnist (zoo models know theirs)."
 DATA_DIR_HELP = "Folder holding mnist/, fashion-mnist/ and phishing-websites/ (default: $MODELSHIELD_DATA)."
 ARCH_HELP = "Zoo architecture of a bare state-dict model file, e.g. cnn-8x8."
+TRUST_TORCHSCRIPT_HELP = (
+    "Load a TorchScript model file. Refused by default: TorchScript runs code from the file while "
+    "loading, so pass this only for files from a source you trust."
+)
 ATTACK_HELP = (
     f"One of: {', '.join(EVASION_ATTACKS)}, {TABULAR_ATTACK}. "
     f"Black-box ({', '.join(sorted(BLACK_BOX_ATTACKS))}): "
@@ -133,6 +137,18 @@ def text_evasion_summary(model: str, *, method: str, max_word_fraction: float, n
     }
 
 
+def _check_not_text(model: str, attack: str) -> None:
+    """Refuse a tensor attack on a text zoo model before loading it (its inputs are strings)."""
+    from modelshield.models import zoo
+
+    if model in zoo.names() and zoo.is_text(model):
+        raise ConfigError(
+            f"modelshield attack evasion: '--attack' must be {TEXT_ATTACK!r} for the text model {model!r} "
+            f"(its inputs are messages, not tensors); got {attack!r}. Use --attack {TEXT_ATTACK} "
+            f"(see --method); {', '.join(EVASION_ATTACKS)} and {TABULAR_ATTACK} need image or tabular models."
+        )
+
+
 @attack_app.command("evasion")
 def evasion(
     model: Annotated[str, typer.Option("--model", help=MODEL_HELP)],
@@ -166,6 +182,8 @@ def evasion(
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+    trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
+                                                    help=TRUST_TORCHSCRIPT_HELP)] = False,
 ) -> None:
     """Run one evasion attack on the first n test points and print its verified metrics."""
     owner = "modelshield attack evasion"
@@ -185,6 +203,7 @@ def evasion(
             write_json(json_out, payload, overwrite=force)
             render.say(f"Metrics written to {json_out}")
         return
+    _check_not_text(model, attack)
     tabular = key == TABULAR_ATTACK
     if constraints is not None and not tabular:
         raise ConfigError(
@@ -207,7 +226,8 @@ def evasion(
                 "Use --steps for white-box attacks."
             )
     with render.progress_bar("loading model") as progress, render.show_warnings():
-        target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress)
+        target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress,
+                             trust_torchscript=trust_torchscript)
         if atk is None:
             summary = _tabular(target, constraints=constraints, max_changes=max_changes,
                                beam_width=beam_width, max_queries=max_queries, seed=seed,
@@ -221,8 +241,11 @@ def evasion(
                 victim = target.adapted()
             else:
                 victim = target.module
+            label = f"{attack} eps={eps:g}"
+            if batch_size >= 1:  # name the attack before its first batch, which may be long
+                progress(0, -(-int(target.x.shape[0]) // batch_size), label)
             result = run_in_batches(atk, victim, target.x, target.y, batch_size=batch_size,
-                                    progress=progress, label=f"{attack} eps={eps:g}")
+                                    progress=progress, label=label)
             summary = {**result.to_dict(), "attack": attack, "attack_class": result.attack}
             if key in BLACK_BOX_ATTACKS:
                 summary["access"] = ("labels only" if labels_only else "probabilities") + ", query-only"

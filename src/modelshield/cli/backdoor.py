@@ -13,6 +13,7 @@ clean accuracy, attack success rate, provenance), ``poison_rows.npz`` (the chang
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from modelshield._checks import check_choice, check_range
+from modelshield._io import write_atomic
 from modelshield.assess import check_new_files, provenance, write_json
 from modelshield.assess.suite import jsonable
 from modelshield.attacks.backdoor import (
@@ -38,8 +40,8 @@ from modelshield.attacks.backdoor import (
 from modelshield.attacks.backdoor.plant import IMAGE_BACKDOOR_ATTACKS
 from modelshield.cli import _render as render
 from modelshield.cli._target import load_target
-from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, MODEL_HELP
-from modelshield.errors import ConfigError
+from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, MODEL_HELP, TRUST_TORCHSCRIPT_HELP
+from modelshield.errors import ConfigError, DataError
 
 __all__ = ["backdoor_app", "plant", "scan"]
 
@@ -63,8 +65,9 @@ def sha256_tensor(t: Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
-def save_png(image: Tensor, path: Path) -> None:
-    """Write a (C, H, W) or (H, W) image as a grayscale (C=1) or RGB PNG scaled to its own range."""
+def save_png(image: Tensor, path: Path, *, force: bool = False) -> None:
+    """Write a (C, H, W) or (H, W) image as a grayscale (C=1) or RGB PNG scaled to its own range,
+    atomically; an existing file is replaced only with force (else ConfigError)."""
     import matplotlib.image
 
     img = image.detach().cpu().float()
@@ -72,11 +75,12 @@ def save_png(image: Tensor, path: Path) -> None:
         img = img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)
     lo, hi = float(img.min()), float(img.max())
     arr = ((img - lo) / (hi - lo) if hi > lo else torch.zeros_like(img)).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
     if arr.ndim == 2:
-        matplotlib.image.imsave(path, arr, cmap="gray", vmin=0.0, vmax=1.0)
+        matplotlib.image.imsave(buf, arr, cmap="gray", vmin=0.0, vmax=1.0, format="png")
     else:
-        matplotlib.image.imsave(path, arr)
+        matplotlib.image.imsave(buf, arr, format="png")
+    write_atomic(path, buf.getvalue(), force=force)
 
 
 def _load_data(name: str, data_dir: Path | None, owner: str) -> Any:
@@ -144,10 +148,12 @@ def plant(
     meta = {"dataset": data, "arch": arch, "backdoor": {"attack": attack, "target": target},
             "test_accuracy": round(acc, 6)}
     digest = save_model(model, out / "model.pt", arch=arch, meta=jsonable(meta), overwrite=force)
-    np.savez(out / "poison_rows.npz", indices=changed.numpy(), rows=res.x_poisoned[changed].numpy())
+    rows_buf = io.BytesIO()
+    np.savez(rows_buf, indices=changed.numpy(), rows=res.x_poisoned[changed].numpy())
+    write_atomic(out / "poison_rows.npz", rows_buf.getvalue(), force=force)
     image = res.trigger.image
     if image is not None:
-        save_png(image, out / "trigger.png")
+        save_png(image, out / "trigger.png", force=force)
     payload = {
         **planted.summary,
         "settings": settings,
@@ -163,30 +169,101 @@ def plant(
     render.say(f"Backdoored model and poison record written to {escape(str(out))}")
 
 
+def _bad_folder(folder: Path, what: str) -> DataError:
+    return DataError(f"{OWNER_SCAN}: '--train-set' must be an untouched 'modelshield backdoor plant' folder; "
+                     f"got {str(folder)!r}, whose {what}. Re-run plant, or pass its --out folder unchanged.")
+
+
+def _record(folder: Path) -> dict[str, Any]:
+    """poison.json of a plant folder, with the fields scan uses checked for presence and type.
+
+    Raises:
+        DataError: the file is unreadable, not JSON, or a field is missing or of the wrong type.
+    """
+    path = folder / "poison.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        why = f"{type(exc).__name__}: {exc}"
+        raise _bad_folder(folder, f"poison.json cannot be read as JSON ({why})") from exc
+    if not isinstance(info, dict) or not isinstance(info.get("settings"), dict):
+        raise _bad_folder(folder, "poison.json has no 'settings' object")
+    fields: dict[str, tuple[type, ...]] = {"data": (str,), "attack": (str,), "train_size": (int,),
+                                           "target": (int,), "rate": (int, float), "patch_size": (int,),
+                                           "alpha": (int, float), "seed": (int,)}
+    s = info["settings"]
+    for key, kinds in fields.items():
+        value = s.get(key)
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            got = f"is {value!r}, not" if key in s else "is missing; plant writes"
+            raise _bad_folder(folder, f"poison.json 'settings.{key}' {got} "
+                              f"{' or '.join(k.__name__ for k in kinds)}")
+    if s["data"] not in RECIPES or s["attack"] not in ATTACKS:
+        raise _bad_folder(folder, f"poison.json names data {s['data']!r} / attack {s['attack']!r} (plant "
+                          f"writes one of {', '.join(RECIPES)} / {', '.join(ATTACKS)})")
+    if not isinstance(info.get("attack"), dict):
+        raise _bad_folder(folder, "poison.json has no 'attack' object")
+    idx = info.get("indices")
+    if not isinstance(idx, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
+        raise _bad_folder(folder, "poison.json 'indices' is not a list of row numbers")
+    if not isinstance(info.get("x_poisoned_sha256"), str):
+        raise _bad_folder(folder, "poison.json has no 'x_poisoned_sha256' digest")
+    return info
+
+
 def load_poisoned_set(
     folder: Path, *, data_dir: Path | None
 ) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
     """(x_poisoned, y_poisoned, poisoned indices, poison.json) rebuilt from a ``plant`` folder.
 
+    Every field read from the folder is checked first (types, row numbers in range, matching
+    lengths), so a tampered folder is a one-line error, never a crash.
+
     Raises:
         ConfigError: the folder is not a plant output, or the rebuilt set does not match its hash.
+        DataError: poison.json or poison_rows.npz is unreadable, incomplete or inconsistent.
     """
     record, rows = folder / "poison.json", folder / "poison_rows.npz"
     if not record.is_file() or not rows.is_file():
         raise ConfigError(f"{OWNER_SCAN}: '--train-set' must be a folder written by 'modelshield backdoor "
                           f"plant' (with poison.json and poison_rows.npz); got {str(folder)!r}. Pass the "
                           "--out folder of plant.")
-    info: dict[str, Any] = json.loads(record.read_text())
+    info = _record(folder)
     s = info["settings"]
     ds = _load_data(str(s["data"]), data_dir, OWNER_SCAN)
-    x = ds.x_train[: int(s["train_size"])].float().clone()
-    y = ds.y_train[: int(s["train_size"])].long().clone()
-    with np.load(rows, allow_pickle=False) as z:
-        changed = torch.as_tensor(z["indices"], dtype=torch.long)
-        x[changed] = torch.as_tensor(z["rows"], dtype=x.dtype)
-    idx = torch.as_tensor(info["indices"], dtype=torch.long)
-    y[idx] = int(s["target"])
-    if sha256_tensor(x) != info.get("x_poisoned_sha256"):
+    n_train, n_classes = int(ds.x_train.shape[0]), len(ds.classes)
+    size, target = int(s["train_size"]), int(s["target"])
+    if not 1 <= size <= n_train or not 0 <= target < n_classes:
+        raise _bad_folder(folder, f"poison.json settings (train_size {size}, target {target}) do not fit "
+                          f"{s['data']} ({n_train} training rows, {n_classes} classes)")
+    try:  # the settings must rebuild the planted attack (scan re-runs it to recover the trigger)
+        _build_attack(s["attack"], target=target, rate=float(s["rate"]), patch_size=int(s["patch_size"]),
+                      alpha=float(s["alpha"]), bounds=ds.bounds, seed=int(s["seed"]))
+    except ConfigError as exc:
+        raise _bad_folder(folder, f"poison.json settings are not valid plant settings ({exc})") from exc
+    x = ds.x_train[:size].float().clone()
+    y = ds.y_train[:size].long().clone()
+    # The file is untrusted: whatever the npz reader raises on it means "not what plant wrote".
+    try:
+        # Opened here, not by np.load, which leaks the handle when the zip is broken.
+        with rows.open("rb") as fh, np.load(fh, allow_pickle=False) as z:
+            changed_np, rows_np = np.asarray(z["indices"]), np.asarray(z["rows"])
+    except Exception as exc:
+        raise _bad_folder(folder, f"poison_rows.npz cannot be read ({type(exc).__name__}: {exc})") from exc
+    if (changed_np.ndim != 1 or changed_np.dtype.kind not in "iu" or rows_np.dtype.kind not in "biuf"
+            or rows_np.shape != (changed_np.shape[0], *x.shape[1:])):
+        raise _bad_folder(folder, f"poison_rows.npz holds indices {changed_np.dtype}{list(changed_np.shape)} "
+                          f"and rows {rows_np.dtype}{list(rows_np.shape)}, not n row numbers and n rows of "
+                          f"shape {tuple(x.shape[1:])}")
+    idx_list: list[int] = info["indices"]
+    for name, values in (("poison_rows.npz indices", changed_np.tolist()), ("poison.json indices", idx_list)):
+        if values and not 0 <= min(values) <= max(values) < size:
+            raise _bad_folder(folder, f"{name} reach outside the {size} training rows "
+                              f"(min {min(values)}, max {max(values)})")
+    x[torch.as_tensor(changed_np, dtype=torch.long)] = torch.as_tensor(rows_np).to(x.dtype)
+    idx = torch.as_tensor(idx_list, dtype=torch.long)
+    y[idx] = target
+    if sha256_tensor(x) != info["x_poisoned_sha256"]:
         raise ConfigError(f"{OWNER_SCAN}: '--train-set' must rebuild the poisoned set it records; got "
                           f"{str(folder)!r}, whose rows do not match (different data files?). Pass the "
                           "--data-dir used by plant.")
@@ -212,26 +289,30 @@ def scan(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --json file.")] = False,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+    trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
+                                                    help=TRUST_TORCHSCRIPT_HELP)] = False,
 ) -> None:
     """Scan a model for a backdoor (Neural Cleanse, STRIP calibration, and training-set detectors
     with --train-set) and print a verdict per class; exits 2 on bad input."""
     from modelshield.defenses.backdoor import STRIP, NeuralCleanse, scan_model
 
     if json_out is not None:
-        check_new_files([json_out], overwrite=force, owner=OWNER_SCAN)
+        check_new_files([json_out, *_trigger_pngs(json_out)], overwrite=force, owner=OWNER_SCAN)
     check_range("--clean-n", clean_n, owner=OWNER_SCAN, low=MIN_CLEAN, integer=True,
                 fix=f"The clean set is too small: use at least {MIN_CLEAN} images, e.g. --clean-n 500.")
     check_range("--nc-steps", nc_steps, owner=OWNER_SCAN, low=1, integer=True, fix="Use e.g. --nc-steps 300.")
     if data is not None:
         check_choice("--data", data, tuple(RECIPES), owner=OWNER_SCAN)
+    # A tampered --train-set folder fails here, before the model is loaded or scanned.
+    poisoned = load_poisoned_set(train_set, data_dir=data_dir) if train_set is not None else None
     with render.progress_bar("loading model") as progress, render.show_warnings():
-        tgt = load_target(model, data=data, data_dir=data_dir, arch=arch, n=None, progress=progress)
+        tgt = load_target(model, data=data, data_dir=data_dir, arch=arch, n=None, progress=progress,
+                          trust_torchscript=trust_torchscript)
         if tgt.tabular or tgt.text or not isinstance(tgt.module, nn.Module):
             raise ConfigError(f"{OWNER_SCAN}: '--model' must be an image classifier (a torch model); got "
                               f"{model!r}. Pick e.g. --model digits-cnn or a plant folder's model.pt.")
         module: nn.Module = tgt.module
         xc, yc, x_rest, y_rest = tgt.x[:clean_n], tgt.y[:clean_n], tgt.x[clean_n:], tgt.y[clean_n:]
-        poisoned = load_poisoned_set(train_set, data_dir=data_dir) if train_set is not None else None
         report = scan_model(
             module, xc, yc, x_train=None if poisoned is None else poisoned[0],
             y_train=None if poisoned is None else poisoned[1],
@@ -243,8 +324,8 @@ def scan(
     for i, row in enumerate(per_class):
         row["trigger_png"] = None
         if json_out is not None:
-            path = json_out.with_name(f"{json_out.stem}-nc-class{row['class']}.png")
-            save_png(nc.triggers[i].image, path)
+            path = _trigger_png(json_out, row["class"])
+            save_png(nc.triggers[i].image, path, force=force)
             row["trigger_png"] = path.name
     strip_info = report.strip_summary()
     training = report.training_summary()
@@ -254,7 +335,7 @@ def scan(
         planted = {"attack": info["attack"].get("attack"), "target": info["settings"]["target"]}
         xp_eval = x_rest[y_rest != int(planted["target"])]
         if int(x_rest.shape[0]) >= MIN_CLEAN and int(xp_eval.shape[0]) > 0:
-            res_trigger = _planted_trigger(train_set, data_dir=data_dir)
+            res_trigger = _planted_trigger(info, data_dir=data_dir)
             missed = 1 - report.strip_catch_rate(res_trigger.apply_trigger(xp_eval))
             strip_info["false_acceptance_planted_trigger"] = _r(missed)
             planted["attack_success_rate"] = _r(attack_success_rate(module, res_trigger, x_rest, y_rest))
@@ -271,9 +352,24 @@ def scan(
         render.say(f"Results written to {escape(str(json_out))}")
 
 
-def _planted_trigger(folder: Path, *, data_dir: Path | None) -> BackdoorResult:
-    """The planted attack re-run on a few rows to recover its trigger (deterministic given seed)."""
-    info: dict[str, Any] = json.loads((folder / "poison.json").read_text())
+def _trigger_png(json_out: Path, cls: object) -> Path:
+    """Where scan writes the Neural Cleanse trigger of class cls, next to its --json file."""
+    return json_out.with_name(f"{json_out.stem}-nc-class{cls}.png")
+
+
+def _trigger_pngs(json_out: Path) -> list[Path]:
+    """The trigger PNGs an earlier scan with this --json left (checked before the work)."""
+    folder = json_out.parent
+    if not folder.is_dir():
+        return []
+    prefix = f"{json_out.stem}-nc-class"
+    return sorted(p for p in folder.iterdir()
+                  if p.name.startswith(prefix) and p.suffix == ".png" and p.name[len(prefix):-4].isdigit())
+
+
+def _planted_trigger(info: dict[str, Any], *, data_dir: Path | None) -> BackdoorResult:
+    """The planted attack re-run on a few rows to recover its trigger (deterministic given seed);
+    info is the poison.json that load_poisoned_set checked."""
     s = info["settings"]
     if s["attack"] == "clean-label":
         ds = _load_data(str(s["data"]), data_dir, OWNER_SCAN)

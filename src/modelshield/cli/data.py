@@ -112,8 +112,7 @@ def poison(
             ds, attack=attack, rate=rate, model=kind, validate=validate, phrase=phrase, seed=seed
         )
         progress(1, 1, f"{attack} rate={rate:g}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_labelled_texts(tsv, run.result.x_poisoned, run.result.y_poisoned)
+    write_labelled_texts(tsv, run.result.x_poisoned, run.result.y_poisoned, overwrite=force)
     payload = {**run.summary, "model": model, "poisoned_train_file": str(tsv), "data_source": ds.source}
     write_json(js, payload, overwrite=force)
     table = Table(title=f"{attack} ({100 * rate:g}% of spam training rows) on {model}", header_style="bold")

@@ -27,7 +27,7 @@ from modelshield.attacks.evasion.ensemble import Ensemble
 from modelshield.attacks.evasion.pgd import PGD
 from modelshield.cli import _render as render
 from modelshield.cli._target import load_target
-from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, DATA_HELP, MODEL_HELP
+from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, DATA_HELP, MODEL_HELP, TRUST_TORCHSCRIPT_HELP
 from modelshield.defenses.certification.smoothing import RandomizedSmoothing
 from modelshield.defenses.training import METHODS, AdversarialTrainer, DefensiveDistillation
 from modelshield.errors import ConfigError
@@ -56,7 +56,7 @@ class _Start:
 
 
 def _start(model: str, *, data: str | None, data_dir: Path | None, arch: str | None, n: int,
-           seed: int, owner: str, fresh: bool = True) -> _Start:
+           seed: int, owner: str, fresh: bool = True, trust_torchscript: bool = False) -> _Start:
     """A fresh copy of a zoo architecture (seeded) or the weights of a model file, plus data."""
     from modelshield.data import DATASETS, load_dataset
     from modelshield.models import zoo
@@ -83,7 +83,7 @@ def _start(model: str, *, data: str | None, data_dir: Path | None, arch: str | N
         if not path.is_file():
             raise ConfigError(f"{owner}: '--model' must be a zoo name ({', '.join(zoo.names())}) or "
                               f"an existing model file; got {model!r}. Run 'modelshield zoo list'.")
-        module, meta = load_model(path, arch=arch)
+        module, meta = load_model(path, arch=arch, trust_torchscript=trust_torchscript)
         found_arch = meta.get("arch") or arch
         if not isinstance(found_arch, str):
             raise ConfigError(f"{owner}: the architecture of {str(path)!r} must be known to save the "
@@ -144,12 +144,14 @@ def _verdict(report: MaskingReport) -> None:
         render.say(f"robust claim allowed: [red]no[/] (flags: {', '.join(report.flag_names)})")
 
 
-def _save(module: nn.Module, out: Path, s: _Start, *, meta: dict[str, Any], force: bool) -> str:
+def _save(module: nn.Module, out: Path, s: _Start, *, meta: dict[str, Any], force: bool,
+          announce: bool = True) -> str:
     from modelshield.models.load import save_model, weights_sha256
 
     meta = {**meta, "dataset": s.data_info["name"], "arch": s.arch, "weights_sha256": weights_sha256(module)}
     digest = save_model(module, out, arch=s.arch, meta=jsonable(meta), overwrite=force)
-    render.say(f"Model written to {escape(str(out))} (sha256 {digest[:12]}...)")
+    if announce:
+        render.say(f"Model written to {escape(str(out))} (sha256 {digest[:12]}...)")
     return digest
 
 
@@ -187,16 +189,22 @@ def adversarial_training(
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP + " With a zoo name: the architecture to "
                                               "train instead of the zoo model's, e.g. lenet-28-wide "
                                               "(Madry et al.'s MNIST model) for MNIST at eps 0.3.")] = None,
+    trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
+                                                    help=TRUST_TORCHSCRIPT_HELP)] = False,
 ) -> None:
     """Adversarially train (PGD, TRADES or fast FGSM), save, then evaluate under Ensemble.standard
-    and the gradient-masking checks; exits 2 on bad input."""
+    and the gradient-masking checks (the model is saved before the evaluation, so an interrupt
+    there keeps it; the evaluation is added to its metadata at the end); exits 2 on bad input."""
     owner = f"{OWNER} adversarial-training"
     check_new_files([out], overwrite=force, owner=owner)
+    if checkpoint_dir is not None:  # a folder we may write into (its files are replaced each epoch)
+        check_new_files([checkpoint_dir / "checkpoint"], overwrite=True, owner=owner)
     check_choice("--method", method, METHODS, owner=owner)
     if resume and checkpoint_dir is None:
         raise ConfigError(f"{owner}: '--resume' needs '--checkpoint-dir'; got none. Pass the folder "
                           "of the interrupted run, e.g. --checkpoint-dir ckpt/.")
-    s = _start(model, data=data, data_dir=data_dir, arch=arch, n=n, seed=seed, owner=owner)
+    s = _start(model, data=data, data_dir=data_dir, arch=arch, n=n, seed=seed, owner=owner,
+               trust_torchscript=trust_torchscript)
     _check_eps(eps, s.bounds, owner)
     trainer = AdversarialTrainer(method=method, eps=eps, steps=steps, epochs=epochs,  # type: ignore[arg-type]
                                  batch_size=batch_size, lr=lr, bounds=s.bounds, seed=seed,
@@ -207,14 +215,17 @@ def adversarial_training(
         report = trainer.fit(s.module, (s.x_train, s.y_train), resume=resume, progress=progress,
                              val_data=(s.x_test[:n_val], s.y_test[:n_val]))
         s.module.eval()
+        settings = {"method": method, "eps": eps, "epochs": epochs, "steps": steps,
+                    "batch_size": batch_size, "lr": lr, "eps_warmup_epochs": eps_warmup_epochs, "seed": seed,
+                    "eval_steps": eval_steps, "square_queries": square_queries}
+        meta = {"defence": "adversarial-training", "training": report.to_dict(), "evaluation": None,
+                "provenance": _prov(s, s.module, seed, {"training": settings})}
+        # Saved before the (long) evaluation, so an interrupt there keeps the trained model;
+        # rewritten (atomically) with the evaluation once it is done.
+        _save(s.module, out, s, force=force, meta=meta)
         progress(0, 1, "evaluating: Ensemble.standard and masking checks")
         masking = _masking(s.module, s, eps=eps, steps=eval_steps, square_queries=square_queries, seed=seed)
-    settings = {"method": method, "eps": eps, "epochs": epochs, "steps": steps, "batch_size": batch_size,
-                "lr": lr, "eps_warmup_epochs": eps_warmup_epochs, "seed": seed, "eval_steps": eval_steps,
-                "square_queries": square_queries}
-    _save(s.module, out, s, force=force, meta={
-        "defence": "adversarial-training", "training": report.to_dict(), "evaluation": masking.to_dict(),
-        "provenance": _prov(s, s.module, seed, {"training": settings})})
+    _save(s.module, out, s, force=True, announce=False, meta={**meta, "evaluation": masking.to_dict()})
     table = Table(title=f"{method} adversarial training of {s.arch} on {s.data_info['name']} (eps {eps:g}, "
                   f"{masking.n} test points)", header_style="bold")
     for col in ("epochs", "train time", "clean acc", "robust acc (Ensemble.standard)",
@@ -249,6 +260,8 @@ def distill(
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+    trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
+                                                    help=TRUST_TORCHSCRIPT_HELP)] = False,
 ) -> None:
     """Defensive distillation (a baseline known to mask gradients): train, save, and compare
     plain cross-entropy PGD with margin-loss PGD; exits 2 on bad input."""
@@ -256,7 +269,8 @@ def distill(
 
     owner = f"{OWNER} distill"
     check_new_files([out], overwrite=force, owner=owner)
-    s = _start(model, data=data, data_dir=data_dir, arch=arch, n=n, seed=seed, owner=owner)
+    s = _start(model, data=data, data_dir=data_dir, arch=arch, n=n, seed=seed, owner=owner,
+               trust_torchscript=trust_torchscript)
     _check_eps(eps, s.bounds, owner)
     trainer = DefensiveDistillation(temperature=temperature, epochs=epochs, batch_size=batch_size,
                                     bounds=s.bounds, seed=seed)
@@ -264,17 +278,18 @@ def distill(
     with render.progress_bar("defensive distillation") as progress, render.show_warnings():
         result = trainer.fit(teacher, s.module, (s.x_train, s.y_train), progress=progress)
         student = result.model.eval()
+        settings = {"temperature": temperature, "epochs": epochs, "eps": eps, "batch_size": batch_size,
+                    "seed": seed, "eval_steps": eval_steps, "square_queries": square_queries}
+        meta = {"defence": "defensive-distillation", "training": result.to_dict(), "evaluation": None,
+                "provenance": _prov(s, student, seed, {"distillation": settings})}
+        _save(student, out, s, force=force, meta=meta)  # before the evaluation: an interrupt keeps it
         progress(0, 1, "evaluating: PGD (CE, margin), Ensemble.standard and masking checks")
         masking = _masking(student, s, eps=eps, steps=eval_steps, square_queries=square_queries, seed=seed)
         margin = PGD(eps=eps, steps=eval_steps, loss="margin", seed=seed)(student, s.x_test, s.y_test)
     ce_acc = masking.attack_robust_accuracy
-    settings = {"temperature": temperature, "epochs": epochs, "eps": eps, "batch_size": batch_size,
-                "seed": seed, "eval_steps": eval_steps, "square_queries": square_queries}
     evaluation = {**masking.to_dict(), "pgd_ce_robust_accuracy": ce_acc,
                   "pgd_margin_robust_accuracy": margin.robust_accuracy}
-    _save(student, out, s, force=force, meta={
-        "defence": "defensive-distillation", "training": result.to_dict(), "evaluation": evaluation,
-        "provenance": _prov(s, student, seed, {"distillation": settings})})
+    _save(student, out, s, force=True, announce=False, meta={**meta, "evaluation": evaluation})
     table = Table(title=f"defensive distillation (T={temperature:g}) of {s.arch} on {s.data_info['name']} "
                   f"(eps {eps:g}, {masking.n} test points)", header_style="bold")
     for col in ("clean acc", "PGD-CE robust acc", "PGD-margin robust acc", "Ensemble.standard",
@@ -306,6 +321,8 @@ def certify(
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+    trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
+                                                    help=TRUST_TORCHSCRIPT_HELP)] = False,
 ) -> None:
     """Randomized-smoothing certificates (Cohen et al., 2019): certified accuracy at each L2
     radius and the abstention rate; exits 2 on bad input."""
@@ -318,7 +335,8 @@ def certify(
         raise ConfigError(f"{owner}: '--radii' must be non-negative L2 radii; got {radii!r}. "
                           "Write e.g. --radii 0.5,1.0,1.5.")
     with render.progress_bar("loading model") as progress, render.show_warnings():
-        target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=points, progress=progress)
+        target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=points, progress=progress,
+                             trust_torchscript=trust_torchscript)
         if target.kind != "torch":
             raise ConfigError(f"{owner}: '--model' must be a neural-network model; got {model!r}, a "
                               f"{target.kind} model. Pick e.g. --model digits-cnn.")

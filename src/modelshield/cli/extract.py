@@ -24,9 +24,10 @@ from modelshield.attacks.extraction import (
     load_pool,
     run_extraction,
 )
+from modelshield.attacks.extraction.experiment import check_budget_memory
 from modelshield.cli import _render as render
 from modelshield.cli._target import load_target
-from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, DATA_HELP, MODEL_HELP
+from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, DATA_HELP, MODEL_HELP, TRUST_TORCHSCRIPT_HELP
 from modelshield.defenses.extraction import PRADA
 from modelshield.errors import ConfigError
 
@@ -34,7 +35,7 @@ __all__ = ["extract"]
 
 OWNER = "modelshield extract"
 POOL_HELP = (f"Attacker's unlabelled data: {', '.join(POOLS)} (train images; mnist-8x8 = MNIST in the "
-             "8x8 digits format; noise = uniform) or a .npy/.pt tensor (N, *input_shape). Default: "
+             "8x8 digits format; noise = uniform) or a .npy/.npz/.pt tensor (N, *input_shape). Default: "
              "another data set of the victim's format (mnist -> fashion-mnist, digits -> mnist-8x8).")
 
 
@@ -47,6 +48,14 @@ def _checkpoints(text: str | None, queries: int) -> tuple[int, ...]:
         raise ConfigError(f"{OWNER}: '--checkpoints' must be query counts in [1, --queries={queries}]; got "
                           f"{text!r}. Write e.g. --checkpoints 500,1000.")
     return tuple(sorted({int(v) for v in values}))
+
+
+def _check_memory_early(victim: str, queries: int) -> None:
+    """For a zoo victim (input shape known without loading it): refuse a --queries that cannot fit."""
+    from modelshield.models import zoo
+
+    if queries >= 1 and victim in zoo.names() and zoo.spec(victim).input_shape:
+        check_budget_memory(queries, zoo.spec(victim).input_shape, owner=OWNER)
 
 
 def _fmt(v: Any) -> str:
@@ -99,6 +108,8 @@ def extract(
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+    trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
+                                                    help=TRUST_TORCHSCRIPT_HELP)] = False,
 ) -> None:
     """Steal a model by queries (Knockoff Nets, Jacobian augmentation or equation solving) and
     print the copy's fidelity and accuracy at each checkpoint; exits 2 on bad input."""
@@ -107,11 +118,18 @@ def extract(
     check_choice("--defence", defence, DEFENCES, owner=OWNER)
     if strategy is None:
         strategy = "balanced" if attack == "knockoff" else "random"
+    _check_memory_early(victim, queries)
     atk = build_extraction_attack(attack, budget=queries, output=output, strategy=strategy,
                                   checkpoints=_checkpoints(checkpoints, queries), epochs=epochs,
                                   min_steps=min_steps if attack == "knockoff" else 0, seed=seed)
     with render.progress_bar("loading victim") as progress, render.show_warnings():
-        target = load_target(victim, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress)
+        target = load_target(victim, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress,
+                             trust_torchscript=trust_torchscript)
+        if target.text or target.tabular:
+            kind = "text" if target.text else "tabular"
+            raise ConfigError(f"{OWNER}: '--victim' must be an image model (extraction queries it with "
+                              f"image tensors); got {victim!r}, a {kind} model. Use e.g. --victim "
+                              "digits-cnn.")
         dataset = target.data_info.get("name")
         spec = pool or DEFAULT_POOL.get(str(dataset), "noise")
         thief_pool = load_pool(spec, input_shape=target.x.shape[1:], bounds=target.bounds,

@@ -80,7 +80,7 @@ def test_load_pool_files_and_noise(tmp_path: Path) -> None:
     np.save(tmp_path / "q.npy", np.zeros((5, 64), dtype=np.float32))
     with pytest.raises(InputError, match=r"input shape \(1, 8, 8\); got \(64,\)"):
         load_pool(str(tmp_path / "q.npy"), input_shape=(1, 8, 8))
-    with pytest.raises(InputError, match=r"existing \.npy/\.pt file"):
+    with pytest.raises(InputError, match=r"existing \.npy/\.npz/\.pt file"):
         load_pool(str(tmp_path / "missing.npy"), input_shape=(1, 8, 8))
     np.save(tmp_path / "r.npy", np.full((5, 64), 2.0, dtype=np.float32))
     with pytest.raises(InputError, match="outside bounds"):

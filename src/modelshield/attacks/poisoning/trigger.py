@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -57,6 +58,14 @@ class TriggerPhrasePoison:
             raise ConfigError(
                 f"TriggerPhrasePoison: 'phrase' must be a non-empty str; got {self.phrase!r}. "
                 "Pass a short rare phrase, e.g. phrase='blue quokka'."
+            )
+        bad = [c for c in self.phrase if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
+        if bad:
+            # A line break or tab would split the poisoned rows of a '<label>\t<text>' file.
+            raise ConfigError(
+                f"TriggerPhrasePoison: 'phrase' must be one line of printable text without tabs or "
+                f"control characters; got {self.phrase!r} (contains {bad[0]!r}). Use spaces between "
+                "words, e.g. phrase='blue quokka'."
             )
         check_range("target_class", self.target_class, owner="TriggerPhrasePoison", low=0, integer=True)
         check_choice("mode", self.mode, ("dirty-label", "clean-label"), owner="TriggerPhrasePoison")
