@@ -130,15 +130,18 @@ line), nothing when stderr is not a file (e.g. captured by a test runner)."""
 class _PlainProgress:
     """``progress(done, total, text)`` printing plain timestamped lines on stderr (no terminal).
 
-    A line is printed when the text changes, when the work completes, when the share done has
-    grown by ``step`` (10 points), and otherwise every ``every`` seconds (a heartbeat, from a
-    background thread, so a long first batch still shows it is running). Nothing is printed
+    A line is printed when the work completes, when the share done has grown by ``step`` (10
+    points), when the text changes at the start of a stage (``done == 0``) or ``gap`` seconds
+    after the last line (texts such as a running loss change on every call), and otherwise every
+    ``every`` seconds (a heartbeat, from a background thread, so a long first batch still shows
+    it is running). Nothing is printed
     during the first ``quiet`` seconds, so a command that fails at once prints only its error.
     Never a terminal control code.
     """
 
-    def __init__(self, description: str, *, quiet: float, step: float = 0.1, every: float = 30.0) -> None:
-        self.description, self.quiet, self.step, self.every = description, quiet, step, every
+    def __init__(self, description: str, *, quiet: float, step: float = 0.1, every: float = 30.0,
+                 gap: float = 2.0) -> None:
+        self.description, self.quiet, self.step, self.every, self.gap = description, quiet, step, every, gap
         self.stream = sys.stderr
         self.start = time.monotonic()
         self.state: tuple[int, int | None, str] = (0, None, description)
@@ -165,8 +168,11 @@ class _PlainProgress:
             if now - self.start < self.quiet or self.printed == self.state:
                 return
             share = done / total if total else 0.0
-            if (self.printed is None or self.state[2] != self.printed[2]
-                    or (total and done >= total) or share - self.last_share >= self.step - 1e-9):
+            # A new text alone (a loss that changes every batch) prints at most every `gap` s.
+            if (self.printed is None or (total and done >= total)
+                    or share - self.last_share >= self.step - 1e-9
+                    or (self.state[2] != self.printed[2]
+                        and (done == 0 or now - self.last_time >= self.gap))):
                 self._line(now)
 
     def _beat(self) -> None:
