@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from modelshield.attacks._verify import verification_queries
 from modelshield.attacks.evasion import PGD, EvasionAttack, HopSkipJump, SimBA, Square, Transfer
 from modelshield.models import TorchModel, as_model
 
@@ -101,7 +102,8 @@ def test_blackbox_contract(case: Case) -> None:
         assert pq is not None and case.max_queries is not None
         assert int(pq.max()) <= case.max_queries
         probe = int(isinstance(m, TorchModel))  # the one-row shape probe of a torch model
-        assert m.queries.forward == int(pq.sum()) + 3 * x.shape[0] + probe  # verification: clean twice, x_adv
+        verification = verification_queries(x.shape[0], int(res.success.sum()))
+        assert m.queries.forward == int(pq.sum()) + verification + probe
         json.dumps(res.to_dict())
         again = attack(model, x, y)
         assert torch.equal(again.x_adv, res.x_adv)  # seeded => repeatable

@@ -20,6 +20,7 @@ from modelshield.models import CallableModel, TorchModel, eval_mode
 from modelshield.models._outputs import labels_and_errors
 
 __all__ = [
+    "CHECK_ROWS",
     "TOL",
     "VOTES",
     "VOTE_ROUNDS",
@@ -28,6 +29,7 @@ __all__ = [
     "check_batch",
     "probe_forward",
     "start_call",
+    "verification_queries",
     "verify_evasion",
 ]
 
@@ -118,15 +120,6 @@ def _answers(model: TorchModel | CallableModel, x: Tensor) -> Tensor:
     return model.outputs(x)
 
 
-def _split_answers(model: TorchModel | CallableModel, x: Tensor) -> Tensor:
-    """The answers to x asked in two halves: the same rows in a different batch composition."""
-    n = int(x.shape[0])
-    if n < 2:
-        return _answers(model, x)
-    h = n // 2
-    return torch.cat([_answers(model, x[:h]), _answers(model, x[h:])])
-
-
 def _same_answers(a: Tensor, b: Tensor) -> bool:
     """Whether two answers to the same rows agree (scores up to float round-off)."""
     if a.shape != b.shape:
@@ -145,17 +138,37 @@ def _same_answers(a: Tensor, b: Tensor) -> bool:
     return bool(((fa - fb).abs() <= rel * scale).all())
 
 
-def _determinism(model: TorchModel | CallableModel, x: Tensor) -> tuple[Tensor, str | None]:
-    """Query x twice (whole, then in halves); return the first answer and what differs.
+CHECK_ROWS = 32
+"""Clean rows re-asked, with every claimed success, in the second batch of the determinism check."""
 
-    None: the model answered the same twice. ``"random"``: a repeat of the same batch differs
-    (noise, dropout at inference). ``"batch"``: only the batch composition changes the answers
-    (batch statistics inside forward).
+
+def verification_queries(n: int, successes: int) -> int:
+    """Forward queries ``verify_evasion`` spends on a deterministic model with enough budget.
+
+    The clean batch and the returned batch once each, then the claimed successes with the
+    first ``CHECK_ROWS`` clean rows (at most n - 1, at least 1) asked again.
     """
-    first = _answers(model, x)
-    if _same_answers(first, _split_answers(model, x)):
-        return first, None
-    return first, "batch" if _same_answers(first, _answers(model, x)) else "random"
+    return 2 * n + successes + min(CHECK_ROWS, max(n - 1, 1))
+
+
+def _recheck(model: TorchModel | CallableModel, x: Tensor, x_adv: Tensor, first: Tensor, adv: Tensor,
+             claimed: Tensor) -> str | None:
+    """What differs when the model is asked again; None when it answers the same.
+
+    Every claimed success and the first clean rows are asked again together, in one batch whose
+    composition differs from the verification batches; answers that differ mean the model is not
+    deterministic. That batch is then asked once more: ``"random"`` if the repeat differs too
+    (noise, dropout at inference: also caught when only adversarial inputs trigger it), else
+    ``"batch"`` (the batch composition changes the answers, e.g. batch statistics in forward).
+    """
+    n = int(x.shape[0])
+    k = min(CHECK_ROWS, max(n - 1, 1))  # n - 1: the batch must differ from x even with no success
+    idx = claimed.nonzero().squeeze(1)
+    batch = torch.cat([x_adv[idx], x[:k]])
+    again = _answers(model, batch)
+    if _same_answers(torch.cat([adv[idx], first[:k]]), again):
+        return None
+    return "batch" if _same_answers(again, _answers(model, batch)) else "random"
 
 
 def _rowwise(model: TorchModel | CallableModel, x: Tensor, *, owner: str) -> tuple[Tensor, Tensor]:
@@ -185,7 +198,7 @@ def _votes(
 
     Every row gets k queries; rows whose vote is still close get k more, up to ``rounds``
     times; a row is settled once its two most frequent answers (model errors count as one
-    answer) differ by more than two standard deviations of a fair coin.
+    answer) differ by more than three standard deviations of a fair coin.
     """
     c = model.n_classes
     counts = torch.zeros(int(x.shape[0]), c + 1, dtype=torch.long, device=x.device)
@@ -197,7 +210,7 @@ def _votes(
             counts[todo] += torch.nn.functional.one_hot(lab, c + 1)
         best = counts[todo].topk(2, dim=1).values
         total = counts[todo].sum(1).double()
-        todo = todo[(best[:, 0] - best[:, 1]).double() <= 2 * total.sqrt()]
+        todo = todo[(best[:, 0] - best[:, 1]).double() <= 3 * total.sqrt()]
         if todo.numel() == 0:
             break
     return counts[:, :-1], counts[:, -1]
@@ -233,8 +246,10 @@ def verify_evasion(
     EvaluationWarning is issued. The model is then queried again (torch modules in eval mode)
     and success is read from those fresh answers, never from the attack's own bookkeeping:
 
-    - the clean batch is asked twice, whole and in two halves; when the answers differ the
-      model is not deterministic (``extra["stochastic"] = True``, with an EvaluationWarning).
+    - the clean batch and the returned batch are asked once each; then every claimed success
+      and the first ``CHECK_ROWS`` clean rows are asked again together, in a batch of another
+      composition. When those answers differ the model is not deterministic
+      (``extra["stochastic"] = True``, with an EvaluationWarning).
       Randomised answers (noise, dropout at inference) are then read as the most frequent
       label over ``votes`` queries of each clean and each returned input, with up to
       ``VOTE_ROUNDS`` rounds for inputs whose vote is close (expectation over the randomness,
@@ -246,8 +261,9 @@ def verify_evasion(
       ``model_errors`` and an EvaluationWarning says how many there were. A clean input with a
       non-finite answer gets the label -1 (not correctly classified).
 
-    When the model's query budget cannot pay for the repeated clean query, the check is skipped
-    (``extra["determinism_checked"] = False``).
+    The deterministic case costs two forward passes over the batch plus one over the claimed
+    successes and ``CHECK_ROWS`` clean rows. When the model's query budget cannot pay for the
+    second query, the check is skipped (``extra["determinism_checked"] = False``).
     """
     owner = type(attack).__name__
     if x_adv.shape != x.shape:
@@ -277,7 +293,7 @@ def verify_evasion(
     with torch.no_grad(), mode:
         left = model.queries.remaining
         kind: str | None = None
-        if left is not None and left < 3 * n:
+        if left is not None and left < 2 * n:  # the attack kept only n queries for verification
             info["determinism_checked"] = False
             if clean_pred is None:
                 clean_pred, clean_err = model.predict_with_errors(x)
@@ -285,14 +301,19 @@ def verify_evasion(
                 clean_err = torch.zeros_like(valid)
             adv_pred, adv_err = model.predict_with_errors(x_adv)
         else:
-            first, kind = _determinism(model, x)
-            if kind is None:
-                clean_pred, clean_err = labels_and_errors(first)
-                adv_pred, adv_err = model.predict_with_errors(x_adv)
-            elif kind == "batch":
+            first, adv = _answers(model, x), _answers(model, x_adv)
+            clean_pred, clean_err = labels_and_errors(first)
+            adv_pred, adv_err = labels_and_errors(adv)
+            claimed = valid & ~adv_err & ((adv_pred == target) if target is not None else (adv_pred != y))
+            left = model.queries.remaining
+            if left is not None and left < int(claimed.sum()) + 2 * min(CHECK_ROWS, n):
+                info["determinism_checked"] = False
+            else:
+                kind = _recheck(model, x, x_adv, first, adv, claimed)
+            if kind == "batch":
                 clean_pred, clean_err = _rowwise(model, x, owner=owner)
                 adv_pred, adv_err = _rowwise(model, x_adv, owner=owner)
-            else:
+            elif kind == "random":
                 left = model.queries.remaining
                 k = votes if left is None else max(1, min(votes, left // (2 * n)))
                 rounds = VOTE_ROUNDS if left is None else 1

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from modelshield import FGSM, PGD, ConfigError, EvaluationWarning
-from modelshield.attacks._verify import start_call
+from modelshield.attacks._verify import start_call, verification_queries
 from modelshield.models import as_model
 
 
@@ -19,7 +19,8 @@ def test_fgsm_linf_step_is_eps_times_gradient_sign(tiny_linear: nn.Linear) -> No
     res = FGSM(eps=0.1)(tiny_linear, x, y)
     assert torch.allclose(res.x_adv, torch.tensor([[0.4, 0.4, 0.3, 0.2]]))
     assert res.norms.item() == pytest.approx(0.1)
-    assert res.queries_forward == 5 and res.queries_backward == 1  # probe, attack, clean twice, x_adv
+    # probe, attack, then verification: clean, x_adv, and the success with one clean row again
+    assert res.queries_forward == 2 + verification_queries(1, 1) == 6 and res.queries_backward == 1
 
 
 def test_fgsm_l2_step_has_norm_eps(tiny_linear: nn.Linear) -> None:
