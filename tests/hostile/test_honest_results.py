@@ -147,6 +147,33 @@ def test_batch_dependent_model_is_verified_one_input_at_a_time(name: str, digits
     assert abs(res.robust_accuracy - ref) <= 0.02
 
 
+class _NoisyOffGrid(nn.Module):
+    """Deterministic on the digits' 1/16 grid (every clean input), noisy logits anywhere else:
+    randomness that only perturbed inputs trigger, which a check of the clean batch cannot see."""
+
+    def __init__(self, net: nn.Module, std: float) -> None:
+        super().__init__()
+        self.net, self.std = net, std
+        self.gen = torch.Generator().manual_seed(7)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.net(x)
+        on_grid = ((x * 16 - (x * 16).round()).abs() < 1e-4).flatten(1).all(1)
+        noise = self.std * torch.randn(z.shape, generator=self.gen)
+        return torch.where(on_grid[:, None], z, z + noise)
+
+
+@pytest.mark.parametrize("name", ["pgd", "square"])
+def test_randomness_only_off_the_clean_inputs_is_caught(name: str, digits_mlp: Any) -> None:
+    net, x, y = digits_mlp
+    hostile = _NoisyOffGrid(net, std=3.0)
+    with pytest.warns(EvaluationWarning, match="answered the same inputs differently"):
+        res = ATTACKS[name](hostile, x, y)
+    assert res.extra["nondeterminism"] == "random"
+    ref = _reference_robust_accuracy(hostile, res, x, y, k=101)
+    assert abs(res.robust_accuracy - ref) <= 0.02
+
+
 def test_eps0_shortcut_runs_the_model_in_eval_mode(digits_mlp: Any) -> None:
     net, x, y = _data(digits_mlp)
     dropout = nn.Sequential(nn.Dropout(0.5), net)
