@@ -46,17 +46,19 @@ from torch import Tensor, nn
 from modelshield.attacks.evasion import PGD
 from modelshield.attacks.extraction import (
     EquationSolving,
-    ExtractionRun,
     JacobianAugmentation,
     KnockoffNets,
-    Pool,
-    load_pool,
-    prada_verdict,
-    run_extraction,
     transferability,
 )
 from modelshield.data import load_dataset
 from modelshield.defenses.extraction import PRADA, harden, honest_cost
+from modelshield.experiments.extraction import (
+    ExtractionRun,
+    Pool,
+    load_pool,
+    prada_verdict,
+    run_extraction,
+)
 from modelshield.models import zoo
 
 BATCH, LR = 64, 1e-3

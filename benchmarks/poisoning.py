@@ -43,8 +43,8 @@ import torch
 
 from modelshield.attacks.evasion.text import TextEvasion, words_changed
 from modelshield.attacks.poisoning import RandomLabelFlip, TargetedLabelFlip
-from modelshield.attacks.poisoning.experiment import class_rate, detect_poison
 from modelshield.data import load_sms_spam
+from modelshield.experiments.poisoning import class_rate, detect_poison
 from modelshield.models import zoo
 from modelshield.models.zoo._spam import train_spam_model
 

@@ -18,6 +18,10 @@ from modelshield.attacks import (
     build_attack,
     sweep,
 )
+
+# Importing the training defences registers the zoo's adversarial trainer (the zoo, a lower
+# layer, cannot import it): zoo.load("digits-cnn-at") works after any modelshield import.
+from modelshield.defenses import training as _training  # noqa: F401  (imported for registration)
 from modelshield.errors import (
     ConfigError,
     DataError,

@@ -152,8 +152,8 @@ def test_extract_pool_file_of_the_wrong_kind_exits_2(case: str, digits_file: Pat
 
 
 def test_pool_npz_loads_without_unpickling(tmp_path: Path) -> None:
-    from modelshield.attacks.extraction import load_pool
     from modelshield.errors import DataError
+    from modelshield.experiments.extraction import load_pool
 
     x = np.random.default_rng(0).random((6, 1, 8, 8), dtype=np.float32)
     np.savez(tmp_path / "pool.npz", x=x, other=np.zeros(3))
@@ -325,7 +325,7 @@ def test_poison_phrase_with_control_characters_exits_2_before_training(
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("the poisoning experiment ran")
 
-    monkeypatch.setattr("modelshield.attacks.poisoning.experiment.poison_text_dataset", no_training)
+    monkeypatch.setattr("modelshield.experiments.poisoning.poison_text_dataset", no_training)
     out = tmp_path / "poisoned"
     result = invoke("poison", "--attack", "trigger-phrase", "--phrase", phrase, "--out", str(out))
     line = one_error_line(result)

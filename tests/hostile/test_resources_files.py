@@ -77,7 +77,7 @@ def test_extract_a_billion_noise_queries_exits_2_with_the_estimate_before_alloca
 
 
 def test_load_pool_refuses_a_noise_pool_that_cannot_fit(monkeypatch: pytest.MonkeyPatch) -> None:
-    from modelshield.attacks.extraction import load_pool
+    from modelshield.experiments.extraction import load_pool
 
     monkeypatch.setenv("MODELSHIELD_MAX_MEMORY", "1G")
     with address_space_cap(), pytest.raises(ConfigError, match=r"'size'.*GiB.*--queries"):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeAlias
 
 from torch import Tensor
 
 from modelshield._checks import check_choice
+from modelshield._typing import Progress
 from modelshield.errors import ConfigError
 from modelshield.models import CallableModel, TorchModel
 
@@ -36,7 +37,7 @@ Severity: TypeAlias = Literal["none", "low", "medium", "high", "critical"]
 SEVERITIES: tuple[Severity, ...] = ("none", "low", "medium", "high", "critical")
 """Severities from least to most serious; the overall severity of a report is the maximum."""
 
-Progress: TypeAlias = Callable[[int, int, str], None]
+
 """Progress callback: ``progress(done, total, description)``, called after each unit of work."""
 
 ATLAS: dict[str, str] = {

@@ -29,19 +29,12 @@ from modelshield._checks import check_choice, check_range
 from modelshield._io import write_atomic
 from modelshield.assess import check_new_files, provenance, write_json
 from modelshield.assess.suite import jsonable
-from modelshield.attacks.backdoor import (
-    BackdoorResult,
-    BadNets,
-    attack_success_rate,
-    build_backdoor_attack,
-    make_train_fn,
-    plant_backdoor,
-)
-from modelshield.attacks.backdoor.plant import IMAGE_BACKDOOR_ATTACKS
+from modelshield.attacks.backdoor import BackdoorResult, BadNets, attack_success_rate, make_train_fn
 from modelshield.cli import _render as render
 from modelshield.cli._target import load_target
 from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, MODEL_HELP, TRUST_TORCHSCRIPT_HELP
 from modelshield.errors import ConfigError, DataError
+from modelshield.experiments.backdoor import IMAGE_BACKDOOR_ATTACKS, build_backdoor_attack, plant_backdoor
 
 __all__ = ["backdoor_app", "plant", "scan"]
 

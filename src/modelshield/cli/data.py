@@ -28,8 +28,8 @@ _DATA_DIR_HELP = "Folder holding sms-spam/ (default: $MODELSHIELD_DATA)."
 
 def load_text_data(data: str, data_dir: Path | None, *, seed: int = 0) -> Any:
     """The TextDataset named by ``--data``: the SMS split, or a stratified split of a TSV file."""
-    from modelshield.attacks.poisoning.experiment import text_dataset_from_file
     from modelshield.data import load_sms_spam
+    from modelshield.experiments.poisoning import text_dataset_from_file
 
     if data == SMS_SPAM:
         return load_sms_spam(data_dir)
@@ -89,8 +89,8 @@ def poison(
     (rows changed, clean and poisoned spam precision/recall/F1, and with --validate the
     validator's detection precision/recall and the F1 after cleaning).
     """
-    from modelshield.attacks.poisoning.experiment import build_poison_attack, poison_text_dataset
     from modelshield.data.sms_spam import write_labelled_texts
+    from modelshield.experiments.poisoning import build_poison_attack, poison_text_dataset
 
     owner = "modelshield poison"
     tsv, js = out / "poisoned_train.tsv", out / "poison.json"

@@ -13,7 +13,12 @@ from modelshield._checks import check_choice
 from modelshield.assess import check_new_files, provenance, write_json
 from modelshield.assess.plan import parse_floats
 from modelshield.assess.suite import jsonable
-from modelshield.attacks.extraction import (
+from modelshield.cli import _render as render
+from modelshield.cli._target import load_target
+from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, DATA_HELP, MODEL_HELP, TRUST_TORCHSCRIPT_HELP
+from modelshield.defenses.extraction import PRADA
+from modelshield.errors import ConfigError
+from modelshield.experiments.extraction import (
     DEFAULT_POOL,
     DEFENCES,
     EXTRACTION_ATTACKS,
@@ -21,15 +26,10 @@ from modelshield.attacks.extraction import (
     ExtractionRun,
     Pool,
     build_extraction_attack,
+    check_budget_memory,
     load_pool,
     run_extraction,
 )
-from modelshield.attacks.extraction.experiment import check_budget_memory
-from modelshield.cli import _render as render
-from modelshield.cli._target import load_target
-from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, DATA_HELP, MODEL_HELP, TRUST_TORCHSCRIPT_HELP
-from modelshield.defenses.extraction import PRADA
-from modelshield.errors import ConfigError
 
 __all__ = ["extract"]
 

@@ -10,10 +10,10 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import modelshield.assess.sections.extraction as section
-from modelshield.attacks import extraction
 from modelshield.attacks.extraction import KnockoffNets
 from modelshield.attacks.extraction.knockoff import _balanced_picks
 from modelshield.errors import ConfigError
+from modelshield.experiments import extraction
 from modelshield.models import as_model
 
 Digits = tuple[nn.Module, torch.Tensor, torch.Tensor]
@@ -76,7 +76,7 @@ def test_experiment_helpers_live_in_the_library() -> None:
     for name in ("run_extraction", "QueryLog", "load_pool", "prada_verdict", "Pool", "ExtractionRun",
                  "build_extraction_attack", "digits_from_mnist"):
         assert getattr(section, name) is getattr(extraction, name)
-        assert getattr(extraction, name).__module__ == "modelshield.attacks.extraction.experiment"
+        assert getattr(extraction, name).__module__ == "modelshield.experiments.extraction"
     attack = extraction.build_extraction_attack("knockoff", budget=300, strategy="balanced")
     assert isinstance(attack, KnockoffNets) and attack.strategy == "balanced"
     assert math.isfinite(attack.lr)

@@ -16,15 +16,13 @@ from modelshield.attacks.backdoor import (
     BadNets,
     Blend,
     CleanLabel,
-    PlantResult,
     WaNet,
-    build_backdoor_attack,
     make_train_fn,
-    plant_backdoor,
 )
 from modelshield.data import load_digits
 from modelshield.defenses.backdoor import STRIP, ActivationClustering, NeuralCleanse, ScanReport, scan_model
 from modelshield.errors import ConfigError, ModelCapabilityError
+from modelshield.experiments.backdoor import PlantResult, build_backdoor_attack, plant_backdoor
 
 TRAIN = make_train_fn("cnn-8x8", epochs=10, batch_size=32)
 

@@ -1,7 +1,7 @@
 """The "Model extraction" report section.
 
 The scenario behind it (pool, logged prediction API, attack run, PRADA replay) lives in the
-library, ``modelshield.attacks.extraction.experiment``; its names are re-exported here for
+library, ``modelshield.experiments.extraction``; its names are re-exported here for
 backward compatibility.
 """
 
@@ -31,7 +31,9 @@ from modelshield.assess._section import (
     skipped_section,
 )
 from modelshield.attacks.extraction import KnockoffNets
-from modelshield.attacks.extraction.experiment import (
+from modelshield.defenses.extraction import HARDENING_METHODS, PRADA
+from modelshield.errors import ConfigError, DataError
+from modelshield.experiments.extraction import (
     DEFAULT_POOL,
     DEFENCES,
     EXTRACTION_ATTACKS,
@@ -45,8 +47,6 @@ from modelshield.attacks.extraction.experiment import (
     prada_verdict,
     run_extraction,
 )
-from modelshield.defenses.extraction import HARDENING_METHODS, PRADA
-from modelshield.errors import ConfigError, DataError
 from modelshield.models import CallableModel
 
 __all__ = [

@@ -137,7 +137,7 @@ class PoisoningSection:
     data_root: str | Path | None = None
 
     def __call__(self, ctx: AssessmentContext, progress: Progress | None) -> Section:
-        from modelshield.attacks.poisoning.experiment import poison_text_dataset
+        from modelshield.experiments.poisoning import poison_text_dataset
 
         owner = "PoisoningSection"
         rates = _rates((*self.rates, self.headline_rate), owner)

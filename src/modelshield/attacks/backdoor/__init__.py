@@ -4,7 +4,8 @@ Each attack is a frozen config called as ``attack(model, x_train, y_train) -> Ba
 (``model`` is None for data-only attacks; CleanLabel needs a surrogate). Evaluate with
 ``evaluate_backdoor(train_fn, result, x_test, y_test)`` (clean accuracy and attack success
 rate) or ``attack_success_rate(model, result, x_test, y_test)`` on a model you trained;
-``plant_backdoor(attack, train_fn, x_train, y_train, x_test, y_test)`` does it all.
+``modelshield.experiments.backdoor.plant_backdoor(attack, train_fn, x_train, y_train, x_test,
+y_test)`` does it all.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from modelshield.attacks.backdoor.evaluate import (
     make_train_fn,
     predict_labels,
 )
-from modelshield.attacks.backdoor.plant import PlantResult, build_backdoor_attack, plant_backdoor
 from modelshield.attacks.backdoor.results import BackdoorResult
 from modelshield.attacks.backdoor.tabular import FeatureBackdoor
 from modelshield.attacks.backdoor.text import PhraseBackdoor
@@ -43,16 +43,13 @@ __all__ = [
     "FeatureTrigger",
     "PhraseBackdoor",
     "PhraseTrigger",
-    "PlantResult",
     "StampTrigger",
     "Trigger",
     "WaNet",
     "WarpTrigger",
     "attack_success_rate",
-    "build_backdoor_attack",
     "clean_accuracy",
     "evaluate_backdoor",
     "make_train_fn",
-    "plant_backdoor",
     "predict_labels",
 ]

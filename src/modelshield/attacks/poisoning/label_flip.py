@@ -15,7 +15,7 @@ from modelshield._checks import check_choice, check_range
 from modelshield.attacks._ops import make_generator
 from modelshield.attacks._verify import attack_params
 from modelshield.attacks.poisoning.results import PoisonResult
-from modelshield.defenses.data._features import as_labels, data_kind, n_rows
+from modelshield.data.features import as_labels, data_kind, n_rows
 from modelshield.errors import ConfigError, InputError, ModelCapabilityError
 
 __all__ = ["RandomLabelFlip", "TargetedLabelFlip", "n_poison"]

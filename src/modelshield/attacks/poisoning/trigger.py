@@ -15,7 +15,7 @@ from modelshield.attacks._ops import make_generator
 from modelshield.attacks._verify import attack_params
 from modelshield.attacks.poisoning.label_flip import check_rate, n_poison
 from modelshield.attacks.poisoning.results import PoisonResult, add_trigger
-from modelshield.defenses.data._features import as_labels, data_kind, n_rows
+from modelshield.data.features import as_labels, data_kind, n_rows
 from modelshield.errors import ConfigError, InputError
 
 __all__ = ["TriggerPhrasePoison"]

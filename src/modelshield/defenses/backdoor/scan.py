@@ -6,13 +6,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from modelshield._typing import Progress
 from modelshield.defenses.backdoor._common import check_xy, detection_metrics
 from modelshield.defenses.backdoor.activation_clustering import ActivationClustering
 from modelshield.defenses.backdoor.neural_cleanse import NeuralCleanse, NeuralCleanseReport
@@ -24,7 +25,7 @@ from modelshield.models import as_gradient_model as _as_gradient_model
 
 __all__ = ["ScanReport", "scan_model"]
 
-Progress = Callable[[int, int, str], None]
+
 """``progress(done, total, description)``, called before each stage."""
 
 

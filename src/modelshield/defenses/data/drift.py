@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from modelshield._checks import check_range
-from modelshield.defenses.data._features import Embed, Featurizer, as_labels, data_kind, n_rows
+from modelshield.data.features import Embed, Featurizer, as_labels, data_kind, n_rows
 from modelshield.errors import InputError
 
 __all__ = ["DriftReport", "FeatureDrift", "drift_report", "psi"]

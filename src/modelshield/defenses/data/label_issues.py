@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from modelshield._checks import check_choice, check_range
-from modelshield.defenses.data._features import Embed, Featurizer, as_labels, data_kind, n_rows
+from modelshield.data.features import Embed, Featurizer, as_labels, data_kind, n_rows
 from modelshield.errors import ConfigError, InputError, NotFittedError
 
 __all__ = [

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import numpy as np
 
 from modelshield._checks import check_choice, check_range
-from modelshield.defenses.data._features import Embed, Featurizer, n_rows
+from modelshield.data.features import Embed, Featurizer, n_rows
 from modelshield.defenses.data.label_issues import check_fitted
 from modelshield.errors import InputError
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_range
-from modelshield.defenses.data._features import Embed, as_labels, data_kind, n_rows, select_rows
+from modelshield.data.features import Embed, as_labels, data_kind, n_rows, select_rows
 from modelshield.defenses.data.drift import DriftReport, drift_report
 from modelshield.defenses.data.duplicates import find_duplicates
 from modelshield.defenses.data.label_issues import ConfidentLearning, KNNLabelConsistency

@@ -22,6 +22,10 @@ from modelshield.defenses.training.adversarial import (
 )
 from modelshield.defenses.training.distillation import DefensiveDistillation, DistillationResult
 from modelshield.defenses.training.trades import trades_loss
+from modelshield.defenses.training.zoo_entries import train_adversarial_entry
+from modelshield.models import zoo as _zoo
+
+_zoo.register_adversarial_trainer(train_adversarial_entry)  # the zoo cannot import defences
 
 __all__ = [
     "METHODS",
@@ -36,4 +40,5 @@ __all__ = [
     "epoch_overfits",
     "lr_at",
     "trades_loss",
+    "train_adversarial_entry",
 ]

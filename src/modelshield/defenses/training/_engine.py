@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from modelshield._checks import check_inputs
+from modelshield._typing import Progress
 from modelshield.defenses._mode import module_device, require_same_device
 from modelshield.errors import ConfigError, DataError, InputError
 
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 TrainData: TypeAlias = DataLoader[Any] | tuple[Tensor, Tensor]
-Progress: TypeAlias = Callable[[int, int, str], None]
+
 """progress(done, total, message): ``done`` counts batches; called every 20 batches and after
 each epoch (once its checkpoint is written)."""
 Schedule = Literal["constant", "cyclic", "cosine"]

@@ -58,7 +58,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
 
 import torch
 from torch import Tensor
@@ -85,6 +85,7 @@ __all__ = [
     "CHECK_POINTS",
     "KINDS",
     "TEXT_DATASETS",
+    "AdversarialTrainer",
     "ZooKind",
     "ZooModel",
     "ZooSpec",
@@ -96,6 +97,7 @@ __all__ = [
     "is_text",
     "load",
     "names",
+    "register_adversarial_trainer",
     "spec",
     "test_split",
     "text_split",
@@ -567,26 +569,50 @@ def _check_score(module: torch.nn.Module, x_test: Tensor, y_test: Tensor) -> tup
         return n, evaluate(module, x_test[:n], y_test[:n])
 
 
+class AdversarialTrainer(Protocol):
+    """Trains an adversarially trained entry in place: ``(train seconds, PGD robust accuracy)``.
+
+    See ``modelshield.defenses.training.train_adversarial_entry``, registered on import.
+    """
+
+    def __call__(self, module: torch.nn.Module, *, eps: float, bounds: tuple[float, float],
+                 recipe: dict[str, Any], train: tuple[Tensor, Tensor], check: tuple[Tensor, Tensor],
+                 progress: Progress | None) -> tuple[float, float]: ...
+
+
+_ADVERSARIAL_TRAINERS: list[AdversarialTrainer] = []
+
+
+def register_adversarial_trainer(fn: AdversarialTrainer) -> None:
+    """Install the function that trains the adversarially trained entries.
+
+    The zoo sits below attacks and defences in the package layers, so it does not import the
+    trainer; ``modelshield.defenses.training`` registers it when imported (and importing
+    ``modelshield`` imports it). The last registration wins.
+    """
+    _ADVERSARIAL_TRAINERS.append(fn)
+
+
 def _train_adversarial(
     s: ZooSpec, ds: Any, progress: Progress | None
 ) -> tuple[torch.nn.Module, dict[str, Any], float, float]:
     """(module, recipe, train seconds, PGD robust accuracy) for an adversarially trained entry."""
-    from modelshield.attacks.evasion import PGD
-    from modelshield.defenses.training import AdversarialTrainer
-
     recipe = dict(_AT_RECIPES[s.name])
     threads = recipe.pop("num_threads", None)
     if s.eps is None:
         raise RuntimeError("unreachable: adversarial zoo entries have eps")
-    trainer = AdversarialTrainer(eps=s.eps, bounds=s.bounds, **recipe)
+    if not _ADVERSARIAL_TRAINERS:
+        raise ConfigError(
+            f"zoo.train: {s.name!r} needs the adversarial trainer, which must be registered; got none. "
+            "Import modelshield.defenses.training first (importing modelshield does it)."
+        )
     module = build(s.arch, seed=int(recipe["seed"]))
+    check = (ds.x_test[:ROBUST_CHECK_POINTS], ds.y_test[:ROBUST_CHECK_POINTS])
     with torch_threads(int(threads) if threads else None):
-        start = time.perf_counter()
-        trainer.fit(module, (ds.x_train, ds.y_train), progress=progress)
-        train_time = time.perf_counter() - start
-        module.eval()
-        x, y = ds.x_test[:ROBUST_CHECK_POINTS], ds.y_test[:ROBUST_CHECK_POINTS]
-        robust = PGD(eps=s.eps, steps=20, seed=0)(module, x, y).robust_accuracy
+        train_time, robust = _ADVERSARIAL_TRAINERS[-1](
+            module, eps=s.eps, bounds=s.bounds, recipe=recipe, train=(ds.x_train, ds.y_train),
+            check=check, progress=progress,
+        )
     return module, {**recipe, "num_threads": threads, "trainer": "AdversarialTrainer"}, train_time, robust
 
 

@@ -11,7 +11,7 @@ fix the thread count (restored afterwards), otherwise the caller's setting is us
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 __all__ = ["Progress", "Recipe", "evaluate", "fit", "torch_threads"]
 
-Progress = Callable[[int, int, str], None]
+from modelshield._typing import Progress
+
 """progress(done, total, message): called as training advances."""
 
 

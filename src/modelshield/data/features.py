@@ -1,4 +1,4 @@
-"""Turn text, tabular or image data into feature matrices for the data-validation checks."""
+"""Feature matrices from text, tabular or image data (shared by poisoning attacks and data validation)."""
 
 from __future__ import annotations
 

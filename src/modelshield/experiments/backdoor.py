@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Protocol
 from torch import Tensor, nn
 
 from modelshield._checks import check_choice
+from modelshield._typing import Progress
 from modelshield.attacks.backdoor.badnets import BadNets
 from modelshield.attacks.backdoor.blend import Blend
 from modelshield.attacks.backdoor.clean_label import CleanLabel
@@ -23,7 +24,7 @@ __all__ = ["IMAGE_BACKDOOR_ATTACKS", "BackdoorAttack", "PlantResult", "build_bac
 IMAGE_BACKDOOR_ATTACKS: tuple[str, ...] = ("badnets", "blend", "clean-label", "wanet")
 """Names ``build_backdoor_attack`` knows (the image attacks of ``modelshield backdoor plant``)."""
 
-Progress = Callable[[int, int, str], None]
+
 """``progress(done, total, description)``, called before each stage."""
 
 
