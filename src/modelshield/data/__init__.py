@@ -1,6 +1,7 @@
 """Data set loaders: bundled digits, MNIST and Fashion-MNIST (IDX files), by name or directly,
 the UCI phishing-websites tabular data and the SMS Spam Collection (``load_sms_spam``, raw
-texts in a :class:`TextDataset`).
+texts in a :class:`TextDataset`), and ``load_data`` for any data reference (a built-in name,
+an ``.npz``, a CSV / Parquet table, an image folder, a labelled-text file) into a :class:`UserData`.
 
 Every image loader returns a :class:`Dataset` with float32 images in [0, 1] shaped
 ``(N, 1, H, W)`` and int64 labels; tabular loaders return a :class:`TabularDataset` with
@@ -17,17 +18,23 @@ from modelshield.data._dataset import DATA_ENV, Dataset, data_dir
 from modelshield.data.digits import load_digits
 from modelshield.data.idx import load_fashion_mnist, load_idx, load_mnist
 from modelshield.data.phishing import TabularDataset, load_phishing
+from modelshield.data.refs import BUILTIN_DATA, DataKind, DataProvenance, UserData, load_data
 from modelshield.data.sms_spam import TextDataset, load_sms_spam
 from modelshield.errors import ConfigError
 
 __all__ = [
+    "BUILTIN_DATA",
     "DATASETS",
     "DATA_ENV",
     "TABULAR_DATASETS",
+    "DataKind",
+    "DataProvenance",
     "Dataset",
     "TabularDataset",
     "TextDataset",
+    "UserData",
     "data_dir",
+    "load_data",
     "load_dataset",
     "load_digits",
     "load_fashion_mnist",

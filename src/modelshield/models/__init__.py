@@ -12,17 +12,22 @@ from modelshield.models._budget import QueryCounter
 from modelshield.models._callable import CallableModel, OutputKind
 from modelshield.models._protocol import GradientModel, Model
 from modelshield.models._torch import TorchModel, eval_mode
+from modelshield.models.refs import ModelFormat, ModelProvenance, ModelRef, load_model_ref
 
 __all__ = [
     "CallableModel",
     "GradientModel",
     "Model",
+    "ModelFormat",
     "ModelLike",
+    "ModelProvenance",
+    "ModelRef",
     "QueryCounter",
     "TorchModel",
     "as_gradient_model",
     "as_model",
     "eval_mode",
+    "load_model_ref",
 ]
 
 ModelLike: TypeAlias = nn.Module | TorchModel | CallableModel | Any

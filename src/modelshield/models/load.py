@@ -246,11 +246,13 @@ def _state_dict_of(obj: object) -> dict[str, Tensor] | None:
     return None
 
 
-def _build_and_fill(arch: str, state: dict[str, Tensor], path: Path) -> nn.Module:
-    """Build the zoo architecture and load state into it (strict), or raise DataError."""
+def _build_and_fill(
+    arch: str, state: dict[str, Tensor], path: Path, module: nn.Module | None = None
+) -> nn.Module:
+    """Build the zoo architecture (or take module) and load state into it (strict), or raise DataError."""
     from modelshield.models.zoo._archs import build
 
-    module = build(arch)
+    module = build(arch) if module is None else module
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -264,7 +266,11 @@ def _build_and_fill(arch: str, state: dict[str, Tensor], path: Path) -> nn.Modul
 
 
 def load_model(
-    path: str | Path, *, arch: str | None = None, trust_torchscript: bool = False
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    trust_torchscript: bool = False,
+    into: nn.Module | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Load a model file without running code from it.
 
@@ -288,6 +294,10 @@ def load_model(
             the stored name when given.
         trust_torchscript: load a TorchScript archive with ``torch.jit.load`` (running its code);
             pass True only for files from a source you trust.
+        into: a module built by the caller (e.g. from the user's ``package.module:function``)
+            to fill with a bare state dict instead of a zoo architecture; ``arch`` is then only
+            the label recorded in the metadata. Refused for modelshield-v1 files (they name
+            their architecture).
 
     Returns:
         ``(module, meta)``: the module on the CPU in eval mode, and the stored metadata plus
@@ -363,7 +373,8 @@ def load_model(
                 f"load_model: {str(p)!r} must hold 'arch' (str), 'state_dict' (tensors) and 'meta' "
                 "(dict); it is malformed. Re-save it with modelshield.models.load.save_model."
             )
-        if arch is not None and arch != stored_arch:
+        if (arch is not None and arch != stored_arch) or into is not None:
+            arch = arch if arch is not None else type(into).__name__
             raise ConfigError(
                 f"load_model: 'arch' must match the architecture stored in {str(p)!r} "
                 f"({stored_arch!r}); got {arch!r}. Omit arch= for modelshield-v1 files."
@@ -380,6 +391,9 @@ def load_model(
             f"load_model: {str(p)!r} must hold a modelshield-v1 dict or a state dict of tensors; "
             f"got {type(obj).__name__}. {_SAFE_ALTERNATIVES}."
         )
+    if into is not None:
+        module = _build_and_fill(arch or type(into).__name__, state, p, module=into)
+        return module.eval(), {**base_meta, "format": "state_dict", "arch": arch}
     if arch is None:
         from modelshield.models.zoo._archs import ARCHS
 
