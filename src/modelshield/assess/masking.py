@@ -3,8 +3,9 @@
 ``check_gradient_masking`` runs the attack behind a claim together with the standard Ensemble,
 an eps sweep up to an unbounded budget, FGSM, a black-box Square attack and reseeded runs, and
 turns every sign of masking into a ``MaskingFlag`` with its evidence. A flagged model is never
-reported as robust (``MaskingReport.robust_claim_allowed``), and the robust accuracy reported
-is the per-point worst case over every attack run at the claimed eps.
+reported as robust (``MaskingReport.robust_claim_allowed``), nor is a model whose clean accuracy
+is at chance (``MaskingReport.usability``: a constant prediction is "robust" to everything), and
+the robust accuracy reported is the per-point worst case over every attack run at the claimed eps.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from modelshield.attacks.evasion.square import Square
 from modelshield.attacks.evasion.sweep import sweep, with_eps
 from modelshield.attacks.results import EvasionResult
 from modelshield.defenses._mode import require_eval_mode
+from modelshield.defenses._usable import Usability, chance_accuracy, check_usable
 from modelshield.errors import ConfigError, EvaluationWarning
 from modelshield.models import ModelLike, as_gradient_model, eval_mode
 
@@ -41,7 +43,9 @@ __all__ = [
     "SWEEP_FACTORS",
     "MaskingFlag",
     "MaskingReport",
+    "Usability",
     "check_gradient_masking",
+    "check_usable",
     "zero_gradient_fraction",
 ]
 
@@ -101,6 +105,8 @@ class MaskingReport:
         zero_gradient_fraction: share of points whose cross-entropy input gradient is exactly 0.
         flags: the signs of masking found.
         time_s: wall time.
+        usability: whether the model still classifies clean inputs (``check_usable`` against
+            chance); None only for reports built by hand.
     """
 
     eps: float
@@ -117,11 +123,17 @@ class MaskingReport:
     flags: tuple[MaskingFlag, ...]
     time_s: float
     results: dict[str, EvasionResult] = field(default_factory=dict, repr=False)
+    usability: Usability | None = None
+
+    @property
+    def usable(self) -> bool:
+        """False when the clean accuracy is at chance (see ``usability``)."""
+        return self.usability is None or self.usability.usable
 
     @property
     def robust_claim_allowed(self) -> bool:
-        """False as soon as any sign of masking was found."""
-        return not self.flags
+        """False as soon as any sign of masking was found, or when the model is not usable."""
+        return not self.flags and self.usable
 
     @property
     def flag_names(self) -> tuple[str, ...]:
@@ -136,6 +148,8 @@ class MaskingReport:
             "ensemble_robust_accuracy": _r(self.ensemble_robust_accuracy),
             "robust_accuracy": _r(self.robust_accuracy),
             "robust_claim_allowed": self.robust_claim_allowed,
+            "usable": self.usable,
+            "usability": None if self.usability is None else self.usability.to_dict(),
             "curve": [[e, _r(a)] for e, a in self.curve],
             "unbounded_eps": self.unbounded_eps,
             "accuracies": {k: _r(v) for k, v in self.accuracies.items()},
@@ -202,7 +216,8 @@ def check_gradient_masking(
     - ``stronger_attack_gap``: the Ensemble beats the claim's attack by more than ``gap_tol``
       (the attack's loss is masked, e.g. cross-entropy on a saturated softmax).
 
-    Each flag is also emitted as an EvaluationWarning.
+    Each flag is also emitted as an EvaluationWarning, and so is a clean accuracy at chance
+    (``check_usable``): such a model is never allowed a robustness claim, flags or not.
 
     Args:
         model: a white-box model (``nn.Module`` in eval mode, or a TorchModel).
@@ -358,11 +373,18 @@ def check_gradient_masking(
             reference=REFERENCE))
     for f in flags:
         warnings.warn(f"Gradient masking ({f.name}): {f.explanation}", EvaluationWarning, stacklevel=2)
+    clean = results["attack"].clean_accuracy
+    n_classes = int(m.n_classes)
+    usability = check_usable(clean, n=n, n_classes=n_classes, chance=chance_accuracy(y_t, n_classes))
+    if not usability.usable:
+        warnings.warn(f"Unusable model: {usability.reason}; no robustness claim can be made for a "
+                      "model that does not classify clean inputs.", EvaluationWarning, stacklevel=2)
     return MaskingReport(
-        eps=eps, norm=norm, n=n, clean_accuracy=results["attack"].clean_accuracy,
+        eps=eps, norm=norm, n=n, clean_accuracy=clean,
         attack_robust_accuracy=a_acc, ensemble_robust_accuracy=e_acc,
         robust_accuracy=float(robust_all.double().mean()),
         curve=tuple((float(r.eps or 0.0), r.robust_accuracy) for r in curve_res),
         unbounded_eps=unbounded, accuracies=acc, zero_gradient_fraction=zero_frac,
         flags=tuple(flags), time_s=time.perf_counter() - started, results=results,
+        usability=usability,
     )

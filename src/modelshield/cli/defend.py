@@ -140,8 +140,12 @@ def _pct(v: float | None) -> str:
 def _verdict(report: MaskingReport) -> None:
     if report.robust_claim_allowed:
         render.say("robust claim allowed: [green]yes[/] (no sign of gradient masking)")
-    else:
-        render.say(f"robust claim allowed: [red]no[/] (flags: {', '.join(report.flag_names)})")
+        return
+    why = [] if report.usability is None or report.usability.usable else [
+        f"not usable: {escape(report.usability.reason)}"]
+    if report.flags:
+        why.append(f"flags: {', '.join(report.flag_names)}")
+    render.say(f"robust claim allowed: [red]no[/] ({'; '.join(why)})")
 
 
 def _save(module: nn.Module, out: Path, s: _Start, *, meta: dict[str, Any], force: bool,
@@ -243,15 +247,23 @@ def adversarial_training(
     _verdict(masking)
 
 
+_DISTILL = DefensiveDistillation()  # the library's defaults are the CLI's
+
+
 @defend_app.command("distill")
 def distill(
     model: Annotated[str, typer.Option(help="Zoo name (fresh teacher and student of its architecture) "
                                              "or a model file (the student starts from its weights).")],
     out: Annotated[Path, typer.Option("--out", help="Where to save the student (.pt, safe format).")],
-    temperature: Annotated[float, typer.Option(help="Distillation temperature T.")] = 100.0,
-    epochs: Annotated[int, typer.Option(help="Epochs for each of teacher and student.")] = 10,
+    temperature: Annotated[float, typer.Option(help="Distillation temperature T.")] = (
+        _DISTILL.temperature),
+    epochs: Annotated[int, typer.Option(help="Epochs for each of teacher and student.")] = _DISTILL.epochs,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (Adam, cyclic schedule). Networks "
+                                           "trained at T need logits about T times larger than "
+                                           "usual: too small a rate leaves the student at "
+                                           "chance.")] = _DISTILL.lr,
     eps: Annotated[float, typer.Option(help="L-inf evaluation budget.")] = 0.3,
-    batch_size: Annotated[int, typer.Option(help="Rows per batch.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Rows per batch.")] = _DISTILL.batch_size,
     n: Annotated[int, typer.Option(help="Test points for the evaluation (first n).")] = 200,
     eval_steps: Annotated[int, typer.Option(help="Iterations of the evaluation attacks.")] = 100,
     square_queries: Annotated[int, typer.Option(help="Square queries per point (masking check).")] = 1000,
@@ -264,7 +276,10 @@ def distill(
                                                     help=TRUST_TORCHSCRIPT_HELP)] = False,
 ) -> None:
     """Defensive distillation (a baseline known to mask gradients): train, save, and compare
-    plain cross-entropy PGD with margin-loss PGD; exits 2 on bad input."""
+    plain cross-entropy PGD with margin-loss PGD. A student at chance accuracy (or far below its
+    teacher) is a failed defence: it is still written to --out, with "usable": false in its
+    metadata, and reported in red as failed, never as holding; the exit code stays 0 (a finding,
+    not bad input). Exits 2 on bad input."""
     from modelshield.models import zoo
 
     owner = f"{OWNER} distill"
@@ -272,15 +287,18 @@ def distill(
     s = _start(model, data=data, data_dir=data_dir, arch=arch, n=n, seed=seed, owner=owner,
                trust_torchscript=trust_torchscript)
     _check_eps(eps, s.bounds, owner)
-    trainer = DefensiveDistillation(temperature=temperature, epochs=epochs, batch_size=batch_size,
+    trainer = DefensiveDistillation(temperature=temperature, epochs=epochs, lr=lr, batch_size=batch_size,
                                     bounds=s.bounds, seed=seed)
     teacher = zoo.build(s.arch, seed=seed + 1)
     with render.progress_bar("defensive distillation") as progress, render.show_warnings():
-        result = trainer.fit(teacher, s.module, (s.x_train, s.y_train), progress=progress)
+        result = trainer.fit(teacher, s.module, (s.x_train, s.y_train), val_data=(s.x_test, s.y_test),
+                             progress=progress)
         student = result.model.eval()
-        settings = {"temperature": temperature, "epochs": epochs, "eps": eps, "batch_size": batch_size,
-                    "seed": seed, "eval_steps": eval_steps, "square_queries": square_queries}
-        meta = {"defence": "defensive-distillation", "training": result.to_dict(), "evaluation": None,
+        settings = {"temperature": temperature, "epochs": epochs, "lr": lr, "eps": eps,
+                    "batch_size": batch_size, "seed": seed, "eval_steps": eval_steps,
+                    "square_queries": square_queries}
+        meta = {"defence": "defensive-distillation", "usable": result.usable,
+                "usability": result.usability.to_dict(), "training": result.to_dict(), "evaluation": None,
                 "provenance": _prov(s, student, seed, {"distillation": settings})}
         _save(student, out, s, force=force, meta=meta)  # before the evaluation: an interrupt keeps it
         progress(0, 1, "evaluating: PGD (CE, margin), Ensemble.standard and masking checks")
@@ -289,6 +307,7 @@ def distill(
     ce_acc = masking.attack_robust_accuracy
     evaluation = {**masking.to_dict(), "pgd_ce_robust_accuracy": ce_acc,
                   "pgd_margin_robust_accuracy": margin.robust_accuracy}
+    meta["usable"] = result.usable and masking.usable
     _save(student, out, s, force=True, announce=False, meta={**meta, "evaluation": evaluation})
     table = Table(title=f"defensive distillation (T={temperature:g}) of {s.arch} on {s.data_info['name']} "
                   f"(eps {eps:g}, {masking.n} test points)", header_style="bold")
@@ -298,11 +317,26 @@ def distill(
     table.add_row(_pct(masking.clean_accuracy), _pct(ce_acc), _pct(margin.robust_accuracy),
                   _pct(masking.ensemble_robust_accuracy), ", ".join(masking.flag_names) or "none")
     render.out().print(table)
-    holds = masking.robust_claim_allowed and margin.robust_accuracy >= ce_acc - 0.05
-    render.say("distillation holds: " + ("[green]yes[/] (margin-loss PGD does no better than CE PGD "
-                                         "and no masking flag)" if holds else
-                                         f"[red]no[/] (margin-loss PGD {_pct(margin.robust_accuracy)} vs "
-                                         f"CE PGD {_pct(ce_acc)}; the CE robustness is gradient masking)"))
+    usable = result.usable and masking.usable
+    reason = result.usability.reason if not result.usable else (
+        masking.usability.reason if masking.usability is not None else "")
+    if usable:
+        render.say(f"distilled model usable: [green]yes[/] ({escape(result.usability.reason)})")
+    else:
+        render.say(f"[bold red]defence FAILED[/]: the distilled model is not usable: {escape(reason)}. "
+                   f"It was written to {escape(str(out))} (\"usable\": false in its metadata) but is "
+                   "not a working classifier; train longer (--epochs) or with a larger --lr "
+                   f"(defaults: --epochs {_DISTILL.epochs} --lr {_DISTILL.lr:g} --batch-size "
+                   f"{_DISTILL.batch_size}).")
+    holds = usable and masking.robust_claim_allowed and margin.robust_accuracy >= ce_acc - 0.05
+    if holds:
+        render.say("distillation holds: [green]yes[/] (margin-loss PGD does no better than CE PGD "
+                   "and no masking flag)")
+    elif not usable:
+        render.say("distillation holds: [red]no[/] (failed: the distilled model is not usable)")
+    else:
+        render.say(f"distillation holds: [red]no[/] (margin-loss PGD {_pct(margin.robust_accuracy)} vs "
+                   f"CE PGD {_pct(ce_acc)}; the CE robustness is gradient masking)")
     _verdict(masking)
 
 

@@ -3,8 +3,10 @@
 Both models are attacked on the same points at the same budget (PGD, the standard Ensemble,
 FGSM, Square) by ``assess.masking.check_gradient_masking``, which also looks for the signs of
 gradient masking of Carlini et al. (2019). The defence is said to hold only when the defended
-model shows no sign of masking and its per-point worst-case robust accuracy beats the
-undefended model's by more than noise; a flagged model is never called robust.
+model is still a classifier (clean accuracy above chance and within ``MAX_CLEAN_DROP`` of the
+undefended model's), shows no sign of masking, and its per-point worst-case robust accuracy
+beats the undefended model's by more than noise; a flagged model is never called robust, and a
+defended model at chance is a failed defence.
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ from modelshield.assess.sections.evasion import evasion_severity
 from modelshield.attacks.evasion.ensemble import Ensemble
 from modelshield.attacks.evasion.pgd import PGD
 from modelshield.attacks.results import EvasionResult
+from modelshield.defenses._usable import MAX_CLEAN_DROP, Usability, check_usable
 from modelshield.errors import ConfigError
 from modelshield.models import TorchModel, eval_mode
 
-__all__ = ["DefensesSection", "Verdict", "comparison_figure", "defense_verdict"]
+__all__ = ["DefensesSection", "Verdict", "comparison_figure", "defended_usability", "defense_verdict"]
 
-Verdict: TypeAlias = Literal["holds", "masked", "no gain"]
+Verdict: TypeAlias = Literal["holds", "masked", "no gain", "failed"]
 
 TITLE = "Evasion defences (defended vs undefended model)"
 
@@ -55,10 +58,27 @@ RECOMMENDATION = (
 )
 
 
-def defense_verdict(defended: MaskingReport, undefended: MaskingReport, *, tol: float) -> Verdict:
-    """``"masked"`` when the defended model raises any masking flag, else ``"holds"`` when its
-    worst-case robust accuracy beats the undefended model's by more than ``tol``, else
-    ``"no gain"``."""
+def defended_usability(defended: MaskingReport, undefended: MaskingReport, *,
+                       max_drop: float = MAX_CLEAN_DROP) -> Usability:
+    """``check_usable`` of the defended model: against chance (as ``check_gradient_masking``
+    measured it on these points) and against the undefended model's clean accuracy."""
+    base = defended.usability if defended.usability is not None else undefended.usability
+    if base is None:  # reports built by hand: only the comparison with the undefended model
+        return check_usable(defended.clean_accuracy, n=defended.n, n_classes=2, chance=0.0,
+                            reference_accuracy=undefended.clean_accuracy, max_drop=max_drop)
+    return check_usable(defended.clean_accuracy, n=defended.n, n_classes=base.n_classes,
+                        chance=base.chance_accuracy, reference_accuracy=undefended.clean_accuracy,
+                        max_drop=max_drop)
+
+
+def defense_verdict(defended: MaskingReport, undefended: MaskingReport, *, tol: float,
+                    max_drop: float = MAX_CLEAN_DROP) -> Verdict:
+    """``"failed"`` when the defended model is not usable (clean accuracy at chance, or more than
+    ``max_drop`` below the undefended model's: ``defended_usability``), else ``"masked"`` when it
+    raises any masking flag, else ``"holds"`` when its worst-case robust accuracy beats the
+    undefended model's by more than ``tol``, else ``"no gain"``."""
+    if not defended_usability(defended, undefended, max_drop=max_drop).usable:
+        return "failed"
     if defended.flags:
         return "masked"
     if defended.robust_accuracy - undefended.robust_accuracy > tol:
@@ -235,13 +255,16 @@ class DefensesSection:
     eps and every sign of gradient masking with its evidence; the Ensemble is also run at
     ``curve_factors * eps`` for a robust-accuracy-against-eps plot of both models.
 
-    Verdict (``defense_verdict``): ``"holds"`` only when the defended model raises no masking
-    flag and its worst-case robust accuracy beats the undefended model's by more than the noise
-    tolerance ``DefensesPlan.tol`` (default ``max(0.03, 3 / n)``, also used by the checks);
+    Verdict (``defense_verdict``): ``"failed"`` when the defended model is not a usable
+    classifier (clean accuracy at chance, or more than ``MAX_CLEAN_DROP`` = 15 points below the
+    undefended model's; a constant prediction is "robust" to everything, so its robust
+    accuracy means nothing); ``"holds"`` only when the defended model is usable, raises no
+    masking flag and its worst-case robust accuracy beats the undefended model's by more than the
+    noise tolerance ``DefensesPlan.tol`` (default ``max(0.03, 3 / n)``, also used by the checks);
     ``"masked"`` when it raises a flag (it is then never called robust, whatever its numbers);
     ``"no gain"`` otherwise. Severity is
     ``evasion_severity`` of the defended model's worst case (robust / clean ratio), raised to at
-    least ``"high"`` when it is flagged.
+    least ``"high"`` when it is flagged or failed.
 
     Skipped with the reason for a black-box assessed model and when no defended model is known.
     Opt-in: ``AssessmentPlan(sections=(..., "defenses"))`` or ``modelshield assess --sections
@@ -313,13 +336,18 @@ class DefensesSection:
         und, dfd = runs
         u, d = und.report, dfd.report
         verdict = defense_verdict(d, u, tol=tol)
+        usability = defended_usability(d, u)
         gain = d.robust_accuracy - u.robust_accuracy
         severity: Severity = evasion_severity(d.clean_accuracy, d.robust_accuracy)
-        if d.flags:
+        if d.flags or not usability.usable:
             severity = max_severity([severity, "high"])
         norm_txt = f"L-{plan.norm}"
         budget = f"eps={eps:g} ({norm_txt})"
-        if verdict == "holds":
+        if verdict == "failed":
+            summary = (f"The defence failed: {dfd.name} is not a usable classifier ({usability.reason}), "
+                       f"so its robust accuracy at {budget} ({_pct(d.robust_accuracy)}) means nothing "
+                       "and it is not called robust.")
+        elif verdict == "holds":
             summary = (f"The defence holds at {budget}: worst-case robust accuracy {_pct(d.robust_accuracy)} "
                        f"({dfd.name}) against {_pct(u.robust_accuracy)} undefended ({und.name}), with no "
                        "sign of gradient masking.")
@@ -344,6 +372,10 @@ class DefensesSection:
             f"(change {100 * gain:+.1f} points; clean accuracy "
             f"{100 * (d.clean_accuracy - u.clean_accuracy):+.1f} points).",
         ]
+        if not usability.usable:
+            findings.append(
+                f"Failed defence: {dfd.name} is not usable: {usability.reason}. A model that does not "
+                "classify clean inputs cannot be fooled, so no robustness claim is made for it.")
         if d.flags:
             findings.append(
                 f"Gradient masking on {dfd.name}: {', '.join(d.flag_names)}. Its robust accuracy "
@@ -390,7 +422,9 @@ class DefensesSection:
             **headline,
             "verdict": verdict,
             "holds": verdict == "holds",
-            "robust_claim_allowed": d.robust_claim_allowed,
+            "usable": usability.usable,
+            "usability": usability.to_dict(),
+            "robust_claim_allowed": d.robust_claim_allowed and usability.usable,
             "eps": eps,
             "eps_source": eps_source,
             "norm": plan.norm,
