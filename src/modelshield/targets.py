@@ -1,23 +1,62 @@
-"""Resolve the CLI's ``--model`` (a zoo name or a model file) and its evaluation points."""
+"""Targets: a model reference and a data reference resolved into one object, with provenance.
+
+``load_target(model, data=...)`` takes a zoo name, a model file (any format
+``modelshield.models.load_model_ref`` reads: modelshield-v1, a state dict with ``arch`` (a zoo
+architecture or your own ``package.module:function``), TorchScript or ``torch.export`` (opt-in),
+skops, XGBoost, LightGBM, ONNX) or a ``package.module:function`` callable, and a data reference
+(a built-in name, ``.npz``, CSV / Parquet with ``label_col``, an image folder, a label/text TSV:
+``modelshield.data.load_data``), and returns a ``Target``: the model, the evaluation points, the
+modality (image / tabular / text), the access (white-box / black-box), bounds, class names and the
+provenance (file digests, formats, versions). The CLI, ``assess``, and later the gateway and the
+runner all start from it.
+"""
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from modelshield._typing import Norm
-from modelshield.assess import Progress
-from modelshield.errors import ConfigError, InputError
+from modelshield._typing import Progress
+from modelshield.errors import ConfigError, DataError, InputError, ModelCapabilityError
 from modelshield.models import CallableModel, TorchModel, as_model, eval_mode
-from modelshield.models.zoo._train import torch_threads
 
-__all__ = ["Target", "as_query_model", "check_model_fits", "load_target", "parse_norm", "torch_threads"]
+__all__ = [
+    "Target",
+    "TargetOptions",
+    "as_query_model",
+    "check_model_answers",
+    "check_model_fits",
+    "load_target",
+]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TargetOptions:
+    """How to read a user's model and data (the CLI's --label-col, --trust-pickle, ... options).
+
+    Attributes:
+        label_col: CSV / Parquet column of the labels.
+        feature_cols: CSV / Parquet feature columns (default: every other column).
+        text_col: CSV column of the texts (makes the data text).
+        modality: ``"image"``, ``"tabular"`` or ``"text"`` to override detection.
+        trust_export: load ``torch.export`` archives (may unpickle code from the file).
+        trust_pickle: load pickle / joblib files (runs code from the file).
+        skops_trusted: type names to trust in a skops file beyond skops' defaults.
+    """
+
+    label_col: str | None = None
+    feature_cols: tuple[str, ...] | None = None
+    text_col: str | None = None
+    modality: Literal["image", "tabular", "text"] | None = None
+    trust_export: bool = False
+    trust_pickle: bool = False
+    skops_trusted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +80,19 @@ class Target:
     kind: str = "torch"
     feature_names: tuple[str, ...] | None = None
     texts: tuple[str, ...] | None = None
+    access: str = "white-box"
+    class_names: tuple[str, ...] | None = None
+    data: Any = None
+
+    @property
+    def image(self) -> bool:
+        """True for image models (``kind == "torch"``; ``access`` says whether gradients exist)."""
+        return self.kind == "torch"
+
+    @property
+    def white_box(self) -> bool:
+        """True when the model is an ``nn.Module`` whose input gradients attacks may use."""
+        return self.access == "white-box" and isinstance(self.module, nn.Module)
 
     @property
     def tabular(self) -> bool:
@@ -58,9 +110,11 @@ class Target:
         if self.text and self.texts is not None:
             texts, est = self.texts, self.module
 
+            answer = est.predict_proba if callable(getattr(est, "predict_proba", None)) else est
+
             def over_rows(rows: np.ndarray) -> np.ndarray:
                 picked = [texts[round(float(i))] for i in np.asarray(rows).reshape(len(rows), -1)[:, 0]]
-                return np.asarray(est.predict_proba(picked), dtype=np.float64)
+                return np.asarray(answer(picked), dtype=np.float64)
 
             return CallableModel(over_rows, bounds=self.bounds, output="proba", n_classes=2)
         return as_model(self.module, bounds=self.bounds)
@@ -103,6 +157,7 @@ def load_target(
     n: int | None,
     progress: Progress | None = None,
     trust_torchscript: bool = False,
+    options: TargetOptions | None = None,
 ) -> Target:
     """Load a zoo model (training it if not cached) or a model file, and the first n test points.
 
@@ -113,10 +168,10 @@ def load_target(
         ConfigError: model is neither a zoo name nor an existing file, or a file model has no
             data set (pass ``--data``).
     """
-    from modelshield.data import DATASETS, load_dataset
+    from modelshield.data import load_dataset
     from modelshield.models import zoo
-    from modelshield.models.load import load_model, weights_sha256
 
+    options = options or TargetOptions()
     if n is not None and n < 1:
         raise ConfigError(f"modelshield: '--n' must be an int >= 1; got {n!r}. Use e.g. --n 500.")
     if model in zoo.names() and data is not None and data != zoo.spec(model).dataset:
@@ -172,31 +227,112 @@ def load_target(
             data_info={"name": zm.spec.dataset, "sha256": meta.get("data_sha256") or ds.sha256,
                        "split": "test", "classes": list(ds.classes)},
         )
+    return _user_target(model, data=data, data_dir=data_dir, arch=arch, n=n, options=options,
+                        trust_torchscript=trust_torchscript)
+
+
+def _user_target(model: str, *, data: str | None, data_dir: Path | None, arch: str | None, n: int | None,
+                 options: TargetOptions, trust_torchscript: bool) -> Target:
+    """A model file or callable (``load_model_ref``) on a data reference (``load_data``)."""
+    from modelshield.data import BUILTIN_DATA, load_data
+    from modelshield.models import zoo
+    from modelshield.models.load import load_model, weights_sha256
+    from modelshield.models.refs import IMPORT_PATH, load_model_ref
+
     path = Path(model).expanduser()
-    if not path.exists():
+    if not path.exists() and not IMPORT_PATH.match(model):
         close = difflib.get_close_matches(model, zoo.names(), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
-            f"modelshield: '--model' must be a zoo name ({', '.join(zoo.names())}) or an existing "
-            f"model file; got {model!r}.{hint} Run 'modelshield zoo list' to see the zoo."
+            f"modelshield: '--model' must be a zoo name ({', '.join(zoo.names())}), an existing "
+            f"model file or a 'package.module:function' path; got {model!r}.{hint} Run "
+            "'modelshield zoo list' to see the zoo."
         )
-    module, meta = load_model(path, arch=arch, trust_torchscript=trust_torchscript)
-    name = data or meta.get("dataset")
-    if name is None:
+    if data is None and path.is_file():  # a modelshield-v1 file (e.g. from `defend`) names its data set
+        try:
+            data = load_model(path, arch=arch, trust_torchscript=trust_torchscript)[1].get("dataset")
+        except ConfigError:
+            data = None
+    if data is None:
         raise ConfigError(
-            f"modelshield: '--data' must name the data set of {str(path)!r} (one of "
-            f"{', '.join(DATASETS)}); got nothing. Pass e.g. --data digits."
+            f"modelshield: '--data' must name the data of {model!r}: a built-in name "
+            f"({', '.join(BUILTIN_DATA)}), an .npz file, a CSV/Parquet file with --label-col, an image "
+            "folder (one sub-folder per class) or a label<TAB>text file; got nothing. Pass e.g. "
+            "--data digits."
         )
-    ds = load_dataset(str(name), root=data_dir)
-    x, y = ds.x_test[:n].to(torch.float32), ds.y_test[:n].to(torch.long)
-    check_model_fits(module, x, y, bounds=ds.bounds, model=path.name, data=ds.name)
-    return Target(
-        module=module, x=x, y=y, bounds=ds.bounds,
-        model_info={"name": path.name, "source": "file", "path": str(meta.get("path", path)),
-                    "arch": meta.get("arch"), "file_sha256": meta.get("sha256"),
-                    "weights_sha256": weights_sha256(module)},
-        data_info={"name": ds.name, "sha256": ds.sha256, "split": "test", "classes": list(ds.classes)},
-    )
+    ref = load_model_ref(model, arch=arch, trust_torchscript=trust_torchscript,
+                         trust_export=options.trust_export, trust_pickle=options.trust_pickle,
+                         skops_trusted=options.skops_trusted, modality=options.modality)
+    ud = load_data(str(data), kind=options.modality or ref.modality or "auto", label_col=options.label_col,
+                   feature_cols=options.feature_cols, text_col=options.text_col, data_root=data_dir)
+    if ref.modality is not None and ref.modality != ud.kind and options.modality is None:
+        raise ConfigError(
+            f"modelshield: '--data' must be {ref.modality} data for the {ref.modality} model {model!r}; "
+            f"got {ud.kind} data {str(data)!r}. Pass the data the model was trained on."
+        )
+    name = path.name if ref.format != "callable" else model
+    model_info: dict[str, Any] = {
+        "name": name, "source": "callable" if ref.format == "callable" else "file",
+        "path": ref.provenance.path, "format": ref.format, "access": ref.access, "modality": ud.kind,
+        "arch": arch, "file_sha256": ref.provenance.sha256, "runtime": dict(ref.provenance.runtime),
+        "notes": list(ref.notes),
+        "weights_sha256": weights_sha256(ref.model) if isinstance(ref.model, nn.Module) else None,
+    }
+    prov = ud.provenance
+    data_info: dict[str, Any] = {
+        "name": ud.name, "sha256": prov.sha256, "split": "test", "classes": list(ud.class_names),
+        "source": prov.ref, "format": prov.format, "path": prov.path, "split_rule": prov.split,
+    }
+    y = ud.y_test[:n].to(torch.long)
+    if ud.kind == "text":
+        texts = tuple(ud.x_test[:n])  # text data holds strings
+        data_info["points"] = "row indices into the test split"
+        return Target(
+            module=ref.model, x=torch.arange(len(texts), dtype=torch.float32).unsqueeze(1), y=y,
+            bounds=(0.0, float(max(len(texts) - 1, 1))), kind="text", texts=texts,
+            model_info={**model_info, "kind": "text"}, data_info=data_info, access="black-box",
+            class_names=ud.class_names, data=ud,
+        )
+    if ud.bounds is None:
+        raise DataError(f"modelshield: the data {ud.name!r} must have bounds; got none.")
+    x = ud.x_test[:n].to(torch.float32)  # type: ignore[union-attr]  # image and tabular data are tensors
+    check_model_fits(ref.model, x, y, bounds=ud.bounds, model=name, data=ud.name)
+    check_model_answers(ref.model, x, bounds=ud.bounds, n_classes=ud.n_classes, model=name, data=ud.name)
+    if ud.kind == "tabular":
+        data_info["feature_names"] = list(ud.feature_names)
+        return Target(
+            module=ref.model, x=x, y=y, bounds=ud.bounds, kind="sklearn", feature_names=ud.feature_names,
+            model_info={**model_info, "kind": "tabular"}, data_info=data_info, access=ref.access,
+            class_names=ud.class_names, data=ud,
+        )
+    return Target(module=ref.model, x=x, y=y, bounds=ud.bounds, model_info=model_info, data_info=data_info,
+                  access=ref.access, class_names=ud.class_names, data=ud)
+
+
+def check_model_answers(module: Any, x: Tensor, *, bounds: tuple[float, float], n_classes: int, model: str,
+                        data: str) -> None:
+    """One probe query of a black-box model on x[:2]: it must answer (N, C) scores or (N,) labels.
+
+    Raises:
+        InputError: the model fails on the data's rows, or answers in another shape.
+    """
+    if isinstance(module, nn.Module) or x.shape[0] == 0:
+        return
+    probe = as_model(module, bounds=bounds, n_classes=n_classes)
+    try:
+        out = probe.predict(x[:2])
+    except (ModelCapabilityError, InputError):
+        raise
+    except Exception as exc:  # the user's model is foreign code: any failure means "wrong data"
+        first = " ".join(str(exc).split())[:200]
+        raise InputError(
+            f"modelshield: the model {model!r} must accept rows of {data} (shape {tuple(x.shape[1:])}); "
+            f"got {type(exc).__name__} on two of them ({first}). Pass the data the model was trained on."
+        ) from exc
+    if out.shape[0] != min(2, int(x.shape[0])):
+        raise InputError(
+            f"modelshield: the model {model!r} must answer one label per row; got {tuple(out.shape)}."
+        )
 
 
 def check_model_fits(module: Any, x: Tensor, y: Tensor, *, bounds: tuple[float, float], model: str,
@@ -231,9 +367,3 @@ def check_model_fits(module: Any, x: Tensor, y: Tensor, *, bounds: tuple[float, 
             f"modelshield: the model {model!r} must output (N, C) class scores with C >= {max(n_labels, 2)} "
             f"for the {n_labels} classes of {data}; got {got} for one input of shape {shape}. {fix}."
         )
-
-
-def parse_norm(text: str) -> Norm:
-    """The CLI's norm spellings ('inf', 'linf', '2', 'l2') as a Norm; others go on to be rejected."""
-    key = text.strip().lower().removeprefix("l")
-    return key if key in ("inf", "2") else text  # type: ignore[return-value]  # the attack/plan rejects it

@@ -182,6 +182,9 @@ class AssessmentContext:
         model_info: ``name``, ``weights_sha256``, ``path`` and anything else known.
         data_info: ``name``, ``sha256`` and anything else known (e.g. ``classes``).
         bounds: the input range. seed: base seed for every attack. batch_size: rows per call.
+        texts: for a text model, the messages the row indices in ``x`` point to.
+        text_model: for a user's text model, the model itself (``list[str] -> probabilities``),
+            which text sections attack instead of retraining a zoo recipe.
     """
 
     model: TorchModel | CallableModel
@@ -193,6 +196,8 @@ class AssessmentContext:
     bounds: tuple[float, float]
     seed: int
     batch_size: int
+    texts: tuple[str, ...] | None = None
+    text_model: Any = None
 
 
 def is_text_model(ctx: AssessmentContext) -> bool:

@@ -167,6 +167,8 @@ def run(
     data_info: Mapping[str, Any],
     bounds: tuple[float, float] = (0.0, 1.0),
     progress: Progress | None = None,
+    texts: tuple[str, ...] | None = None,
+    text_model: Any = None,
 ) -> Assessment:
     """Assess a model against the threats in ``plan`` on the points (x, y).
 
@@ -180,6 +182,8 @@ def run(
         data_info: ``name`` and ``sha256`` of the data set, ``classes`` when known.
         bounds: the input range, used when model is not adapted yet.
         progress: ``progress(done, total, description)``, forwarded to each section.
+        texts: for a text model, the messages that the ``(N, 1)`` row indices in x point to.
+        text_model: a user's text model (``list[str] -> probabilities``) for the text sections.
 
     Returns:
         The Assessment; ``to_dict()`` is the report JSON, ``write_report`` writes it with HTML.
@@ -211,7 +215,8 @@ def run(
     data = {**dict(data_info), "n": int(x_t.shape[0]), "points_sha256": _points_sha256(x_t, y_t)}
     data.setdefault("name", None)
     ctx = AssessmentContext(model=m, x=x_t, y=y_t, plan=plan, model_info=info, data_info=data,
-                            bounds=m.bounds, seed=plan.seed, batch_size=plan.batch_size)
+                            bounds=m.bounds, seed=plan.seed, batch_size=plan.batch_size,
+                            texts=texts, text_model=text_model)
     sections = tuple(SECTIONS[sid](ctx, progress) for sid in plan.sections)
     return Assessment(
         plan=plan, model_info=info, data_info=data, sections=sections,

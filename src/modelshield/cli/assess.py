@@ -24,7 +24,20 @@ from modelshield.assess import (
 from modelshield.assess.plan import DEFAULT_ATTACKS, DEFAULT_BUDGETS, DEFAULT_EPS, DefensesPlan, parse_floats
 from modelshield.cli import _render as render
 from modelshield.cli._target import Target, check_model_fits, load_target, parse_norm, torch_threads
-from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, DATA_HELP, MODEL_HELP, TRUST_TORCHSCRIPT_HELP
+from modelshield.cli.attack import (
+    ARCH_HELP,
+    DATA_DIR_HELP,
+    DATA_HELP,
+    FEATURE_COLS_HELP,
+    LABEL_COL_HELP,
+    MODEL_HELP,
+    SKOPS_TRUST_HELP,
+    TEXT_COL_HELP,
+    TRUST_EXPORT_HELP,
+    TRUST_PICKLE_HELP,
+    TRUST_TORCHSCRIPT_HELP,
+    target_options,
+)
 from modelshield.errors import ConfigError
 
 __all__ = ["DEMO_MODEL", "DEMO_PLAN", "assess", "demo"]
@@ -42,6 +55,16 @@ _BUDGETS_DEFAULT = ",".join(str(b) for b in DEFAULT_BUDGETS)
 IMAGE_SECTIONS = ("evasion",)
 TABULAR_SECTIONS = ("tabular",)
 TEXT_SECTIONS = ("poisoning", "text-evasion")
+BLACK_BOX_IMAGE_SECTIONS = ("evasion", "blackbox")  # evasion says why it is skipped
+
+
+def default_sections(target: Target) -> tuple[str, ...]:
+    """The report sections that fit the target's modality and access."""
+    if target.text:
+        return TEXT_SECTIONS
+    if target.tabular:
+        return TABULAR_SECTIONS
+    return IMAGE_SECTIONS if target.white_box else BLACK_BOX_IMAGE_SECTIONS
 
 
 def _parse_ints(text: str, *, name: str) -> tuple[int, ...]:
@@ -77,10 +100,12 @@ def _defenses_plan(defended: str | None, *, arch: str | None,
 def _assess_and_write(target: Target, plan: AssessmentPlan, out: Path, *, force: bool,
                       thresholds: list[Threshold]) -> None:
     with render.progress_bar("assessing") as progress, render.show_warnings():
-        model = target.adapted() if target.tabular or target.text else target.module
+        model = target.module if target.image and target.white_box else target.adapted()
+        user_text = target.text and target.model_info.get("source") in ("file", "callable")
         progress(0, None, f"assessing ({', '.join(plan.sections)}): first batch running")
         result = run(model, target.x, target.y, plan=plan, model_info=target.model_info,
-                     data_info=target.data_info, bounds=target.bounds, progress=progress)
+                     data_info=target.data_info, bounds=target.bounds, progress=progress,
+                     texts=target.texts, text_model=target.module if user_text else None)
     paths = write_report(result, out, overwrite=force)
     render.assessment_table(result.to_dict(), paths)
     failures = check_thresholds(result, thresholds)
@@ -98,6 +123,12 @@ def assess(
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
     trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
                                                     help=TRUST_TORCHSCRIPT_HELP)] = False,
+    label_col: Annotated[str | None, typer.Option("--label-col", help=LABEL_COL_HELP)] = None,
+    feature_cols: Annotated[str | None, typer.Option("--feature-cols", help=FEATURE_COLS_HELP)] = None,
+    text_col: Annotated[str | None, typer.Option("--text-col", help=TEXT_COL_HELP)] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help=TRUST_PICKLE_HELP)] = False,
+    trust_export: Annotated[bool, typer.Option("--trust-export", help=TRUST_EXPORT_HELP)] = False,
+    skops_trust: Annotated[str | None, typer.Option("--skops-trust", help=SKOPS_TRUST_HELP)] = None,
     attacks: Annotated[str, typer.Option(help="Comma-separated evasion attacks.")] = _ATTACKS_DEFAULT,
     eps: Annotated[str, typer.Option(help="Comma-separated eps grid (input units).")] = _EPS_DEFAULT,
     headline_eps: Annotated[float, typer.Option(help="Budget the severity and summary use.")] = 0.1,
@@ -146,9 +177,12 @@ def assess(
     check_new_files([out / "report.json", out / "report.html"], overwrite=force, owner="modelshield assess")
     with render.progress_bar("loading model") as progress, render.show_warnings():
         target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress,
-                             trust_torchscript=trust_torchscript)
+                             trust_torchscript=trust_torchscript,
+                             options=target_options(label_col=label_col, feature_cols=feature_cols,
+                                                    text_col=text_col, trust_pickle=trust_pickle,
+                                                    trust_export=trust_export, skops_trust=skops_trust))
     chosen = (tuple(s.strip() for s in sections.split(",") if s.strip()) if sections is not None
-              else TEXT_SECTIONS if target.text else TABULAR_SECTIONS if target.tabular else IMAGE_SECTIONS)
+              else default_sections(target))
     if defended is not None and "defenses" not in chosen:
         if sections is not None:
             raise ConfigError(

@@ -28,10 +28,36 @@ TABULAR_ATTACK = "tabular"
 TEXT_ATTACK = "text"
 """CLI name of the black-box text evasion attack (TextEvasion) on text models (spam-*)."""
 
-MODEL_HELP = "Zoo name (see 'modelshield zoo list') or path to a saved model file."
-DATA_HELP = "Data set of a model file: digits, mnist or fashion-mnist (zoo models know theirs)."
+MODEL_HELP = ("Zoo name (see 'modelshield zoo list'), a model file (modelshield/PyTorch state dict with "
+              "--arch, skops, XGBoost JSON/UBJ, LightGBM text, ONNX, torch.export with --trust-export) or "
+              "a package.module:function callable returning probabilities or labels.")
+DATA_HELP = ("Data of a model file or callable: a built-in name (digits, mnist, fashion-mnist, "
+             "phishing-websites, sms-spam), an .npz (x, y), a CSV/Parquet file with --label-col, an image "
+             "folder (one sub-folder per class) or a label<TAB>text file. Zoo models know theirs.")
+LABEL_COL_HELP = "CSV/Parquet data: the label column."
+FEATURE_COLS_HELP = "CSV/Parquet data: comma-separated feature columns (default: every other column)."
+TEXT_COL_HELP = "CSV data: the text column (makes the data text)."
+TRUST_PICKLE_HELP = ("Load pickle/joblib model files. Refused by default: unpickling runs code from the "
+                     "file, so pass this only for files from a source you trust.")
+TRUST_EXPORT_HELP = ("Load torch.export (.pt2) archives, which may unpickle code from the file; only for "
+                     "files from a source you trust.")
+SKOPS_TRUST_HELP = "skops model files: comma-separated type names to trust beyond skops' defaults."
+
+
+def target_options(*, label_col: str | None, feature_cols: str | None, text_col: str | None,
+                   trust_pickle: bool, trust_export: bool, skops_trust: str | None) -> Any:
+    """The --label-col / --trust-pickle / ... options as a ``modelshield.targets.TargetOptions``."""
+    from modelshield.targets import TargetOptions
+
+    def split(text: str | None) -> tuple[str, ...] | None:
+        return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
+
+    return TargetOptions(label_col=label_col, feature_cols=split(feature_cols), text_col=text_col,
+                         trust_pickle=trust_pickle, trust_export=trust_export,
+                         skops_trusted=split(skops_trust) or ())
 DATA_DIR_HELP = "Folder holding mnist/, fashion-mnist/ and phishing-websites/ (default: $MODELSHIELD_DATA)."
-ARCH_HELP = "Zoo architecture of a bare state-dict model file, e.g. cnn-8x8."
+ARCH_HELP = ("Architecture of a bare state-dict model file: a zoo architecture (e.g. cnn-8x8) or your own "
+             "package.module:function that builds the untrained nn.Module.")
 TRUST_TORCHSCRIPT_HELP = (
     "Load a TorchScript model file. Refused by default: TorchScript runs code from the file while "
     "loading, so pass this only for files from a source you trust."

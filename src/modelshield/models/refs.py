@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from modelshield.models._callable import CallableModel
     from modelshield.models._torch import TorchModel
 
-__all__ = ["ModelFormat", "ModelProvenance", "ModelRef", "load_model_ref"]
+__all__ = ["IMPORT_PATH", "ModelFormat", "ModelProvenance", "ModelRef", "load_model_ref"]
 
 ModelFormat: TypeAlias = Literal[
     "modelshield-v1", "state_dict", "torch.export", "torchscript", "skops", "xgboost", "lightgbm",
@@ -57,7 +57,8 @@ ModelFormat: TypeAlias = Literal[
 Access: TypeAlias = Literal["white-box", "black-box"]
 Modality: TypeAlias = Literal["image", "tabular", "text"]
 
-_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+"""A ``package.module:attribute`` import path (a user's callable or architecture builder)."""
 _OWNER = "load_model_ref"
 _EXTRA = "pip install 'modelshield[formats]'"
 _FORMATS_HELP = (
@@ -181,7 +182,7 @@ def import_object(path: str, *, param: str) -> Any:
     Raises:
         ConfigError: the path is malformed, the module cannot be imported, or the attribute is missing.
     """
-    if not isinstance(path, str) or not _IMPORT_PATH.match(path):
+    if not isinstance(path, str) or not IMPORT_PATH.match(path):
         raise ConfigError(
             f"{_OWNER}: {param!r} must be an import path 'package.module:function'; got {path!r}. "
             "Name a module importable from the current Python path and an attribute in it."
@@ -355,7 +356,7 @@ def load_model_ref(
                           f"{modality!r}. Omit it to use the detected kind.")
     text = str(ref)
     path = Path(text).expanduser()
-    if not path.exists() and _IMPORT_PATH.match(text):
+    if not path.exists() and IMPORT_PATH.match(text):
         made = _load_callable(text)
     else:
         if not path.is_file():

@@ -17,6 +17,7 @@ from modelshield.assess._section import (
     Table,
     atlas,
     json_float,
+    skipped_section,
 )
 from modelshield.assess.plan import EvasionPlan
 from modelshield.assess.sanity import check_eps_curves, warn_findings
@@ -106,6 +107,15 @@ class EvasionSection:
     id: str = "evasion"
 
     def __call__(self, ctx: AssessmentContext, progress: Progress | None) -> Section:
+        from modelshield.models import TorchModel
+
+        if not isinstance(ctx.model, TorchModel):
+            return skipped_section(
+                self.id, "White-box evasion",
+                "the white-box attacks need the model's input gradients, and this model is answered "
+                f"only through its outputs ({ctx.model_info.get('format') or 'black-box'}); the "
+                "blackbox section measures query-only evasion instead.",
+            )
         plan: EvasionPlan = ctx.plan.evasion
         n = int(ctx.x.shape[0])
         n_batches = -(-n // ctx.batch_size)

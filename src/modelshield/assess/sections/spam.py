@@ -33,6 +33,7 @@ from modelshield.assess._section import (
     Table,
     atlas,
     json_float,
+    skipped_section,
 )
 from modelshield.errors import ConfigError
 
@@ -141,6 +142,13 @@ class PoisoningSection:
 
         owner = "PoisoningSection"
         rates = _rates((*self.rates, self.headline_rate), owner)
+        if ctx.text_model is not None:
+            return skipped_section(
+                self.id, "Training-data poisoning",
+                "measuring poisoning retrains the model on poisoned data, which needs its training "
+                "recipe; a user's text model is run as given. Validate its training file with "
+                "`modelshield validate-data --data FILE` instead.",
+            )
         kind, ds = _spam_setup(ctx, self.data_root, owner)
         from modelshield.models.zoo._spam import spam_metrics, train_spam_model
 
@@ -312,16 +320,22 @@ class TextEvasionSection:
 
         owner = "TextEvasionSection"
         budgets = _rates((*self.budgets, self.headline_budget), owner)
-        kind, ds = _spam_setup(ctx, self.data_root, owner)
         idx = ctx.x.reshape(ctx.x.shape[0], -1)[:, 0].long().tolist()
-        texts = [ds.texts_test[i] for i in idx]
         y = ctx.y.detach().cpu().long()
-        if not torch.equal(y, ds.y_test[torch.as_tensor(idx, dtype=torch.long)]):
-            raise ConfigError(
-                f"{owner}: the assessment points must be row indices into the SMS test split with their "
-                "labels; got labels that do not match. Build the points with zoo.text_split."
-            )
-        model = train_spam_model(kind, ds, seed=0)  # type: ignore[arg-type]  # checked in _spam_setup  # equal to the zoo model (fingerprint-checked recipe)
+        model: Any
+        kind: str | None = None  # the zoo recipe retrained, None for a user's model
+        if ctx.text_model is not None and ctx.texts is not None:  # the user's own text model, as given
+            texts = [ctx.texts[i] for i in idx]
+            model = ctx.text_model
+        else:
+            kind, ds = _spam_setup(ctx, self.data_root, owner)
+            texts = [ds.texts_test[i] for i in idx]
+            if not torch.equal(y, ds.y_test[torch.as_tensor(idx, dtype=torch.long)]):
+                raise ConfigError(
+                    f"{owner}: the assessment points must be row indices into the SMS test split with "
+                    "their labels; got labels that do not match. Build the points with zoo.text_split."
+                )
+            model = train_spam_model(kind, ds, seed=0)  # type: ignore[arg-type]  # checked in _spam_setup; equal to the zoo model (fingerprint-checked recipe)
         runs = [(m, b) for m in self.methods for b in budgets]
         curve: list[dict[str, Any]] = []
         head_results: dict[str, Any] = {}
@@ -408,7 +422,7 @@ class TextEvasionSection:
                 "methods": list(self.methods),
                 "budgets": list(budgets),
                 "headline_budget": self.headline_budget,
-                "data_sha256": ds.sha256,
+                "data_sha256": ds.sha256 if kind is not None else ctx.data_info.get("sha256"),
                 "attacks": {f"text:{m}": {"budgets": list(budgets), "seed": ctx.seed} for m in self.methods},
             },
         )
