@@ -85,7 +85,8 @@ def _section(report: dict[str, Any], sid: str) -> dict[str, Any]:
 def _write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     cols = [f"f{j}" for j in range(x.shape[1])]
     lines = [",".join([*cols, "label"])]
-    lines += [",".join([*(f"{v:.6g}" for v in row), str(int(label))]) for row, label in zip(x, y, strict=True)]
+    for row, label in zip(x, y, strict=True):
+        lines.append(",".join([*(f"{v:.6g}" for v in row), str(int(label))]))
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -5,7 +5,9 @@ module importing an undeclared package fails ``test_every_module_imports`` there
 lazily inside functions (PyYAML was one: ``attack evasion --attack tabular`` crashed on a clean
 install) are not executed by importing the module, so ``test_every_import_is_declared`` reads
 every ``import`` statement of the source tree and requires its distribution in
-``[project] dependencies``.
+``[project] dependencies``, or in an optional extra when the import is made lazily inside a
+function (so ``import modelshield...`` works without the extra, and the feature names the extra
+to install). The ``test`` extra must hold every other extra (but ``peers``), so CI tests them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,21 +44,41 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _declared() -> set[str]:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+def _names(requirements: list[str]) -> set[str]:
     names = set()
-    for req in project["dependencies"]:
+    for req in requirements:
         match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
         assert match, f"unparsable requirement {req!r}"
         names.add(_canonical(match.group(1)))
     return names
 
 
-def _imported_top_levels() -> dict[str, list[str]]:
-    """Top-level module name -> 'file:line' of each import anywhere in src (lazy ones included)."""
-    found: dict[str, list[str]] = {}
+def _project() -> dict[str, Any]:
+    project: dict[str, Any] = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return project
+
+
+def _declared() -> set[str]:
+    return _names(_project()["dependencies"])
+
+
+def _extras() -> dict[str, set[str]]:
+    return {k: _names(v) for k, v in _project().get("optional-dependencies", {}).items()}
+
+
+def _imported_top_levels() -> dict[str, list[tuple[str, bool]]]:
+    """Top-level module name -> ('file:line', lazy) of each import anywhere in src.
+
+    ``lazy`` is True for an import inside a function body (run only when the function is).
+    """
+    found: dict[str, list[tuple[str, bool]]] = {}
     for path in sorted(SRC.rglob("*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
+        lazy_nodes = {
+            id(inner)
+            for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+            for inner in ast.walk(fn)
+        }
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -65,7 +88,8 @@ def _imported_top_levels() -> dict[str, list[str]]:
                 continue
             for name in names:
                 top = name.split(".")[0]
-                found.setdefault(top, []).append(f"{path.relative_to(REPO)}:{node.lineno}")
+                where = f"{path.relative_to(REPO)}:{node.lineno}"
+                found.setdefault(top, []).append((where, id(node) in lazy_nodes))
     return found
 
 
@@ -92,21 +116,41 @@ def test_every_module_imports(name: str) -> None:
 
 def test_every_import_is_declared() -> None:
     declared = _declared()
+    optional = set().union(*(v for k, v in _extras().items() if k not in ("test", "peers")))
     mapping = md.packages_distributions()
     undeclared: list[str] = []
-    for top, where in sorted(_imported_top_levels().items()):
+    for top, places in sorted(_imported_top_levels().items()):
         if top in sys.stdlib_module_names or top in ("modelshield", "__future__"):
             continue
         dists = {_canonical(d) for d in mapping.get(top, [])}
         if not dists and top in KNOWN_DISTRIBUTIONS:
             dists = {KNOWN_DISTRIBUTIONS[top]}
-        if not dists & declared:
-            what = ", ".join(sorted(dists)) or f"(not installed: no distribution provides {top!r})"
-            undeclared.append(f"{top} -> {what} imported at {where[0]}")
+        what = ", ".join(sorted(dists)) or f"(not installed: no distribution provides {top!r})"
+        if dists & declared:
+            continue
+        if dists & optional:
+            eager = [where for where, lazy in places if not lazy]
+            if eager:
+                undeclared.append(f"{top} -> {what} (an optional extra) imported at module level at "
+                                  f"{eager[0]}; import it inside the function that needs it")
+            continue
+        undeclared.append(f"{top} -> {what} imported at {places[0][0]}")
     assert not undeclared, (
         "imports whose distribution is not in [project] dependencies of pyproject.toml "
-        "(declare them, or move the import behind an optional extra): " + "; ".join(undeclared)
+        "(declare them, or put them in an optional extra and import them lazily): "
+        + "; ".join(undeclared)
     )
+
+
+def test_the_test_extra_installs_every_optional_feature() -> None:
+    """CI installs '.[test]': every feature extra (all but 'peers') must be in it, or go untested."""
+    extras = _extras()
+    missing = {
+        name: sorted(deps - extras.get("test", set()))
+        for name, deps in extras.items()
+        if name not in ("test", "peers") and deps - extras.get("test", set())
+    }
+    assert not missing, f"add these to the 'test' extra in pyproject.toml: {missing}"
 
 
 def test_declared_dependencies_are_installed() -> None:
