@@ -80,20 +80,20 @@ def test_l2_bump_is_a_unit_norm_dipole() -> None:
 
 
 def test_square_updates_one_window_and_keep_the_l2_sphere() -> None:
-    gen = torch.Generator().manual_seed(0)
     x = torch.full((4, 3, 8, 8), 0.5)  # interior points: no clipping
-    xb = _linf_init(x, 0.1, (0.0, 1.0), gen)
+    keys = torch.arange(4)  # per-point random-number keys (normally point_keys(x, y, seed))
+    xb = _linf_init(x, 0.1, (0.0, 1.0), keys)
     assert torch.allclose((xb - x).abs(), torch.full_like(x, 0.1))
     assert ((xb - x)[:, :, 0:1] == (xb - x)).all()  # vertical stripes: constant along rows
     # p = 0.25 of 64 pixels -> 4 x 4 windows, one value per channel
-    cand = _linf_candidates(x, xb, 0.1, 0.25, (0.0, 1.0), gen)
+    cand = _linf_candidates(x, xb, 0.1, 0.25, (0.0, 1.0), keys, 0)
     changed = (cand != xb).any(1)  # (4, 8, 8) pixels changed in any channel
     assert (changed.flatten(1).sum(1) <= 16).all() and changed.flatten(1).any(1).all()
     assert torch.allclose((cand - x).abs(), torch.full_like(x, 0.1))
-    xl2 = _l2_init(x, 0.5, (0.0, 1.0), gen)
+    xl2 = _l2_init(x, 0.5, (0.0, 1.0), keys)
     assert torch.allclose((xl2 - x).flatten(1).norm(dim=1), torch.full((4,), 0.5), atol=1e-5)
-    for _ in range(3):
-        xl2 = _l2_candidates(x, xl2, 0.5, 0.1, (0.0, 1.0), gen)
+    for it in range(3):
+        xl2 = _l2_candidates(x, xl2, 0.5, 0.1, (0.0, 1.0), keys, it)
         assert torch.allclose((xl2 - x).flatten(1).norm(dim=1), torch.full((4,), 0.5), atol=1e-5)
 
 

@@ -17,10 +17,10 @@ from modelshield.attacks._ops import (
     clip_to_bounds,
     expand_as_batch,
     is_adversarial,
-    make_generator,
     normalize_grad,
+    point_keys,
+    point_random_start,
     project,
-    random_start,
 )
 from modelshield.attacks._verify import start_call
 from modelshield.attacks.results import EvasionResult
@@ -32,6 +32,8 @@ MOMENTUM = 0.75
 """Weight of the new gradient step; 1 - MOMENTUM goes to the previous displacement (the paper's alpha)."""
 
 _EPS_FIX = "Give eps in input units, e.g. eps=8/255 for images in [0, 1]."
+
+_START = 0x4150  # stream id of the random starts: (_START, target rank, restart)
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -64,9 +66,13 @@ def apgd_run(
     steps: int,
     loss: Loss,
     rho: float,
-    generator: torch.Generator,
+    keys: Tensor,
+    stream: int | tuple[int, ...],
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One APGD run; returns (x_out (N, ...), broken (N,) bool, best loss (N,)).
+
+    Row i's random start comes from ``keys[i]`` (see ``point_keys``) in ``stream``, so it
+    does not depend on the other rows.
 
     ``loss_target`` selects the targeted loss (None: untargeted loss of y); ``hit_target``
     selects the success criterion (None: misclassified, else predicted == hit_target), so the
@@ -85,7 +91,7 @@ def apgd_run(
     def sel(t: Tensor | None, keep: Tensor) -> Tensor | None:
         return t[keep] if t is not None else None
 
-    x_cur = clip_to_bounds(x + random_start(x, eps, norm, generator), lo_hi)
+    x_cur = clip_to_bounds(x + point_random_start(x, eps, norm, keys, stream), lo_hi)
     x_out = x_cur.clone()
     broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     best_out = torch.full((x.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
@@ -180,13 +186,17 @@ def _attack_rounds(
     hit_target: Tensor | None,
     *,
     attack: APGD | APGDT,
-    generator: torch.Generator,
+    keys: Tensor,
+    rank: int = 0,
 ) -> None:
     """Run ``attack.restarts`` APGD runs on the rows still in todo; update x_adv/todo/best in place.
 
+    ``keys`` (N,) are the rows' random-number keys; ``rank`` numbers the APGD-T target class, so
+    every (target rank, restart) pair draws fresh random starts.
+
     All three tensors are the attack's own working copies, never the caller's inputs.
     """
-    for _ in range(attack.restarts):
+    for r in range(attack.restarts):
         idx = todo.nonzero().squeeze(1)
         if idx.numel() == 0:
             return
@@ -194,7 +204,7 @@ def _attack_rounds(
         ht = hit_target[idx] if hit_target is not None else None
         out, broken, f_best = apgd_run(
             m, x[idx], y[idx], lt, ht, eps=attack.eps, norm=attack.norm, steps=attack.steps,
-            loss=attack.loss, rho=attack.rho, generator=generator,
+            loss=attack.loss, rho=attack.rho, keys=keys[idx], stream=(_START, rank, r),
         )
         # Broken rows take their adversarial iterate; unbroken rows keep the best-loss point.
         take = broken | (f_best > best[idx])
@@ -224,7 +234,8 @@ class APGD:
         restarts: runs from fresh random starts, each on the points still unbroken.
         loss: ``"ce"`` (APGD-CE), ``"dlr"`` (APGD-DLR) or ``"margin"``.
         rho: the fraction of loss-increasing steps below which the step size is halved.
-        seed: seed for the random starts; None draws fresh entropy (not reproducible).
+        seed: seed for the random starts; None draws fresh entropy (not reproducible). A
+            point's draws depend only on the seed and the point, not on the batch.
 
     Reference: Croce and Hein, "Reliable evaluation of adversarial robustness with an
     ensemble of diverse parameter-free attacks", ICML 2020 (arXiv:2003.01690).
@@ -252,14 +263,14 @@ class APGD:
     ) -> EvasionResult:
         call = start_call(model, x, y, target, owner="APGD", gradients=True)
         m = call.gradient_model
-        gen = make_generator(self.seed, call.x.device)
+        keys = point_keys(call.x, call.y, self.seed)
         with eval_mode(m):
             clean_pred = m.predict(call.x)
             todo = (clean_pred != call.target) if call.target is not None else (clean_pred == call.y)
             x_adv = call.x.clone()
             best = torch.full(call.y.shape, -math.inf, dtype=call.x.dtype, device=call.x.device)
             _attack_rounds(m, call.x, call.y, todo, x_adv, best, call.target, call.target,
-                           attack=self, generator=gen)
+                           attack=self, keys=keys)
             return call.finish(x_adv, attack=self, eps=self.eps, norm=self.norm, clean_pred=clean_pred)
 
 
@@ -284,7 +295,8 @@ class APGDT:
         loss: targeted loss: ``"dlr"`` (targeted DLR, default; margin for C < 4), ``"ce"``
             or ``"margin"``.
         rho: the step-halving threshold of APGD.
-        seed: seed for the random starts; None draws fresh entropy (not reproducible).
+        seed: seed for the random starts; None draws fresh entropy (not reproducible). A
+            point's draws depend only on the seed and the point, not on the batch.
 
     Reference: Croce and Hein, "Reliable evaluation of adversarial robustness with an
     ensemble of diverse parameter-free attacks", ICML 2020 (arXiv:2003.01690).
@@ -314,7 +326,7 @@ class APGDT:
     ) -> EvasionResult:
         call = start_call(model, x, y, target, owner="APGDT", gradients=True)
         m = call.gradient_model
-        gen = make_generator(self.seed, call.x.device)
+        keys = point_keys(call.x, call.y, self.seed)
         with eval_mode(m):
             logits = m.scores(call.x)
             clean_pred = logits.argmax(1)
@@ -323,12 +335,12 @@ class APGDT:
             if call.target is not None:
                 todo = clean_pred != call.target
                 _attack_rounds(m, call.x, call.y, todo, x_adv, best, call.target, call.target,
-                               attack=self, generator=gen)
+                               attack=self, keys=keys)
             else:
                 todo = clean_pred == call.y
                 ranked = logits.scatter(1, call.y[:, None], -math.inf).argsort(1, descending=True)
                 for k in range(min(self.n_target_classes, m.n_classes - 1)):
                     best.fill_(-math.inf)  # losses towards different targets are not comparable
                     _attack_rounds(m, call.x, call.y, todo, x_adv, best, ranked[:, k].contiguous(),
-                                   None, attack=self, generator=gen)
+                                   None, attack=self, keys=keys, rank=k + 1)
             return call.finish(x_adv, attack=self, eps=self.eps, norm=self.norm, clean_pred=clean_pred)

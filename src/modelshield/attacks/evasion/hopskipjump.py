@@ -11,7 +11,7 @@ from torch import Tensor
 
 from modelshield._checks import check_choice, check_inputs, check_range
 from modelshield._typing import NORMS, Norm
-from modelshield.attacks._ops import expand_as_batch, lp_norms, make_generator
+from modelshield.attacks._ops import expand_as_batch, lp_norms, point_keys, point_normal, point_uniform
 from modelshield.attacks._verify import start_call
 from modelshield.attacks.evasion._query import QueryLedger, black_box_mode, check_room_for_call
 from modelshield.attacks.results import EvasionResult
@@ -29,14 +29,18 @@ _BLEND_TOL = 1e-3
 _MAX_ELEMS = 2**24
 """Elements per gradient-estimation chunk (points x samples x features), bounding memory."""
 
+# Stream ids of the per-point random draws: (_NOISE, try) for starting points, (_PROBE, step)
+# for the direction estimate's samples. A point's draws depend only on its key (``point_keys``).
+_NOISE, _PROBE = 0x4853, 0x484A
+
 
 class _Run:
-    """One HopSkipJump call's state: the model, the ledger and the per-point labels."""
+    """One HopSkipJump call's state: the model, the ledger, the per-point labels and keys."""
 
     def __init__(self, m: TorchModel | CallableModel, ledger: QueryLedger, y: Tensor,
-                 target: Tensor | None, norm: Norm, theta: float, gen: torch.Generator) -> None:
+                 target: Tensor | None, norm: Norm, theta: float, keys: Tensor) -> None:
         self.m, self.ledger, self.y, self.target = m, ledger, y, target
-        self.norm, self.theta, self.gen = norm, theta, gen
+        self.norm, self.theta, self.keys = norm, theta, keys
         self.lo, self.hi = m.bounds
 
     def decide(self, owners: Tensor, images: Tensor) -> Tensor:
@@ -88,11 +92,13 @@ class _Run:
             highs[pos] = torch.where(adv, mids, highs[pos])
             out[pos[adv]] = imgs[adv]
 
-    def estimate_direction(self, idx: Tensor, xb: Tensor, delta: Tensor, evals: Tensor) -> Tensor:
+    def estimate_direction(self, idx: Tensor, xb: Tensor, delta: Tensor, evals: Tensor,
+                           t: int) -> Tensor:
         """(k, ...) unit estimate of the boundary normal at xb from evals[i] label queries each.
 
         Monte-Carlo estimate with baseline subtraction (the paper's eq. 16); random vectors
-        are Gaussian (L2) or uniform (L-inf), normalised, and clipped to the bounds.
+        are Gaussian (L2) or uniform (L-inf), normalised, and clipped to the bounds. Sample j
+        of point idx[i] at step t depends only on that point's key, t and j.
         """
         k, feat = xb.shape[0], xb[0].numel()
         b = int(evals.max()) if k else 0
@@ -104,11 +110,11 @@ class _Run:
             sl = slice(s, s + per_chunk)
             base, dl, ev, own = xb[sl], expand_as_batch(delta[sl], xb[sl]), evals[sl], idx[sl]
             kc = base.shape[0]
-            shape = (kc, b, *xb.shape[1:])
+            shape = (b, *xb.shape[1:])
             if self.norm == "2":
-                rv = torch.randn(shape, generator=self.gen, device=xb.device, dtype=xb.dtype)
+                rv = point_normal(self.keys[own], (_PROBE, t), shape, dtype=xb.dtype)
             else:
-                rv = 2 * torch.rand(shape, generator=self.gen, device=xb.device, dtype=xb.dtype) - 1
+                rv = 2 * point_uniform(self.keys[own], (_PROBE, t), shape, dtype=xb.dtype) - 1
             rv = rv / lp_norms(rv.flatten(0, 1), "2").clamp_min(1e-12).view(kc, b, *([1] * (xb.dim() - 1)))
             pert = (base[:, None] + dl[:, None] * rv).clamp(self.lo, self.hi)
             rv = (pert - base[:, None]) / dl[:, None]
@@ -156,7 +162,8 @@ class HopSkipJump:
         init_evals: samples of the first direction estimate (100 in the paper).
         max_evals: cap on samples per direction estimate (10,000 in the paper).
         init_tries: random-noise draws per point when looking for a starting point.
-        seed: seed of the random draws; None draws fresh entropy (not reproducible).
+        seed: seed of the random draws; None draws fresh entropy (not reproducible). Each point
+            draws from the seed and the point itself, so results do not depend on the batch.
 
     Raises:
         QueryBudgetExceeded: the model's budget is below 2 queries per point.
@@ -221,7 +228,7 @@ class HopSkipJump:
         d = call.x[0].numel()
         theta = self.gamma / (d**1.5 if self.norm == "2" else d**2)
         ledger = QueryLedger(m, n, max_queries=self.max_queries, reserve=n, device=dev)
-        run = _Run(m, ledger, call.y, call.target, self.norm, theta, make_generator(self.seed, dev))
+        run = _Run(m, ledger, call.y, call.target, self.norm, theta, point_keys(call.x, call.y, self.seed))
         with black_box_mode(m):
             clean_pred = m.predict(call.x)
             ledger.charge(torch.arange(n, device=dev))
@@ -251,12 +258,12 @@ class HopSkipJump:
                 found[idx[adv]] = True
                 start[idx[adv]] = x_init[idx[adv]]
         given = found.clone()
-        for _ in range(self.init_tries):
+        for attempt in range(self.init_tries):
             idx = (todo & ~found).nonzero().squeeze(1)
             idx = idx[run.grant(idx) > 0]
             if idx.numel() == 0:
                 break
-            u = torch.rand(x[idx].shape, generator=run.gen, device=dev, dtype=x.dtype)
+            u = point_uniform(run.keys[idx], (_NOISE, attempt), tuple(x.shape[1:]), dtype=x.dtype)
             noise = run.lo + (run.hi - run.lo) * u
             adv = run.decide(idx, noise)
             found[idx[adv]] = True
@@ -326,7 +333,7 @@ class HopSkipJump:
             idx, delta, evals = idx[keep], delta[keep], evals[keep]
             if idx.numel() == 0:
                 break
-            grad = run.estimate_direction(idx, cur_all[idx], delta, evals)
+            grad = run.estimate_direction(idx, cur_all[idx], delta, evals, t)
             update = grad.sign() if self.norm == "inf" else grad
             # Geometric progression: halve the step until the moved point is adversarial.
             step = dist[idx] / math.sqrt(t)

@@ -14,16 +14,18 @@ from modelshield.attacks._losses import LOSSES, Loss, loss_fn_for
 from modelshield.attacks._ops import (
     clip_to_bounds,
     is_adversarial,
-    make_generator,
     normalize_grad,
+    point_keys,
+    point_random_start,
     project,
-    random_start,
 )
 from modelshield.attacks._verify import start_call
 from modelshield.attacks.results import EvasionResult
 from modelshield.models import ModelLike, TorchModel, eval_mode
 
 __all__ = ["PGD", "pgd_iterates"]
+
+_START = 0x5067  # stream id of PGD's random starts: (_START, restart)
 
 
 def pgd_iterates(
@@ -38,10 +40,14 @@ def pgd_iterates(
     step_size: float,
     loss: Loss,
     random_init: bool,
-    generator: torch.Generator,
+    keys: Tensor,
+    stream: int | tuple[int, ...] = 0,
     early_stop: bool = True,
 ) -> Tensor:
     """One PGD run over the batch; returns (N, ...) candidate adversarial inputs.
+
+    The random start of row i is drawn from its key ``keys[i]`` (see ``point_keys``) in the
+    given stream, so it does not depend on the other rows of the batch.
 
     With ``early_stop`` a row is frozen at the first iterate that the model (in that step's own
     forward pass) already misclassifies, and is dropped from later steps, so no forward or
@@ -52,7 +58,7 @@ def pgd_iterates(
     lo, hi = m.bounds
     x_adv = x.clone()
     if random_init:
-        x_adv = clip_to_bounds(x + random_start(x, eps, norm, generator), (lo, hi))
+        x_adv = clip_to_bounds(x + point_random_start(x, eps, norm, keys, stream), (lo, hi))
     active = torch.arange(x.shape[0], device=x.device)
     xa, x0, ya = x_adv, x, y
     ta = target
@@ -89,7 +95,9 @@ class PGD:
         restarts: number of random restarts.
         random_init: start from a uniform random point in the eps-ball (Madry et al.).
         loss: ``"ce"`` (default), ``"dlr"`` or ``"margin"``.
-        seed: seed for the random starts; None draws fresh entropy (not reproducible).
+        seed: seed for the random starts; None draws fresh entropy (not reproducible). Each
+            point's draws depend only on the seed and the point itself, so results do not
+            depend on the batch size or on the other points in the batch.
         early_stop: stop each point at its first adversarial iterate (default; the cheapest
             way to measure robustness). False runs every step on every point and returns the
             final iterates: use it to craft high-confidence examples for transfer attacks.
@@ -130,7 +138,7 @@ class PGD:
     ) -> EvasionResult:
         call = start_call(model, x, y, target, owner="PGD", gradients=True)
         m = call.gradient_model
-        gen = make_generator(self.seed, call.x.device)
+        keys = point_keys(call.x, call.y, self.seed)
         step_size = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
         with eval_mode(m):
             clean_pred = m.predict(call.x)
@@ -145,7 +153,7 @@ class PGD:
                 cand = pgd_iterates(
                     m, call.x[idx], call.y[idx], t_idx, eps=self.eps, norm=self.norm,
                     steps=self.steps, step_size=step_size, loss=self.loss,
-                    random_init=self.random_init or r > 0, generator=gen,
+                    random_init=self.random_init or r > 0, keys=keys[idx], stream=(_START, r),
                     early_stop=self.early_stop,
                 )
                 x_adv[idx] = cand

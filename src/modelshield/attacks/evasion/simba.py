@@ -11,7 +11,7 @@ from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
 from modelshield._typing import NORMS, Norm
-from modelshield.attacks._ops import is_adversarial, lp_norms, make_generator
+from modelshield.attacks._ops import is_adversarial, lp_norms, point_keys, point_uniform
 from modelshield.attacks._verify import start_call
 from modelshield.attacks.evasion._query import (
     QueryLedger,
@@ -28,6 +28,8 @@ from modelshield.models import CallableModel, ModelLike, TorchModel
 __all__ = ["SimBA", "dct_matrix"]
 
 Basis = Literal["pixel", "dct"]
+
+_ORDER = 0x5349  # stream id of the direction orders: (_ORDER, pass)
 
 
 def dct_matrix(n: int, *, dtype: torch.dtype = torch.float32,
@@ -86,7 +88,9 @@ class SimBA:
         basis: ``"pixel"`` or ``"dct"``.
         eps: optional budget in ``norm``; None leaves the perturbation unbounded.
         norm: the norm of eps and of the reported perturbation sizes (``"2"`` by default).
-        seed: seed of the direction orders; None draws fresh entropy (not reproducible).
+        seed: seed of the direction orders; None draws fresh entropy (not reproducible). Each
+            point draws its own orders from the seed and the point itself, so results do not
+            depend on the batch size or the other points.
 
     Raises:
         ModelCapabilityError: the model returns labels only (use HopSkipJump).
@@ -126,14 +130,14 @@ class SimBA:
         call = start_call(model, x, y, target, owner="SimBA", gradients=False)
         m, n = call.model, call.x.shape[0]
         check_room_for_call(m, n, owner="SimBA")
-        gen = make_generator(self.seed, call.x.device)
+        keys = point_keys(call.x, call.y, self.seed)
         ledger = QueryLedger(m, n, max_queries=self.max_queries, reserve=n, device=call.x.device)
         with black_box_mode(m):
             clean = scores_or_raise(m, call.x, owner="SimBA")
             ledger.charge(torch.arange(n, device=call.x.device))
             proba = is_probability_output(m, clean)
             x_adv = self._walk(m, call.x, call.y, call.target, clean, proba=proba,
-                               ledger=ledger, gen=gen)
+                               ledger=ledger, rkeys=keys)
             return call.finish(
                 x_adv, attack=self, eps=self.eps, norm=self.norm, clean_pred=clean.argmax(1),
                 point_queries=ledger.used.clone(), extra={"budget_exhausted": ledger.exhausted},
@@ -165,9 +169,12 @@ class SimBA:
         *,
         proba: bool,
         ledger: QueryLedger,
-        gen: torch.Generator,
+        rkeys: Tensor,
     ) -> Tensor:
-        """(N, ...) final points of the greedy walk (x itself for points never attacked)."""
+        """(N, ...) final points of the greedy walk (x itself for points never attacked).
+
+        ``rkeys`` (N,) are the points' random-number keys (``point_keys``).
+        """
         n, shape = x.shape[0], tuple(x.shape[1:])
         dev, lo, hi = x.device, *m.bounds
         xs = x.reshape(n, -1)
@@ -180,11 +187,11 @@ class SimBA:
         if self.eps == 0:
             return x_cur.view_as(x)
         mats: tuple[Tensor, Tensor] | None = None
-        keys = torch.zeros(d, device=dev)
+        keys = torch.zeros(d, dtype=torch.float64, device=dev)
         if self.basis == "dct":
             c, h, w = spatial_shape(shape)
             mats = (dct_matrix(h, dtype=x.dtype, device=dev), dct_matrix(w, dtype=x.dtype, device=dev))
-            keys = _dct_block_keys(c, h, w, dev)
+            keys = _dct_block_keys(c, h, w, dev).double()
         stale = torch.zeros(n, dtype=torch.long, device=dev)  # trials since the last query
         order = torch.empty(0, dtype=torch.long, device=dev)
 
@@ -226,8 +233,9 @@ class SimBA:
                 break
             j = trial % d
             if j == 0:  # a fresh random order (within frequency bands for DCT) per point
-                noise = torch.rand(n, d, generator=gen, device=dev)
-                order = (keys[None, :] + noise).argsort(dim=1)
+                # 53-bit noise: ties (which a stable sort would break by index) are negligible.
+                noise = point_uniform(rkeys, (_ORDER, trial // d), (d,), dtype=torch.float64)
+                order = (keys[None, :] + noise).argsort(dim=1, stable=True)
             stale[idx] += 1
             step = self.eps_step * self._directions(order[idx, j], shape, mats, xs)
             base, x0 = x_cur[idx], xs[idx]

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
 from modelshield._typing import NORMS, Norm
-from modelshield.attacks._ops import is_adversarial, lp_norms, make_generator
+from modelshield.attacks._ops import is_adversarial, lp_norms, point_keys, point_randint, point_signs
 from modelshield.attacks._verify import start_call
 from modelshield.attacks.evasion._query import (
     QueryLedger,
@@ -35,6 +35,10 @@ P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 _RESAMPLES = 16
 """Redraws of an L-inf window's values that would not change x_best (the reference's while loop)."""
+
+# Stream ids of the random draws: each is (purpose, iteration, part), drawn per point from the
+# point's key (``point_keys``), so a point's search does not depend on the rest of its batch.
+_INIT, _POS, _VAL, _FLIP = 1, 2, 3, 4
 
 
 def p_selection(p_init: float, it: int, n_iters: int) -> float:
@@ -75,12 +79,6 @@ def _bump(sh: int, sw: int) -> Tensor:
     return d / size if size > 0 else d
 
 
-def _signs(shape: tuple[int, ...], gen: torch.Generator, like: Tensor) -> Tensor:
-    """Uniform random +-1 of the given shape, dtype and device of like."""
-    bits = torch.randint(0, 2, shape, generator=gen, device=like.device)
-    return (2 * bits - 1).to(like.dtype)
-
-
 def _window_index(
     vh: Tensor, vw: Tensor, sh: int, sw: int, c: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -95,11 +93,14 @@ def _window_index(
     )
 
 
-def _positions(k: int, h: int, w: int, sh: int, sw: int, gen: torch.Generator,
-               device: torch.device) -> tuple[Tensor, Tensor]:
-    """Uniform top-left corners (k,), (k,) of sh x sw windows inside an h x w grid."""
-    vh = torch.randint(0, h - sh + 1, (k,), generator=gen, device=device)
-    vw = torch.randint(0, w - sw + 1, (k,), generator=gen, device=device)
+def _positions(keys: Tensor, stream: tuple[int, ...], h: int, w: int, sh: int,
+               sw: int) -> tuple[Tensor, Tensor]:
+    """Uniform top-left corners (k,), (k,) of sh x sw windows inside an h x w grid, one per key.
+
+    Per point, as in the paper's Algorithm 2 (each image gets its own window position).
+    """
+    vh = point_randint(keys, (*stream, 0), h - sh + 1)
+    vw = point_randint(keys, (*stream, 1), w - sw + 1)
     return vh, vw
 
 
@@ -121,14 +122,18 @@ def _l2_window(p: float, h: int, w: int) -> tuple[int, int]:
     return 1, min(s + 1 - s % 2, w)
 
 
-def _linf_init(x: Tensor, eps: float, bounds: tuple[float, float], gen: torch.Generator) -> Tensor:
+def _linf_init(x: Tensor, eps: float, bounds: tuple[float, float], keys: Tensor) -> Tensor:
     """x plus vertical stripes of +-eps (one sign per channel and column), clipped to bounds."""
-    n, c, _, w = x.shape
-    return (x + eps * _signs((n, c, 1, w), gen, x)).clamp(bounds[0], bounds[1])
+    _, c, _, w = x.shape
+    return (x + eps * point_signs(keys, _INIT, (c, 1, w), dtype=x.dtype)).clamp(bounds[0], bounds[1])
 
 
-def _l2_init(x: Tensor, eps: float, bounds: tuple[float, float], gen: torch.Generator) -> Tensor:
-    """x plus a grid of +-bump tiles (the paper's L2 init), rescaled to L2 norm eps, clipped."""
+def _l2_init(x: Tensor, eps: float, bounds: tuple[float, float], keys: Tensor) -> Tensor:
+    """x plus a grid of +-bump tiles (the paper's L2 init), rescaled to L2 norm eps, clipped.
+
+    The reference code draws each tile's orientation once for the whole batch; here each point
+    draws its own (the same distribution for every point, and independent of the batch).
+    """
     n, c, h, w = x.shape
     delta = torch.zeros_like(x)
     if h > 1:
@@ -141,41 +146,44 @@ def _l2_init(x: Tensor, eps: float, bounds: tuple[float, float], gen: torch.Gene
         tile_h, tile_w = 1, s
         starts_h = [0]
         starts_w = [(w - 5 * s) // 2 + s * j for j in range(w // s)]
-    flips = torch.randint(0, 2, (len(starts_h) * len(starts_w),), generator=gen).tolist()
-    signs = _signs((n, c, len(starts_h) * len(starts_w)), gen, x)
+    tiles = len(starts_h) * len(starts_w)
+    flips = point_randint(keys, (_INIT, 1), 2, (tiles,)).bool()
+    signs = point_signs(keys, (_INIT, 2), (c, tiles), dtype=x.dtype)
+    pat = _bump(tile_h, tile_w).to(dtype=x.dtype, device=x.device)
     # A Python loop over the (few, e.g. 25) tiles, never over the batch.
     for t, (r, q) in enumerate((r, q) for r in starts_h for q in starts_w):
-        pat = _bump(tile_h, tile_w)
-        pat = pat.T if flips[t] and tile_h > 1 else pat
         r0, q0 = max(r, 0), max(q, 0)
         r1, q1 = min(r + tile_h, h), min(q + tile_w, w)
         if r1 <= r0 or q1 <= q0:
             continue
-        piece = pat[r0 - r:r1 - r, q0 - q:q1 - q].to(x.dtype).to(x.device)
-        delta[:, :, r0:r1, q0:q1] += piece * signs[:, :, t, None, None]
+        pats = torch.where(flips[:, t, None, None], pat.T, pat) if tile_h > 1 else pat.expand(n, -1, -1)
+        piece = pats[:, r0 - r:r1 - r, q0 - q:q1 - q]
+        delta[:, :, r0:r1, q0:q1] += piece[:, None] * signs[:, :, t, None, None]
     size = lp_norms(delta, "2").clamp_min(1e-12).view(-1, 1, 1, 1)
     return (x + delta / size * eps).clamp(bounds[0], bounds[1])
 
 
 def _linf_candidates(
-    xc: Tensor, xb: Tensor, eps: float, p: float, bounds: tuple[float, float], gen: torch.Generator
+    xc: Tensor, xb: Tensor, eps: float, p: float, bounds: tuple[float, float], keys: Tensor, it: int
 ) -> Tensor:
     """Each row of xb with one random window set to x +- eps (one sign per channel), clipped.
 
-    As in the reference code, a draw that would leave x_best unchanged is redrawn.
+    As in the reference code, a draw that would leave x_best unchanged is redrawn. Row i's
+    draws depend only on keys[i] and the iteration it.
     """
-    k, c, h, w = xc.shape
+    _, c, h, w = xc.shape
     sh, sw = _linf_window(p, h, w)
-    vh, vw = _positions(k, h, w, sh, sw, gen, xc.device)
+    vh, vw = _positions(keys, (_POS, it), h, w, sh, sw)
     win = _window_index(vh, vw, sh, sw, c)
     x_win, b_win = xc[win], xb[win]
-    new_win = (x_win + eps * _signs((k, c, 1, 1), gen, xc)).clamp(bounds[0], bounds[1])
+    new_win = (x_win + eps * point_signs(keys, (_VAL, it, 0), (c, 1, 1), dtype=xc.dtype)).clamp(
+        bounds[0], bounds[1])
     same = ((new_win - b_win).abs() < 1e-7).flatten(1).all(1)
-    for _ in range(_RESAMPLES):
+    for attempt in range(1, _RESAMPLES + 1):
         redo = same.nonzero().squeeze(1)
         if redo.numel() == 0:
             break
-        vals = eps * _signs((redo.numel(), c, 1, 1), gen, xc)
+        vals = eps * point_signs(keys[redo], (_VAL, it, attempt), (c, 1, 1), dtype=xc.dtype)
         new_win[redo] = (x_win[redo] + vals).clamp(bounds[0], bounds[1])
         same[redo] = ((new_win[redo] - b_win[redo]).abs() < 1e-7).flatten(1).all(1)
     x_new = xb.clone()
@@ -184,14 +192,17 @@ def _linf_candidates(
 
 
 def _l2_candidates(
-    xc: Tensor, xb: Tensor, eps: float, p: float, bounds: tuple[float, float], gen: torch.Generator
+    xc: Tensor, xb: Tensor, eps: float, p: float, bounds: tuple[float, float], keys: Tensor, it: int
 ) -> Tensor:
-    """The paper's L2 update: move mass into window 1 (a +- bump), empty window 2, keep ||.|| = eps."""
+    """The paper's L2 update: move mass into window 1 (a +- bump), empty window 2, keep ||.|| = eps.
+
+    Row i's draws depend only on keys[i] and the iteration it.
+    """
     k, c, h, w = xc.shape
     sh, sw = _l2_window(p, h, w)
     delta = xb - xc
-    win1 = _window_index(*_positions(k, h, w, sh, sw, gen, xc.device), sh, sw, c)
-    win2 = _window_index(*_positions(k, h, w, sh, sw, gen, xc.device), sh, sw, c)
+    win1 = _window_index(*_positions(keys, (_POS, it, 0), h, w, sh, sw), sh, sw, c)
+    win2 = _window_index(*_positions(keys, (_POS, it, 1), h, w, sh, sw), sh, sw, c)
     mask = torch.zeros_like(delta, dtype=torch.bool)
     mask[win1] = True
     mask[win2] = True
@@ -201,9 +212,9 @@ def _l2_candidates(
     norm_both = (delta * mask).square().sum((2, 3), keepdim=True).sqrt()
     pat = _bump(sh, sw).to(dtype=xc.dtype, device=xc.device).expand(k, sh, sw)
     if sh > 1:  # random orientation of the +/- pair, per point
-        flip = torch.randint(0, 2, (k, 1, 1), generator=gen, device=xc.device).bool()
+        flip = point_randint(keys, (_FLIP, it), 2, (1, 1)).bool()
         pat = torch.where(flip, pat.transpose(1, 2), pat)
-    new = pat[:, None] * _signs((k, c, 1, 1), gen, xc) + old / (1e-10 + norm_win1)
+    new = pat[:, None] * point_signs(keys, (_VAL, it), (c, 1, 1), dtype=xc.dtype) + old / (1e-10 + norm_win1)
     budget = ((eps**2 - norm_img.square()).clamp_min(0) / c + norm_both.square()).sqrt()
     new = new / new.square().sum((2, 3), keepdim=True).sqrt().clamp_min(1e-12) * budget
     delta[win2] = 0.0
@@ -256,7 +267,9 @@ class Square:
         max_queries: forward queries per point, clean query included (>= 1).
         p_init: initial fraction of the input a window covers (0.8, as in AutoAttack).
         loss: ``"margin"`` or ``"ce"``; None: margin untargeted, cross-entropy targeted.
-        seed: seed of the random search; None draws fresh entropy (not reproducible).
+        seed: seed of the random search; None draws fresh entropy (not reproducible). Every
+            draw (window positions, signs) is made per point from the seed and the point
+            itself, so results do not depend on the batch size or the other points.
 
     Raises:
         ModelCapabilityError: the model returns labels only (use HopSkipJump).
@@ -296,14 +309,14 @@ class Square:
         call = start_call(model, x, y, target, owner="Square", gradients=False)
         m, n = call.model, call.x.shape[0]
         check_room_for_call(m, n, owner="Square")
-        gen = make_generator(self.seed, call.x.device)
+        keys = point_keys(call.x, call.y, self.seed)
         ledger = QueryLedger(m, n, max_queries=self.max_queries, reserve=n, device=call.x.device)
         with black_box_mode(m):
             clean = scores_or_raise(m, call.x, owner="Square")
             ledger.charge(torch.arange(n, device=call.x.device))
             clean_pred = clean.argmax(1)
             x_adv = self._search(m, call.x, call.y, call.target, clean_pred,
-                                 proba=is_probability_output(m, clean), ledger=ledger, gen=gen)
+                                 proba=is_probability_output(m, clean), ledger=ledger, keys=keys)
             return call.finish(
                 x_adv, attack=self, eps=self.eps, norm=self.norm, clean_pred=clean_pred,
                 point_queries=ledger.used.clone(), extra={"budget_exhausted": ledger.exhausted},
@@ -319,7 +332,7 @@ class Square:
         *,
         proba: bool,
         ledger: QueryLedger,
-        gen: torch.Generator,
+        keys: Tensor,
     ) -> Tensor:
         """(N, ...) best inputs found: x itself for points never attacked."""
         n, shape = x.shape[0], x.shape[1:]
@@ -344,7 +357,7 @@ class Square:
         idx = idx[ledger.allow(idx, 1) > 0]
         if idx.numel() == 0:
             return x_best.view_as(x)
-        cand = init(xs[idx], self.eps, bounds, gen)
+        cand = init(xs[idx], self.eps, bounds, keys[idx])
         loss_best = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
         broken = torch.zeros(n, dtype=torch.bool, device=x.device)
         alive = torch.zeros_like(broken)
@@ -360,7 +373,7 @@ class Square:
             if idx.numel() == 0:
                 break
             p = p_selection(self.p_init, it, self.max_queries)
-            cand = step(xs[idx], x_best[idx], self.eps, p, bounds, gen)
+            cand = step(xs[idx], x_best[idx], self.eps, p, bounds, keys[idx], it)
             loss, hit = query(idx, cand)
             keep = (loss < loss_best[idx]) | hit
             upd = idx[keep]

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_range
-from modelshield.attacks._ops import cw_margin_loss, make_generator
+from modelshield.attacks._ops import cw_margin_loss, make_generator, point_keys, point_uniform
 from modelshield.attacks._verify import AttackCall, start_call
 from modelshield.attacks.evasion.tabular.constraints import TOL, ConstraintSpec, count_changes
 from modelshield.attacks.results import EvasionResult
@@ -259,7 +259,9 @@ class TabularSearch:
         malicious_class: the label of the rows to attack.
         grid: values tried for a feature without a value set (evenly spaced in [min, max]).
         batch_size: most rows per model call (a round's query is split into such chunks).
-        seed: seeds the random subset under ``max_queries``; None draws fresh entropy.
+        seed: seeds the random subset under ``max_queries``; None draws fresh entropy. The draw
+            for a candidate depends only on the seed, its row and the candidate itself, so
+            results do not depend on which other rows are attacked in the same call.
 
     Returns (from the call) an EvasionResult: ``x_adv`` holds the successful rows and the
     clean row elsewhere; ``extra`` has the success rate over detected malicious rows, the
@@ -353,11 +355,11 @@ class TabularSearch:
         used = torch.zeros(a, dtype=torch.int64, device=dev)
         if k == 0:
             return best, flipped, used
-        gen = make_generator(self.seed, dev)
+        row_keys = point_keys(x0, t, self.seed)
         weights = torch.rand(d, generator=make_generator(0, dev), device=dev, dtype=torch.float64) + 1.0
         keep_opt = torch.isnan(options)
         members, owner = x0, torch.arange(a, device=dev)
-        for _ in range(self.max_changes):
+        for rnd in range(self.max_changes):
             if members.shape[0] == 0:
                 break
             cand = torch.where(keep_opt[None], members[:, None, :], options[None]).reshape(-1, d)
@@ -376,7 +378,8 @@ class TabularSearch:
                 cand, crow = cand[first], crow[first]
             if self.max_queries is not None and cand.shape[0]:
                 room = self.max_queries - 1 - used  # the clean score was one query
-                pick = rank_in_group(crow, torch.rand(crow.shape[0], generator=gen, device=dev)) < room[crow]
+                u = point_uniform(point_keys(cand, row_keys[crow], 0), rnd, (), dtype=torch.float64)
+                pick = rank_in_group(crow, u) < room[crow]
                 cand, crow = cand[pick], crow[pick]
             if cand.shape[0] == 0:
                 break

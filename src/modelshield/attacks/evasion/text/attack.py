@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import secrets
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -14,7 +16,7 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
-from modelshield.attacks._ops import make_generator
+from modelshield.attacks._ops import make_generator, mix64
 from modelshield.attacks._verify import attack_params
 from modelshield.attacks.evasion.text._edits import (
     CHAR_OPS,
@@ -252,6 +254,8 @@ class TextEvasion:
       of the budget.
 
     Every round scores the candidate edits of all active texts in one batched query. The
+    random adjacent-letter swaps of a text come from a generator seeded with ``seed`` and the
+    text itself (None: fresh entropy), so they do not depend on the other texts of the call. The
     result is re-verified: texts_adv are scored again, and the word budget is checked by
     recomputing the edit distance.
 
@@ -340,15 +344,21 @@ class TextEvasion:
         if t_t is not None:
             attacked &= t_t != y_t
         point_q = torch.ones(n, dtype=torch.int64)
-        gen = make_generator(self.seed, torch.device("cpu"))
+        # One generator per text, seeded from the attack's seed and the text itself, so a text's
+        # random typos do not depend on the other texts in the call (nor on their number).
+        base = secrets.randbits(63) if self.seed is None else self.seed
+        gens: dict[int, torch.Generator] = {}
         states: dict[int, _State] = {}
         for i in attacked.nonzero().flatten().tolist():
             toks = split_words(clean[i])
             states[i] = _State(
                 toks, [j for j, tk in enumerate(toks) if tk.strip()], int(max_words[i]), float(margin0[i])
             )
+            digest = hashlib.blake2b(clean[i].encode("utf-8"), digest_size=8).digest()
+            text_seed = mix64(base, int.from_bytes(digest, "little"), int(y_t[i])) >> 1
+            gens[i] = make_generator(text_seed, torch.device("cpu"))
         if self.method != "goodword":
-            self._greedy(m, states, y_t, t_t, gen)
+            self._greedy(m, states, y_t, t_t, gens)
         if self.method in ("goodword", "combined"):
             self._good_words(m, states, y_t, t_t)
         for i, st in states.items():
@@ -366,7 +376,8 @@ class TextEvasion:
         return 10**12 if self.max_queries is None else self.max_queries - 1 - st.queries
 
     def _greedy(
-        self, m: TextModel, states: dict[int, _State], y: Tensor, t: Tensor | None, gen: torch.Generator
+        self, m: TextModel, states: dict[int, _State], y: Tensor, t: Tensor | None,
+        gens: dict[int, torch.Generator],
     ) -> None:
         table = lexicon() if self.method in ("word", "combined") else {}
         use_chars = self.method in ("char", "combined")
@@ -398,7 +409,7 @@ class TextEvasion:
                     pos = st.words[st.order[st.pointer]]
                     st.pointer += 1
                     word = st.tokens[pos]
-                    cands = (char_candidates(word, self.char_ops, gen) if use_chars else []) + (
+                    cands = (char_candidates(word, self.char_ops, gens[i]) if use_chars else []) + (
                         word_candidates(word, table) if table else []
                     )
                     cands = [c for c in dict.fromkeys(cands) if c != word][: max(self._cap(st), 0)]
