@@ -44,7 +44,7 @@ def one_error_line(result: Any, code: int = 2) -> str:
 
 def _save_untrained(path: Path, arch: str, dataset: str) -> Path:
     from modelshield.models.load import save_model
-    from modelshield.models.zoo._archs import build
+    from modelshield.models.zoo.archs import build
 
     save_model(build(arch), path, arch=arch, meta={"dataset": dataset})
     return path

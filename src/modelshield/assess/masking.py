@@ -33,8 +33,8 @@ from modelshield.attacks.evasion.pgd import PGD
 from modelshield.attacks.evasion.square import Square
 from modelshield.attacks.evasion.sweep import sweep, with_eps
 from modelshield.attacks.results import EvasionResult
-from modelshield.defenses._mode import require_eval_mode
-from modelshield.defenses._usable import Usability, chance_accuracy, check_usable
+from modelshield.defenses.mode import require_eval_mode
+from modelshield.defenses.usable import Usability, chance_accuracy, check_usable
 from modelshield.errors import ConfigError, EvaluationWarning
 from modelshield.models import ModelLike, as_gradient_model, eval_mode
 
@@ -254,7 +254,7 @@ def check_gradient_masking(
     require_eval_mode(model, owner=owner)
     m = as_gradient_model(model, caller=owner)
     if isinstance(x, Tensor):
-        m._check_device(x)  # first: a tensor on another (e.g. meta) device cannot be inspected
+        m.check_device(x)  # first: a tensor on another (e.g. meta) device cannot be inspected
     x_t, y_t, _ = check_batch(m, x, y, owner=owner)
     lo, hi = m.bounds
     unbounded = (hi - lo) * (1.0 if norm == "inf" else math.sqrt(x_t[0].numel()))

@@ -17,7 +17,7 @@ from modelshield.attacks._ops import lp_norms
 from modelshield.attacks.results import EvasionResult
 from modelshield.errors import EvaluationWarning, InputError, ModelCapabilityError
 from modelshield.models import CallableModel, TorchModel, eval_mode
-from modelshield.models._outputs import labels_and_errors
+from modelshield.models.outputs import labels_and_errors
 
 __all__ = [
     "CHECK_ROWS",
@@ -73,7 +73,7 @@ def check_batch(
     """
     x_t = check_inputs(x, bounds=model.bounds, owner=owner)
     if isinstance(model, TorchModel):
-        model._check_device(x_t)
+        model.check_device(x_t)
         want = model.dtype
         if want is not None and x_t.dtype != want:
             raise InputError(

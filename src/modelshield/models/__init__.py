@@ -11,7 +11,7 @@ from modelshield.errors import ModelCapabilityError
 from modelshield.models._budget import QueryCounter
 from modelshield.models._callable import CallableModel, OutputKind
 from modelshield.models._protocol import GradientModel, Model
-from modelshield.models._torch import TorchModel, eval_mode
+from modelshield.models._torch import TorchModel, eval_mode, infer_n_classes
 from modelshield.models.refs import ModelFormat, ModelProvenance, ModelRef, load_model_ref
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "as_gradient_model",
     "as_model",
     "eval_mode",
+    "infer_n_classes",
     "load_model_ref",
 ]
 

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from modelshield.errors import ModelCapabilityError
 from modelshield.models._budget import QueryCounter
-from modelshield.models._outputs import labels_and_errors, safe_argmax
+from modelshield.models.outputs import labels_and_errors, safe_argmax
 
 __all__ = ["CallableModel", "OutputKind"]
 
@@ -68,6 +68,11 @@ class CallableModel:
     @property
     def output(self) -> OutputKind:
         return self._output
+
+    @property
+    def n_classes_known(self) -> int | None:
+        """The class count if given or seen in an answer, else None (``n_classes`` raises then)."""
+        return self._n_classes
 
     @property
     def n_classes(self) -> int:

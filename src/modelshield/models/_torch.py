@@ -10,12 +10,12 @@ from torch import Tensor, nn
 
 from modelshield.errors import InputError, ModelCapabilityError
 from modelshield.models._budget import QueryCounter
-from modelshield.models._outputs import labels_and_errors, safe_argmax
+from modelshield.models.outputs import labels_and_errors, safe_argmax
 
-__all__ = ["TorchModel", "eval_mode"]
+__all__ = ["TorchModel", "eval_mode", "infer_n_classes"]
 
 
-def _infer_n_classes(module: nn.Module) -> int | None:
+def infer_n_classes(module: nn.Module) -> int | None:
     """out_features of the last nn.Linear registered in the module, if any.
 
     Only a provisional guess (registration order need not be call order): the first forward
@@ -51,10 +51,15 @@ class TorchModel:
         self.module = module
         self.bounds = bounds
         self.queries = QueryCounter(budget=budget)
-        inferred = _infer_n_classes(module) if n_classes is None else n_classes
+        inferred = infer_n_classes(module) if n_classes is None else n_classes
         # A single output logit is a binary classifier.
         self._n_classes: int | None = 2 if inferred == 1 else inferred
         self._confirmed = n_classes is not None
+
+    @property
+    def n_classes_known(self) -> int | None:
+        """The class count if known or guessed from the layers (see ``n_classes_confirmed``), else None."""
+        return self._n_classes
 
     @property
     def n_classes_confirmed(self) -> bool:
@@ -81,7 +86,7 @@ class TorchModel:
             return b.device
         return None
 
-    def _check_device(self, x: Tensor) -> None:
+    def check_device(self, x: Tensor) -> None:
         dev = self.device
         if dev is not None and dev != x.device:
             raise InputError(
@@ -114,7 +119,7 @@ class TorchModel:
 
     def logits(self, x: Tensor) -> Tensor:
         """(N, C) logits, differentiable with respect to x; counts N forward queries."""
-        self._check_device(x)
+        self.check_device(x)
         self.queries.add_forward(x.shape[0])
         return self._raw_logits(x)
 

@@ -39,6 +39,7 @@ __all__ = [
     "FORMAT",
     "UnsafeModelFileError",
     "file_sha256",
+    "is_torchscript",
     "load_model",
     "save_model",
     "weights_sha256",
@@ -155,7 +156,7 @@ def save_model(
     Example:
         digest = save_model(net, "net.pt", arch="cnn-8x8", meta={"note": "fine-tuned"})
     """
-    from modelshield.models.zoo._archs import check_arch
+    from modelshield.models.zoo.archs import check_arch
 
     check_arch(arch, owner="save_model")
     plain_meta = _plain_meta({} if meta is None else meta, "meta")
@@ -185,7 +186,7 @@ def save_model(
     return file_sha256(target)
 
 
-def _is_torchscript(path: Path) -> bool:
+def is_torchscript(path: Path) -> bool:
     """True when the file is a zip archive laid out like TorchScript (has code/ or constants.pkl).
 
     Reads only the zip's table of contents, never a member, so it is safe on any file.
@@ -250,7 +251,7 @@ def _build_and_fill(
     arch: str, state: dict[str, Tensor], path: Path, module: nn.Module | None = None
 ) -> nn.Module:
     """Build the zoo architecture (or take module) and load state into it (strict), or raise DataError."""
-    from modelshield.models.zoo._archs import build
+    from modelshield.models.zoo.archs import build
 
     module = build(arch) if module is None else module
     try:
@@ -330,7 +331,7 @@ def load_model(
         )
     digest = file_sha256(p)
     base_meta: dict[str, Any] = {"sha256": digest, "path": str(p.resolve())}
-    if _is_torchscript(p):  # decided from the zip's table of contents, before torch reads it
+    if is_torchscript(p):  # decided from the zip's table of contents, before torch reads it
         if not trust_torchscript:
             raise _refuse_torchscript(p)
         module = _load_torchscript(p)
@@ -379,7 +380,7 @@ def load_model(
                 f"load_model: 'arch' must match the architecture stored in {str(p)!r} "
                 f"({stored_arch!r}); got {arch!r}. Omit arch= for modelshield-v1 files."
             )
-        from modelshield.models.zoo._archs import check_arch
+        from modelshield.models.zoo.archs import check_arch
 
         check_arch(stored_arch, owner="load_model")
         module = _build_and_fill(stored_arch, _state_dict_of(state) or {}, p)
@@ -395,14 +396,14 @@ def load_model(
         module = _build_and_fill(arch or type(into).__name__, state, p, module=into)
         return module.eval(), {**base_meta, "format": "state_dict", "arch": arch}
     if arch is None:
-        from modelshield.models.zoo._archs import ARCHS
+        from modelshield.models.zoo.archs import ARCHS
 
         raise ConfigError(
             f"load_model: 'arch' must be given for a bare state dict; got None for {str(p)!r}. "
             f"Pass arch= one of {', '.join(map(repr, sorted(ARCHS)))}, or re-save the model with "
             "save_model(..., arch=...) so the file names its architecture."
         )
-    from modelshield.models.zoo._archs import check_arch
+    from modelshield.models.zoo.archs import check_arch
 
     check_arch(arch, owner="load_model")
     module = _build_and_fill(arch, state, p)

@@ -42,7 +42,7 @@ from torch import nn
 
 from modelshield._checks import check_bounds
 from modelshield.errors import ConfigError, DataError, MissingDataError, ModelCapabilityError
-from modelshield.models.load import UnsafeModelFileError, _is_torchscript, file_sha256, load_model
+from modelshield.models.load import UnsafeModelFileError, file_sha256, is_torchscript, load_model
 
 if TYPE_CHECKING:
     from modelshield.models._callable import CallableModel
@@ -255,7 +255,7 @@ def _detect(path: Path) -> str:
             "archive_format" in names
         ):
             return "torch.export"
-        if _is_torchscript(path):
+        if is_torchscript(path):
             return "torchscript"
         if any(n.endswith("data.pkl") for n in names):
             return "torch"
@@ -442,7 +442,7 @@ def _load_torch(path: Path, *, arch: str | None, trust_torchscript: bool, trust_
     try:
         module, meta = load_model(path, arch=arch, trust_torchscript=trust_torchscript, into=into)
     except UnsafeModelFileError as exc:
-        if _is_torchscript(path):
+        if is_torchscript(path):
             raise
         if not trust_pickle:
             raise _refuse_pickle(path, "a torch.save file holding pickled Python objects") from exc

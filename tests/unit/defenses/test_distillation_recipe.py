@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 from modelshield.assess.masking import MaskingReport, check_gradient_masking, check_usable
 from modelshield.assess.sections.defenses import defended_usability, defense_verdict
 from modelshield.cli.app import app
-from modelshield.defenses._usable import MAX_CLEAN_DROP, chance_accuracy
 from modelshield.defenses.training import DefensiveDistillation
+from modelshield.defenses.usable import MAX_CLEAN_DROP, chance_accuracy
 from modelshield.errors import ConfigError, EvaluationWarning
 from modelshield.models.load import load_model
 

@@ -18,8 +18,8 @@ from modelshield.defenses.training import (
     lr_at,
     trades_loss,
 )
-from modelshield.defenses.training._engine import CHECKPOINT_NAME
 from modelshield.defenses.training.adversarial import Method
+from modelshield.defenses.training.engine import CHECKPOINT_NAME
 from modelshield.errors import ConfigError, InputError, ModelCapabilityError
 
 

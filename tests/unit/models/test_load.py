@@ -21,7 +21,7 @@ from modelshield.models.load import (
     weights_sha256,
 )
 from modelshield.models.zoo import build
-from modelshield.models.zoo._archs import Cnn8x8
+from modelshield.models.zoo.archs import Cnn8x8
 
 
 def last_linear(module: nn.Module) -> nn.Linear:

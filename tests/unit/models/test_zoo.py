@@ -14,7 +14,7 @@ from torch import nn
 from modelshield.errors import ConfigError, DataError, MissingDataError
 from modelshield.models import zoo
 from modelshield.models.load import save_model, weights_sha256
-from modelshield.models.zoo._train import Recipe
+from modelshield.models.zoo.training import Recipe
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 Trained = tuple[Path, zoo.ZooModel, list[tuple[int, int, str]]]  # (cache folder, model, progress calls)

@@ -191,7 +191,7 @@ class BackdoorSection:
             return (f"the inputs have shape {shape}, not images (C, H, W); trigger reversal "
                     "looks for a small image patch.")
         m = ctx.model
-        n_classes = m._n_classes if m._n_classes is not None else int(m.scores(ctx.x[:1]).shape[1])
+        n_classes = m.n_classes_known if m.n_classes_known is not None else int(m.scores(ctx.x[:1]).shape[1])
         if n_classes < 3:
             return (f"the model has {n_classes} classes; the anomaly test compares the classes' "
                     "triggers and needs at least 3.")

@@ -37,7 +37,7 @@ from modelshield.assess.sections.evasion import evasion_severity
 from modelshield.attacks.evasion.ensemble import Ensemble
 from modelshield.attacks.evasion.pgd import PGD
 from modelshield.attacks.results import EvasionResult
-from modelshield.defenses._usable import MAX_CLEAN_DROP, Usability, check_usable
+from modelshield.defenses.usable import MAX_CLEAN_DROP, Usability, check_usable
 from modelshield.errors import ConfigError
 from modelshield.models import TorchModel, eval_mode
 

@@ -49,7 +49,7 @@ def predict_labels(model: Any, x: Any, *, batch_size: int = 1024) -> Tensor:
             for m, f in zip(model.modules(), flags, strict=True):
                 m.training = f
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
-    from modelshield.models.zoo._spam import predict_labels as _predict
+    from modelshield.models.zoo.spam import predict_labels as _predict
 
     return torch.as_tensor(_predict(model, x), dtype=torch.int64)
 
@@ -65,15 +65,14 @@ def clean_accuracy(model: Any, x: Any, y: Any) -> float:
 
 
 def _n_classes(model: Any) -> int | None:
-    from modelshield.models import CallableModel, TorchModel
-    from modelshield.models._torch import _infer_n_classes
+    from modelshield.models import CallableModel, TorchModel, infer_n_classes
 
     if isinstance(model, TorchModel):
-        return model._n_classes
+        return model.n_classes_known
     if isinstance(model, CallableModel):
         return None
     if isinstance(model, nn.Module):
-        return _infer_n_classes(model)
+        return infer_n_classes(model)
     classes = getattr(model, "classes_", None)
     return len(classes) if classes is not None else None
 
@@ -247,8 +246,8 @@ def make_train_fn(
         train = make_train_fn("lenet-28", epochs=2)
         model = train(x_train, y_train)
     """
-    from modelshield.models.zoo._archs import build, check_arch
-    from modelshield.models.zoo._train import Recipe, fit
+    from modelshield.models.zoo.archs import build, check_arch
+    from modelshield.models.zoo.training import Recipe, fit
 
     if isinstance(arch, str):
         check_arch(arch, owner="make_train_fn")

@@ -216,7 +216,7 @@ class NeuralCleanse:
         check_image_batch(x, owner="NeuralCleanse")
         check_clean_set(int(x.shape[0]), self.min_clean, owner="NeuralCleanse")
         with eval_mode(m):
-            n_classes = m.n_classes if m._n_classes is not None else int(m.scores(x[:1]).shape[1])
+            n_classes = m.n_classes if m.n_classes_known is not None else int(m.scores(x[:1]).shape[1])
             classes = tuple(range(n_classes)) if self.classes is None else self.classes
             bad = [c for c in classes if not (isinstance(c, int) and 0 <= c < n_classes)]
             if bad or len(classes) < 3:

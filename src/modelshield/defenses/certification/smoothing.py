@@ -15,8 +15,16 @@ from torch import Tensor, nn
 from modelshield._checks import check_bounds, check_inputs, check_labels, check_range
 from modelshield._resources import check_memory, tensor_bytes
 from modelshield.attacks._ops import make_generator
-from modelshield.defenses._mode import module_device, require_eval_mode
-from modelshield.defenses.training._engine import (
+from modelshield.defenses.mode import module_device, require_eval_mode
+from modelshield.defenses.training.adversarial import (
+    TrainingReport,
+    as_trainable,
+    check_loop_settings,
+    config_fingerprint,
+    json_params,
+    report_from,
+)
+from modelshield.defenses.training.engine import (
     LoopConfig,
     OptimizerName,
     Progress,
@@ -25,14 +33,6 @@ from modelshield.defenses.training._engine import (
     TrainData,
     check_train_data,
     train_loop,
-)
-from modelshield.defenses.training.adversarial import (
-    TrainingReport,
-    as_trainable,
-    check_loop_settings,
-    config_fingerprint,
-    json_params,
-    report_from,
 )
 from modelshield.errors import ConfigError
 from modelshield.models import CallableModel, ModelLike, TorchModel, as_model
@@ -216,7 +216,7 @@ class RandomizedSmoothing:
         require_eval_mode(model, owner=owner)
         m = as_model(model)
         if isinstance(m, TorchModel) and isinstance(x, Tensor):
-            m._check_device(x)  # before reading values: a tensor on another device cannot be read
+            m.check_device(x)  # before reading values: a tensor on another device cannot be read
         x_t = check_inputs(x, bounds=m.bounds, owner=owner)
         with torch.no_grad():
             m.predict(x_t[:1])  # a counted probe that fixes the number of classes

@@ -14,7 +14,7 @@ from modelshield._checks import check_bounds, check_inputs, check_labels, check_
 from modelshield._typing import NORMS, Norm
 from modelshield.attacks.evasion.pgd import PGD
 from modelshield.attacks.results import EvasionResult
-from modelshield.defenses._mode import require_eval_mode
+from modelshield.defenses.mode import require_eval_mode
 from modelshield.errors import ConfigError, InputError, NotFittedError
 from modelshield.models import ModelLike, TorchModel, as_gradient_model
 
@@ -191,7 +191,7 @@ class FeatureSqueezing:
         require_eval_mode(model, owner=owner)
         m = as_gradient_model(model, caller=owner)
         if isinstance(x, Tensor):
-            m._check_device(x)
+            m.check_device(x)
         return m, check_inputs(x, bounds=self.bounds, owner=owner)
 
     # -- sklearn verbs ----------------------------------------------------------------------

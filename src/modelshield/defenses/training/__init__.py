@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-from modelshield.defenses.training._engine import OPTIMIZERS, SCHEDULES, lr_at
 from modelshield.defenses.training.adversarial import (
     METHODS,
     AdversarialTrainer,
@@ -21,6 +20,7 @@ from modelshield.defenses.training.adversarial import (
     epoch_overfits,
 )
 from modelshield.defenses.training.distillation import DefensiveDistillation, DistillationResult
+from modelshield.defenses.training.engine import OPTIMIZERS, SCHEDULES, lr_at
 from modelshield.defenses.training.trades import trades_loss
 from modelshield.defenses.training.zoo_entries import train_adversarial_entry
 from modelshield.models import zoo as _zoo

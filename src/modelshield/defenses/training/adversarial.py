@@ -18,8 +18,9 @@ from modelshield._typing import NORMS, Norm
 from modelshield.attacks._ops import ce_loss
 from modelshield.attacks.evasion.fgsm import FGSM
 from modelshield.attacks.evasion.pgd import PGD
-from modelshield.defenses._mode import module_device
-from modelshield.defenses.training._engine import (
+from modelshield.defenses.mode import module_device
+from modelshield.defenses.training._inner import maximize_loss
+from modelshield.defenses.training.engine import (
     OPTIMIZERS,
     SCHEDULES,
     EpochEnd,
@@ -34,7 +35,6 @@ from modelshield.defenses.training._engine import (
     check_train_data,
     train_loop,
 )
-from modelshield.defenses.training._inner import maximize_loss
 from modelshield.defenses.training.trades import trades_adversary, trades_loss
 from modelshield.errors import ConfigError, ModelCapabilityError
 from modelshield.models import TorchModel, eval_mode

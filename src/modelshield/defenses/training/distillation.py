@@ -13,9 +13,16 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from modelshield._checks import check_bounds, check_range
-from modelshield.defenses._mode import module_device
-from modelshield.defenses._usable import MAX_CLEAN_DROP, Usability, chance_accuracy, check_usable
-from modelshield.defenses.training._engine import (
+from modelshield.defenses.mode import module_device
+from modelshield.defenses.training.adversarial import (
+    TrainingReport,
+    as_trainable,
+    check_loop_settings,
+    config_fingerprint,
+    json_params,
+    report_from,
+)
+from modelshield.defenses.training.engine import (
     LoopConfig,
     OptimizerName,
     Progress,
@@ -25,14 +32,7 @@ from modelshield.defenses.training._engine import (
     check_train_data,
     train_loop,
 )
-from modelshield.defenses.training.adversarial import (
-    TrainingReport,
-    as_trainable,
-    check_loop_settings,
-    config_fingerprint,
-    json_params,
-    report_from,
-)
+from modelshield.defenses.usable import MAX_CLEAN_DROP, Usability, chance_accuracy, check_usable
 from modelshield.errors import ConfigError, EvaluationWarning
 from modelshield.models import TorchModel
 

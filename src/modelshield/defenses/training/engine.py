@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from modelshield._checks import check_inputs
 from modelshield._typing import Progress
-from modelshield.defenses._mode import module_device, require_same_device
+from modelshield.defenses.mode import module_device, require_same_device
 from modelshield.errors import ConfigError, DataError, InputError
 
 __all__ = [

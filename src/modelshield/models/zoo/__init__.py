@@ -74,10 +74,10 @@ from modelshield.models.load import (
     save_model,
     weights_sha256,
 )
-from modelshield.models.zoo._archs import ARCHS, build
-from modelshield.models.zoo._phishing import PhishingKind, phishing_fingerprint, train_phishing_model
-from modelshield.models.zoo._spam import SpamKind, spam_fingerprint, spam_metrics, train_spam_model
-from modelshield.models.zoo._train import Progress, Recipe, evaluate, fit, torch_threads
+from modelshield.models.zoo.archs import ARCHS, build
+from modelshield.models.zoo.phishing import PhishingKind, phishing_fingerprint, train_phishing_model
+from modelshield.models.zoo.spam import SpamKind, spam_fingerprint, spam_metrics, train_spam_model
+from modelshield.models.zoo.training import Progress, Recipe, evaluate, fit, torch_threads
 
 __all__ = [
     "ARCHS",
@@ -462,7 +462,7 @@ def train(
     """Train a zoo model on the CPU, check its test accuracy, and cache it.
 
     Training is deterministic for a given seed and thread count, and never touches the global
-    RNG (see ``modelshield.models.zoo._train``). The model is cached only when its clean test
+    RNG (see ``modelshield.models.zoo.training``). The model is cached only when its clean test
     accuracy reaches ``spec(name).min_accuracy``.
 
     Args:
