@@ -132,7 +132,10 @@ def test_noisy_model_successes_hold_under_a_majority_vote(name: str, digits_mlp:
         res = ATTACKS[name](hostile, x, y)
     assert res.extra["stochastic"] is True and res.extra["nondeterminism"] == "random"
     assert res.extra["votes"] >= 5 and res.to_dict()["stochastic"] is True
-    ref = _reference_robust_accuracy(hostile, res, x, y, k=101)
+    # The reference votes 1,001 times: PGD stops on the boundary, where a 101-vote reference is
+    # itself up to 2.5 points from the 1,001-vote one (attack seeds 0-5); against it the verified
+    # result stayed within 1.0 point over those seeds (a single unvoted query misses by 12-16).
+    ref = _reference_robust_accuracy(hostile, res, x, y, k=1001)
     assert abs(res.robust_accuracy - ref) <= 0.02
 
 
@@ -170,7 +173,7 @@ def test_randomness_only_off_the_clean_inputs_is_caught(name: str, digits_mlp: A
     with pytest.warns(EvaluationWarning, match="answered the same inputs differently"):
         res = ATTACKS[name](hostile, x, y)
     assert res.extra["nondeterminism"] == "random"
-    ref = _reference_robust_accuracy(hostile, res, x, y, k=101)
+    ref = _reference_robust_accuracy(hostile, res, x, y, k=1001)
     assert abs(res.robust_accuracy - ref) <= 0.02
 
 

@@ -111,7 +111,7 @@ def probe_forward(model: TorchModel, x: Tensor, *, owner: str) -> None:
 
 VOTES = 9
 """Repeated queries per point when a model answers the same input differently (majority vote)."""
-VOTE_ROUNDS = 11
+VOTE_ROUNDS = 33
 """Up to this many rounds of VOTES queries for a point whose vote is still close."""
 
 
