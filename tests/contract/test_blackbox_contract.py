@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from modelshield.attacks._verify import verification_queries
 from modelshield.attacks.evasion import PGD, EvasionAttack, HopSkipJump, SimBA, Square, Transfer
+from modelshield.attacks.verify import verification_queries
 from modelshield.models import TorchModel, as_model
 
 

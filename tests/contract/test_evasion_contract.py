@@ -17,7 +17,6 @@ from torch import nn
 
 import modelshield.attacks.evasion as evasion
 from modelshield._typing import Norm
-from modelshield.attacks._ops import lp_norms
 from modelshield.attacks.evasion import (
     APGD,
     EVASION_ATTACKS,
@@ -26,6 +25,7 @@ from modelshield.attacks.evasion import (
     EvasionAttack,
     build_attack,
 )
+from modelshield.attacks.ops import lp_norms
 from modelshield.errors import ConfigError, ModelCapabilityError
 from modelshield.models import as_model
 

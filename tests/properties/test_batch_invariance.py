@@ -1,7 +1,7 @@
 """Results do not depend on the batch size (issue #16, item 3).
 
 Every randomised attack draws its random numbers per point (``point_keys`` and the ``point_*``
-draws of ``modelshield.attacks._ops``), so attacking N points in batches of 1, 7 or N gives the
+draws of ``modelshield.attacks.ops``), so attacking N points in batches of 1, 7 or N gives the
 same adversarial inputs, the same successes and the same robust accuracy, and so does attacking
 them in another order.
 
@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from modelshield.assess._batched import run_in_batches
-from modelshield.attacks._ops import (
+from modelshield.attacks.evasion import APGD, PGD, EvasionAttack, HopSkipJump, SimBA, Square
+from modelshield.attacks.ops import (
     mix64,
     point_keys,
     point_normal,
@@ -36,7 +37,6 @@ from modelshield.attacks._ops import (
     point_signs,
     point_uniform,
 )
-from modelshield.attacks.evasion import APGD, PGD, EvasionAttack, HopSkipJump, SimBA, Square
 from modelshield.attacks.results import EvasionResult
 
 
@@ -223,7 +223,7 @@ def test_point_random_start_in_ball(norm: str) -> None:
 @pytest.mark.parametrize("block", [1, 64, 1000])
 def test_cpu_blocking_does_not_change_the_numbers(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """On the CPU draws run in blocks (rows, or pieces of long rows); any blocking gives the same bits."""
-    from modelshield.attacks import _ops
+    from modelshield.attacks import ops
 
     x = torch.rand(9, 3, 50, generator=torch.Generator().manual_seed(0))
     keys = point_keys(x, None, 0)
@@ -233,7 +233,7 @@ def test_cpu_blocking_does_not_change_the_numbers(block: int, monkeypatch: pytes
                 point_signs(keys, 3, (130,)), point_randint(keys, 4, torch.arange(1, 10), (260,)))
 
     ref = draws()  # one block: 9 x 300 words < _BLOCK
-    monkeypatch.setattr(_ops, "_BLOCK", block)
+    monkeypatch.setattr(ops, "_BLOCK", block)
     for r, g in zip(ref, draws(), strict=True):
         assert torch.equal(r, g)
 

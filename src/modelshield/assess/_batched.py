@@ -8,9 +8,9 @@ from modelshield._checks import check_range
 from modelshield._resources import check_memory, tensor_bytes
 from modelshield._typing import Norm
 from modelshield.assess._section import Progress
-from modelshield.attacks._verify import start_call
-from modelshield.attacks.evasion._protocol import EvasionAttack
+from modelshield.attacks.evasion.protocol import EvasionAttack
 from modelshield.attacks.results import EvasionResult
+from modelshield.attacks.verify import start_call
 from modelshield.models import ModelLike
 
 __all__ = ["ATTACK_COPIES", "run_in_batches"]

@@ -24,15 +24,15 @@ from torch import Tensor
 from modelshield._checks import check_choice, check_range
 from modelshield._typing import NORMS, Norm
 from modelshield.assess.sanity import SLACK, check_monotone, check_single_step, tolerance
-from modelshield.attacks._ops import ce_loss
-from modelshield.attacks._verify import check_batch
-from modelshield.attacks.evasion._protocol import EvasionAttack
 from modelshield.attacks.evasion.ensemble import Ensemble
 from modelshield.attacks.evasion.fgsm import FGSM
 from modelshield.attacks.evasion.pgd import PGD
+from modelshield.attacks.evasion.protocol import EvasionAttack
 from modelshield.attacks.evasion.square import Square
 from modelshield.attacks.evasion.sweep import sweep, with_eps
+from modelshield.attacks.ops import ce_loss
 from modelshield.attacks.results import EvasionResult
+from modelshield.attacks.verify import check_batch
 from modelshield.defenses.mode import require_eval_mode
 from modelshield.defenses.usable import Usability, chance_accuracy, check_usable
 from modelshield.errors import ConfigError, EvaluationWarning

@@ -10,8 +10,8 @@ from torch import nn
 
 from modelshield._checks import check_choice, check_range
 from modelshield._typing import NORMS, Norm
-from modelshield.attacks._losses import LOSSES, Loss
 from modelshield.attacks.evasion.registry import EVASION_ATTACKS, build_attack
+from modelshield.attacks.losses import LOSSES, Loss
 from modelshield.errors import ConfigError
 
 __all__ = [

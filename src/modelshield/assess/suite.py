@@ -18,7 +18,7 @@ from torch import Tensor
 from modelshield._checks import check_choice
 from modelshield.assess._section import SECTIONS, AssessmentContext, Progress, Section, Severity, max_severity
 from modelshield.assess.plan import AssessmentPlan
-from modelshield.attacks._verify import check_batch
+from modelshield.attacks.verify import check_batch
 from modelshield.models import ModelLike, TorchModel, as_model
 
 __all__ = ["SCHEMA_VERSION", "Assessment", "jsonable", "package_versions", "provenance", "run"]

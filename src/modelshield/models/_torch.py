@@ -37,7 +37,7 @@ class TorchModel:
     The adapter never moves the module, never touches parameter ``.grad`` and counts every
     forward row and every input-gradient row. Without ``n_classes`` the class count is a guess
     from the module's layers until the first forward pass reads the real output width
-    (attacks probe one row first, see ``attacks._verify.check_batch``).
+    (attacks probe one row first, see ``attacks.verify.check_batch``).
     """
 
     def __init__(

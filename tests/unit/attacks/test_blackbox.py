@@ -12,7 +12,6 @@ import torch
 from torch import Tensor, nn
 
 from modelshield import ConfigError, InputError, ModelCapabilityError, QueryBudgetExceeded
-from modelshield.attacks._verify import verification_queries
 from modelshield.attacks.evasion import PGD, HopSkipJump, SimBA, Square, Transfer
 from modelshield.attacks.evasion._query import QueryLedger
 from modelshield.attacks.evasion.simba import dct_matrix
@@ -24,6 +23,7 @@ from modelshield.attacks.evasion.square import (
     _linf_init,
     p_selection,
 )
+from modelshield.attacks.verify import verification_queries
 from modelshield.models import CallableModel, TorchModel, as_model
 
 Digits = tuple[nn.Module, Tensor, Tensor]

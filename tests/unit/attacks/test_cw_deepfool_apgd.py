@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from modelshield.attacks._verify import verification_queries
 from modelshield.attacks.evasion import APGD, APGDT, CarliniWagnerL2, DeepFool
 from modelshield.attacks.evasion.apgd import apgd_checkpoints
+from modelshield.attacks.verify import verification_queries
 from modelshield.models import as_model
 
 W2 = torch.tensor([[0.5, -1.0, 2.0, 0.0], [-0.5, 1.0, 0.0, 1.5]])

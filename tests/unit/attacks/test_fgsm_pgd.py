@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from modelshield import FGSM, PGD, ConfigError, EvaluationWarning
-from modelshield.attacks._verify import start_call, verification_queries
+from modelshield.attacks.verify import start_call, verification_queries
 from modelshield.models import as_model
 
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from modelshield.attacks._losses import resolve_loss
-from modelshield.attacks._ops import (
+from modelshield.attacks.losses import resolve_loss
+from modelshield.attacks.ops import (
     ce_loss,
     cw_margin_loss,
     dlr_loss,
@@ -80,7 +80,7 @@ def test_dlr_falls_back_to_margin_for_few_classes() -> None:
 
 
 def test_is_adversarial_untargeted_and_targeted() -> None:
-    from modelshield.attacks._ops import is_adversarial
+    from modelshield.attacks.ops import is_adversarial
 
     z = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 0.0, 5.0]])  # argmax 0, 1, 2
     y = torch.tensor([0, 0, 0])

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_bounds, check_inputs, check_range
-from modelshield.attacks._ops import make_generator
 from modelshield.attacks.backdoor.triggers import check_image_batch
+from modelshield.attacks.ops import make_generator
 from modelshield.errors import ConfigError, InputError
 
 __all__ = [

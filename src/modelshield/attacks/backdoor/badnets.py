@@ -9,7 +9,6 @@ from typing import Any, ClassVar, Literal
 from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
-from modelshield.attacks._verify import attack_params
 from modelshield.attacks.backdoor._common import (
     check_rate,
     check_target_config,
@@ -18,6 +17,7 @@ from modelshield.attacks.backdoor._common import (
 )
 from modelshield.attacks.backdoor.results import BackdoorResult
 from modelshield.attacks.backdoor.triggers import LOCATIONS, Location, StampTrigger, patch_trigger
+from modelshield.attacks.verify import attack_params
 
 __all__ = ["BadNets"]
 

@@ -10,8 +10,6 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_range
-from modelshield.attacks._ops import make_generator
-from modelshield.attacks._verify import attack_params
 from modelshield.attacks.backdoor._common import (
     check_rate,
     check_target_config,
@@ -20,6 +18,8 @@ from modelshield.attacks.backdoor._common import (
 )
 from modelshield.attacks.backdoor.results import BackdoorResult
 from modelshield.attacks.backdoor.triggers import StampTrigger, blend_trigger
+from modelshield.attacks.ops import make_generator
+from modelshield.attacks.verify import attack_params
 
 __all__ = ["Blend"]
 

@@ -10,11 +10,11 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
-from modelshield.attacks._ops import ce_loss, clip_to_bounds, make_generator, project, random_start
-from modelshield.attacks._verify import attack_params
 from modelshield.attacks.backdoor._common import check_rate, check_target_config, choose_rows, prepare
 from modelshield.attacks.backdoor.results import BackdoorResult
 from modelshield.attacks.backdoor.triggers import LOCATIONS, Location, StampTrigger, patch_trigger
+from modelshield.attacks.ops import ce_loss, clip_to_bounds, make_generator, project, random_start
+from modelshield.attacks.verify import attack_params
 from modelshield.models import ModelLike, TorchModel, as_gradient_model, eval_mode
 
 __all__ = ["CleanLabel", "hard_examples"]

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from modelshield._checks import check_choice
-from modelshield.attacks._verify import attack_params
 from modelshield.attacks.backdoor._common import check_rate, check_target_config
 from modelshield.attacks.backdoor.results import BackdoorResult
 from modelshield.attacks.backdoor.triggers import PhraseTrigger
 from modelshield.attacks.poisoning.trigger import TriggerPhrasePoison
+from modelshield.attacks.verify import attack_params
 
 __all__ = ["PhraseBackdoor"]
 

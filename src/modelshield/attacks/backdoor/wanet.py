@@ -10,11 +10,11 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_range
-from modelshield.attacks._ops import make_generator
-from modelshield.attacks._verify import attack_params
 from modelshield.attacks.backdoor._common import check_rate, check_target_config, poison_dirty_label, prepare
 from modelshield.attacks.backdoor.results import BackdoorResult
 from modelshield.attacks.backdoor.triggers import WarpTrigger, warp, warping_grid
+from modelshield.attacks.ops import make_generator
+from modelshield.attacks.verify import attack_params
 
 __all__ = ["WaNet"]
 

@@ -12,8 +12,8 @@ from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
 from modelshield._typing import NORMS, Norm
-from modelshield.attacks._losses import LOSSES, Loss, loss_fn_for
-from modelshield.attacks._ops import (
+from modelshield.attacks.losses import LOSSES, Loss, loss_fn_for
+from modelshield.attacks.ops import (
     clip_to_bounds,
     expand_as_batch,
     is_adversarial,
@@ -22,8 +22,8 @@ from modelshield.attacks._ops import (
     point_random_start,
     project,
 )
-from modelshield.attacks._verify import start_call
 from modelshield.attacks.results import EvasionResult
+from modelshield.attacks.verify import start_call
 from modelshield.models import ModelLike, TorchModel, eval_mode
 
 __all__ = ["APGD", "APGDT", "apgd_checkpoints"]

@@ -11,9 +11,9 @@ from torch import Tensor
 
 from modelshield._checks import check_range
 from modelshield._typing import Norm
-from modelshield.attacks._ops import expand_as_batch, is_adversarial, lp_norms
-from modelshield.attacks._verify import start_call
+from modelshield.attacks.ops import expand_as_batch, is_adversarial, lp_norms
 from modelshield.attacks.results import EvasionResult
+from modelshield.attacks.verify import start_call
 from modelshield.models import ModelLike, TorchModel, eval_mode
 
 __all__ = ["CarliniWagnerL2", "cw_f6"]

@@ -10,9 +10,9 @@ from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
 from modelshield._typing import NORMS, Norm
-from modelshield.attacks._ops import clip_to_bounds, expand_as_batch, lp_norms
-from modelshield.attacks._verify import start_call
+from modelshield.attacks.ops import clip_to_bounds, expand_as_batch, lp_norms
 from modelshield.attacks.results import EvasionResult
+from modelshield.attacks.verify import start_call
 from modelshield.errors import ConfigError
 from modelshield.models import ModelLike, TorchModel, eval_mode
 

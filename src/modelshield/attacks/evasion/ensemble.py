@@ -10,10 +10,10 @@ from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
 from modelshield._typing import NORMS, Norm
-from modelshield.attacks._verify import TOL, start_call
-from modelshield.attacks.evasion._protocol import EvasionAttack
 from modelshield.attacks.evasion.apgd import APGD, APGDT
+from modelshield.attacks.evasion.protocol import EvasionAttack
 from modelshield.attacks.results import EvasionResult
+from modelshield.attacks.verify import TOL, start_call
 from modelshield.errors import ConfigError
 from modelshield.models import ModelLike, eval_mode
 

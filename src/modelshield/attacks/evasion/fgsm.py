@@ -9,10 +9,10 @@ from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
 from modelshield._typing import NORMS, Norm
-from modelshield.attacks._losses import loss_fn_for
-from modelshield.attacks._ops import clip_to_bounds, normalize_grad
-from modelshield.attacks._verify import start_call
+from modelshield.attacks.losses import loss_fn_for
+from modelshield.attacks.ops import clip_to_bounds, normalize_grad
 from modelshield.attacks.results import EvasionResult
+from modelshield.attacks.verify import start_call
 from modelshield.models import ModelLike, eval_mode
 
 __all__ = ["FGSM"]

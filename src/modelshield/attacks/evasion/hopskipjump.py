@@ -11,10 +11,10 @@ from torch import Tensor
 
 from modelshield._checks import check_choice, check_inputs, check_range
 from modelshield._typing import NORMS, Norm
-from modelshield.attacks._ops import expand_as_batch, lp_norms, point_keys, point_normal, point_uniform
-from modelshield.attacks._verify import start_call
 from modelshield.attacks.evasion._query import QueryLedger, black_box_mode, check_room_for_call
+from modelshield.attacks.ops import expand_as_batch, lp_norms, point_keys, point_normal, point_uniform
 from modelshield.attacks.results import EvasionResult
+from modelshield.attacks.verify import start_call
 from modelshield.errors import InputError
 from modelshield.models import CallableModel, ModelLike, TorchModel
 

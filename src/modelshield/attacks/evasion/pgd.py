@@ -10,8 +10,8 @@ from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
 from modelshield._typing import NORMS, Norm
-from modelshield.attacks._losses import LOSSES, Loss, loss_fn_for
-from modelshield.attacks._ops import (
+from modelshield.attacks.losses import LOSSES, Loss, loss_fn_for
+from modelshield.attacks.ops import (
     clip_to_bounds,
     is_adversarial,
     normalize_grad,
@@ -19,8 +19,8 @@ from modelshield.attacks._ops import (
     point_random_start,
     project,
 )
-from modelshield.attacks._verify import start_call
 from modelshield.attacks.results import EvasionResult
+from modelshield.attacks.verify import start_call
 from modelshield.models import ModelLike, TorchModel, eval_mode
 
 __all__ = ["PGD", "pgd_iterates"]

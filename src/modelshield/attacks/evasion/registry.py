@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 from modelshield._checks import check_choice, check_range
 from modelshield._typing import NORMS, Norm
-from modelshield.attacks.evasion._protocol import EvasionAttack
 from modelshield.attacks.evasion.apgd import APGD, APGDT
 from modelshield.attacks.evasion.cw import CarliniWagnerL2
 from modelshield.attacks.evasion.deepfool import DeepFool
@@ -19,6 +18,7 @@ from modelshield.attacks.evasion.ensemble import Ensemble
 from modelshield.attacks.evasion.fgsm import FGSM
 from modelshield.attacks.evasion.hopskipjump import HopSkipJump
 from modelshield.attacks.evasion.pgd import PGD
+from modelshield.attacks.evasion.protocol import EvasionAttack
 from modelshield.attacks.evasion.simba import SimBA
 from modelshield.attacks.evasion.square import Square
 from modelshield.errors import ConfigError

@@ -12,8 +12,6 @@ from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
 from modelshield._typing import NORMS, Norm
-from modelshield.attacks._ops import is_adversarial, lp_norms, point_keys, point_randint, point_signs
-from modelshield.attacks._verify import start_call
 from modelshield.attacks.evasion._query import (
     QueryLedger,
     black_box_mode,
@@ -23,7 +21,9 @@ from modelshield.attacks.evasion._query import (
     scores_or_raise,
     spatial_shape,
 )
+from modelshield.attacks.ops import is_adversarial, lp_norms, point_keys, point_randint, point_signs
 from modelshield.attacks.results import EvasionResult
+from modelshield.attacks.verify import start_call
 from modelshield.models import CallableModel, ModelLike, TorchModel
 
 __all__ = ["Square", "p_selection"]

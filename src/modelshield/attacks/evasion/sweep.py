@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
-from modelshield.attacks.evasion._protocol import EvasionAttack
+from modelshield.attacks.evasion.protocol import EvasionAttack
 from modelshield.attacks.results import EvasionResult
 from modelshield.errors import ConfigError
 from modelshield.models import ModelLike, as_model

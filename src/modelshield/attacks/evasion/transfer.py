@@ -11,10 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from modelshield._typing import Norm
-from modelshield.attacks._verify import attack_params, probe_forward, start_call
-from modelshield.attacks.evasion._protocol import EvasionAttack
 from modelshield.attacks.evasion._query import black_box_mode, check_room_for_call
+from modelshield.attacks.evasion.protocol import EvasionAttack
 from modelshield.attacks.results import EvasionResult
+from modelshield.attacks.verify import attack_params, probe_forward, start_call
 from modelshield.errors import ConfigError
 from modelshield.models import ModelLike, TorchModel
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modelshield._checks import check_choice, check_range
-from modelshield.attacks.evasion._protocol import EvasionAttack
+from modelshield.attacks.evasion.protocol import EvasionAttack
 from modelshield.attacks.extraction._train import (
     Evaluator,
     OutputMode,

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from modelshield._checks import check_choice, check_range
-from modelshield.attacks._ops import make_generator
-from modelshield.attacks._verify import attack_params
+from modelshield.attacks.ops import make_generator
 from modelshield.attacks.poisoning.results import PoisonResult
+from modelshield.attacks.verify import attack_params
 from modelshield.data.features import as_labels, data_kind, n_rows
 from modelshield.errors import ConfigError, InputError, ModelCapabilityError
 

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from modelshield._checks import check_choice, check_range
-from modelshield.attacks._ops import make_generator
-from modelshield.attacks._verify import attack_params
+from modelshield.attacks.ops import make_generator
 from modelshield.attacks.poisoning.label_flip import check_rate, n_poison
 from modelshield.attacks.poisoning.results import PoisonResult, add_trigger
+from modelshield.attacks.verify import attack_params
 from modelshield.data.features import as_labels, data_kind, n_rows
 from modelshield.errors import ConfigError, InputError
 

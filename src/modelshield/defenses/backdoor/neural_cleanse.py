@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modelshield._checks import check_range
-from modelshield.attacks._ops import make_generator
-from modelshield.attacks._verify import attack_params
 from modelshield.attacks.backdoor.triggers import StampTrigger, check_image_batch, stamp
+from modelshield.attacks.ops import make_generator
+from modelshield.attacks.verify import attack_params
 from modelshield.defenses.backdoor._common import MAD_CONSTANT, anomaly_indices, check_clean_set
 from modelshield.errors import ConfigError, InputError
 from modelshield.models import ModelLike, TorchModel, as_gradient_model, eval_mode

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modelshield._checks import check_range
-from modelshield.attacks._ops import make_generator
-from modelshield.attacks._verify import attack_params
 from modelshield.attacks.backdoor.evaluate import clean_accuracy
 from modelshield.attacks.backdoor.triggers import StampTrigger
+from modelshield.attacks.ops import make_generator
+from modelshield.attacks.verify import attack_params
 from modelshield.defenses.backdoor._common import check_clean_set, check_xy
 from modelshield.defenses.backdoor.activations import torch_module
 from modelshield.defenses.backdoor.neural_cleanse import NeuralCleanseReport

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
-from modelshield.attacks._ops import make_generator
+from modelshield.attacks.ops import make_generator
 from modelshield.defenses.backdoor._common import check_clean_set, check_fitted
 from modelshield.errors import InputError
 from modelshield.models import TorchModel, as_model, eval_mode

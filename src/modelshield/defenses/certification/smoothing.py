@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from modelshield._checks import check_bounds, check_inputs, check_labels, check_range
 from modelshield._resources import check_memory, tensor_bytes
-from modelshield.attacks._ops import make_generator
+from modelshield.attacks.ops import make_generator
 from modelshield.defenses.mode import module_device, require_eval_mode
 from modelshield.defenses.training.adversarial import (
     TrainingReport,

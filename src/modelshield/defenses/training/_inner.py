@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from modelshield._typing import Norm
-from modelshield.attacks._ops import clip_to_bounds, normalize_grad, project, random_start
+from modelshield.attacks.ops import clip_to_bounds, normalize_grad, project, random_start
 from modelshield.models import TorchModel
 
 __all__ = ["Init", "maximize_loss"]

@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader
 
 from modelshield._checks import check_bounds, check_choice, check_range
 from modelshield._typing import NORMS, Norm
-from modelshield.attacks._ops import ce_loss
 from modelshield.attacks.evasion.fgsm import FGSM
 from modelshield.attacks.evasion.pgd import PGD
+from modelshield.attacks.ops import ce_loss
 from modelshield.defenses.mode import module_device
 from modelshield.defenses.training._inner import maximize_loss
 from modelshield.defenses.training.engine import (

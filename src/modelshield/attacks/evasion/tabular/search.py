@@ -13,10 +13,10 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_range
-from modelshield.attacks._ops import cw_margin_loss, make_generator, point_keys, point_uniform
-from modelshield.attacks._verify import AttackCall, start_call
 from modelshield.attacks.evasion.tabular.constraints import TOL, ConstraintSpec, count_changes
+from modelshield.attacks.ops import cw_margin_loss, make_generator, point_keys, point_uniform
 from modelshield.attacks.results import EvasionResult
+from modelshield.attacks.verify import AttackCall, start_call
 from modelshield.errors import ConfigError, EvaluationWarning, ModelCapabilityError
 from modelshield.models import CallableModel, ModelLike, TorchModel, as_model, eval_mode
 

@@ -16,8 +16,6 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
-from modelshield.attacks._ops import make_generator, mix64
-from modelshield.attacks._verify import attack_params
 from modelshield.attacks.evasion.text._edits import (
     CHAR_OPS,
     char_candidates,
@@ -28,8 +26,10 @@ from modelshield.attacks.evasion.text._edits import (
     word_candidates,
     words_changed,
 )
+from modelshield.attacks.ops import make_generator, mix64
+from modelshield.attacks.verify import attack_params
 from modelshield.errors import ConfigError, EvaluationWarning, InputError, ModelCapabilityError
-from modelshield.models._budget import QueryCounter
+from modelshield.models import QueryCounter
 
 __all__ = ["TextEvasion", "TextEvasionResult", "TextModel", "as_text_model"]
 

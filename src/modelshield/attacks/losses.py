@@ -7,7 +7,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from modelshield.attacks._ops import ce_loss, cw_margin_loss, dlr_loss
+from modelshield.attacks.ops import ce_loss, cw_margin_loss, dlr_loss
 
 __all__ = ["LOSSES", "Loss", "loss_fn_for", "resolve_loss"]
 

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from modelshield._checks import check_inputs, check_labels
 from modelshield._typing import Norm
-from modelshield.attacks._ops import lp_norms
+from modelshield.attacks.ops import lp_norms
 from modelshield.attacks.results import EvasionResult
 from modelshield.errors import EvaluationWarning, InputError, ModelCapabilityError
 from modelshield.models import CallableModel, TorchModel, eval_mode
