@@ -33,6 +33,7 @@ from modelshield.defenses.training.engine import (
     TrainData,
     check_batch_tensors,
     check_train_data,
+    check_val_data,
     train_loop,
 )
 from modelshield.defenses.training.trades import trades_adversary, trades_loss
@@ -422,13 +423,7 @@ class AdversarialTrainer:
         module = as_trainable(model, owner=owner)
         device = module_device(module)
         data = check_train_data(train_data, owner=owner, device=device, bounds=self.bounds)
-        if val_data is not None:
-            vd = check_train_data(val_data, owner=owner, device=device, bounds=self.bounds,
-                                  name="val_data")
-            if isinstance(vd, DataLoader):
-                raise ConfigError(f"{owner}: 'val_data' must be a pair of tensors (x, y); got a "
-                                  "DataLoader. Pass a small held-out (x, y) set.")
-            val_data = vd
+        val_data = check_val_data(val_data, owner=owner, device=device, bounds=self.bounds)
         check_x, check_y = self._check_batch(data, val_data)
         cfg = LoopConfig(owner=owner, epochs=self.epochs, lr=self.lr, optimizer=self.optimizer,
                          weight_decay=self.weight_decay, schedule=self.schedule,

@@ -10,7 +10,6 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from modelshield._checks import check_bounds, check_range
 from modelshield.defenses.mode import module_device
@@ -30,6 +29,7 @@ from modelshield.defenses.training.engine import (
     StepOutput,
     TrainData,
     check_train_data,
+    check_val_data,
     train_loop,
 )
 from modelshield.defenses.usable import MAX_CLEAN_DROP, Usability, chance_accuracy, check_usable
@@ -244,13 +244,7 @@ class DefensiveDistillation:
             )
         device = module_device(t_mod)
         data = check_train_data(train_data, owner=owner, device=device, bounds=self.bounds)
-        if val_data is not None:
-            vd = check_train_data(val_data, owner=owner, device=device, bounds=self.bounds,
-                                  name="val_data")
-            if isinstance(vd, DataLoader):
-                raise ConfigError(f"{owner}: 'val_data' must be a pair of tensors (x, y); got a "
-                                  "DataLoader. Pass a small held-out (x, y) set.")
-            val_data = vd
+        val_data = check_val_data(val_data, owner=owner, device=device, bounds=self.bounds)
         cfg = LoopConfig(owner=owner, epochs=self.epochs, lr=self.lr, optimizer=self.optimizer,
                          weight_decay=self.weight_decay, schedule=self.schedule,
                          batch_size=self.batch_size, seed=self.seed)

@@ -41,6 +41,7 @@ __all__ = [
     "StepOutput",
     "TrainData",
     "check_train_data",
+    "check_val_data",
     "lr_at",
     "train_loop",
 ]
@@ -132,6 +133,24 @@ def check_train_data(
     check_batch_tensors(x, y, owner=owner, device=device, bounds=bounds, what=name)
     return (x, y)
 
+
+
+def check_val_data(
+    data: object, *, owner: str, device: torch.device | None, bounds: tuple[float, float] | None
+) -> tuple[Tensor, Tensor] | None:
+    """A held-out ``(x, y)`` pair checked like training data (None passes through).
+
+    Raises:
+        ConfigError: a DataLoader was given (validation needs a small tensor pair).
+        InputError: malformed, outside bounds, or not on the model's device.
+    """
+    if data is None:
+        return None
+    vd = check_train_data(data, owner=owner, device=device, bounds=bounds, name="val_data")
+    if isinstance(vd, DataLoader):
+        raise ConfigError(f"{owner}: 'val_data' must be a pair of tensors (x, y); got a "
+                          "DataLoader. Pass a small held-out (x, y) set.")
+    return vd
 
 def check_batch_tensors(
     x: Tensor, y: Tensor, *, owner: str, device: torch.device | None,
