@@ -9,8 +9,10 @@ Prints one JSON object:
 - ``Ensemble`` against torchattacks' ``AutoAttack`` (standard version) on the same points.
 
 Usage: python benchmarks/evasion_speed.py [--model digits-cnn] [--n 500] [--eps 0.1] [--repeats 3]
+[--device cpu|cuda|auto]
 Timings are the minimum of ``--repeats`` round-robin runs after a warm-up; every ratio is taken within
-this one process.
+this one process. With ``--device cuda`` the model and points live on the GPU and every timer is read
+after ``torch.cuda.synchronize()`` (CUDA kernels run asynchronously).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from modelshield.attacks.evasion import PGD
-from modelshield.models import zoo
+from modelshield.models import resolve_device, zoo
+from modelshield.models.device import synchronize
 
 
 def bare_passes(module: nn.Module, x: Tensor, y: Tensor, k: int) -> None:
@@ -40,6 +43,7 @@ def bare_passes(module: nn.Module, x: Tensor, y: Tensor, k: int) -> None:
 
 def robust_acc(module: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, eps: float) -> dict[str, float]:
     """Robust accuracy re-checked here, with the eps-ball and bounds verified."""
+    x_adv = x_adv.to(x.device)  # a peer may answer on the CPU
     with torch.no_grad():
         clean_ok = module(x).argmax(1) == y
         adv_ok = module(x_adv).argmax(1) == y
@@ -52,21 +56,26 @@ def robust_acc(module: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, eps: floa
     }
 
 
-def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, Any]]:
+def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int,
+                device: torch.device | None = None) -> dict[str, tuple[float, Any]]:
     """Best (minimum) wall time and last output of each contender, timed round-robin after a warm-up.
 
     Timing every contender once per round, in turn, means a slow spell on a shared machine
     hits them all alike instead of skewing one ratio; the minimum over rounds is the least
     disturbed measurement of each (the ``timeit`` convention), since interference only adds time.
+    On a GPU the device is synchronised before each timer is read.
     """
+    dev = device or torch.device("cpu")
     times: dict[str, list[float]] = {k: [] for k in contenders}
     outs: dict[str, Any] = {}
     for k, fn in contenders.items():
         outs[k] = fn()  # warm-up (allocator, lazy imports, first-call kernels)
+    synchronize(dev)
     for _ in range(repeats):
         for k, fn in contenders.items():
             t0 = time.perf_counter()
             outs[k] = fn()
+            synchronize(dev)
             times[k].append(time.perf_counter() - t0)
     return {k: (min(v), outs[k]) for k, v in times.items()}
 
@@ -88,10 +97,11 @@ def peer_pgd_contenders(module: nn.Module, x: Tensor, y: Tensor, eps: float, ste
         from art.estimators.classification import PyTorchClassifier
 
         clf = PyTorchClassifier(module, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-                                nb_classes=10, clip_values=(0.0, 1.0))
+                                nb_classes=10, clip_values=(0.0, 1.0),
+                                device_type="gpu" if x.is_cuda else "cpu")
         art_pgd = ProjectedGradientDescentPyTorch(clf, norm="inf", eps=eps, eps_step=alpha, max_iter=steps,
                                                   num_random_init=1, batch_size=x.shape[0], verbose=False)
-        xn = x.numpy()
+        xn = x.cpu().numpy()
         runs["art"] = lambda: torch.as_tensor(art_pgd.generate(xn))
     except ImportError as exc:
         skipped["art"] = str(exc)
@@ -110,8 +120,10 @@ def ensemble_vs_autoattack(module: nn.Module, x: Tensor, y: Tensor, eps: float) 
     from modelshield.attacks.evasion import Ensemble
 
     ens = Ensemble.standard(eps=eps)
+    synchronize(x.device)
     t0 = time.perf_counter()
     res = ens(module, x, y)
+    synchronize(x.device)
     ours = {"time_s": round(time.perf_counter() - t0, 3), **robust_acc(module, x, res.x_adv, y, eps)}
     out: dict[str, Any] = {"modelshield_ensemble": ours}
     try:
@@ -120,6 +132,7 @@ def ensemble_vs_autoattack(module: nn.Module, x: Tensor, y: Tensor, eps: float) 
         aa = torchattacks.AutoAttack(module, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)
         t0 = time.perf_counter()
         xa = aa(x, y)
+        synchronize(x.device)
         out["torchattacks_autoattack"] = {"time_s": round(time.perf_counter() - t0, 3),
                                           **robust_acc(module, x, xa, y, eps)}
     except ImportError as exc:
@@ -134,20 +147,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda, cuda:N or auto: where the model and the points live")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: on a 2-core machine this keeps the ratios "
                         "steady when anything else runs on the other core)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device, owner="evasion_speed")
 
     zm = zoo.load(args.model)
-    module = zm.module.eval()
+    module = zm.module.eval().to(device)
     for prm in module.parameters():
         prm.requires_grad_(False)
     x, y = zoo.test_split(args.model, n=args.n)
+    x, y = x.to(device), y.to(device)
     report: dict[str, Any] = {
         "benchmark": "evasion_speed", "model": args.model, "n": int(x.shape[0]), "eps": args.eps,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
         "pgd": {},
     }
     for steps in (10, 40):
@@ -165,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.no_peers:
             peer_runs, skipped = peer_pgd_contenders(module, x, y, args.eps, steps, alpha)
             contenders.update(peer_runs)
-        timed = interleaved(contenders, args.repeats)
+        timed = interleaved(contenders, args.repeats, device)
         t_bare = timed["bare"][0]
         t_ours, res = timed["modelshield"]
         t_tiny, res_tiny = timed["modelshield_eps_0.01"]

@@ -14,7 +14,7 @@ runner all start from it.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from modelshield._typing import Progress
 from modelshield.errors import ConfigError, DataError, InputError, ModelCapabilityError
-from modelshield.models import CallableModel, TorchModel, as_model, eval_mode
+from modelshield.models import CallableModel, TorchModel, as_black_box, as_model, eval_mode, resolve_device
 
 __all__ = [
     "Target",
@@ -123,29 +123,19 @@ class Target:
 def as_query_model(target: Target, *, labels_only: bool = False) -> CallableModel:
     """The target seen strictly through its outputs: a black-box ``CallableModel``.
 
-    Torch modules are wrapped as a numpy callable returning softmax probabilities (or, with
-    ``labels_only``, the predicted labels), so a query-only attack cannot reach gradients or
+    Torch modules answer softmax probabilities (or, with ``labels_only``, the predicted labels)
+    through ``modelshield.models.as_black_box``, so a query-only attack cannot reach gradients or
     logits. Estimators are wrapped through ``predict_proba`` (``predict`` with labels_only).
     """
-    n_classes: int
+    output: Literal["proba", "labels"] = "labels" if labels_only else "proba"
     if target.kind == "sklearn":
         est = target.module
-        n_classes = len(est.classes_)
-        return CallableModel(est, bounds=target.bounds, output="labels" if labels_only else "proba",
-                             n_classes=n_classes)
-    module: nn.Module = target.module
-    white = TorchModel(module, bounds=target.bounds)  # only for eval_mode's save/restore
-    with torch.no_grad(), eval_mode(white):
-        n_classes = int(module(target.x[:1]).shape[1])
-
-    def answer(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad(), eval_mode(white):
-            logits = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        out = logits.argmax(1) if labels_only else torch.softmax(logits.double(), 1)
-        return out.numpy()
-
-    return CallableModel(answer, bounds=target.bounds, output="labels" if labels_only else "proba",
-                         n_classes=n_classes)
+        return as_black_box(est, bounds=target.bounds, output=output, n_classes=len(est.classes_))
+    white = TorchModel(target.module, bounds=target.bounds)
+    probe = target.x[:1] if white.device is None else target.x[:1].to(white.device)
+    with torch.no_grad(), eval_mode(white):  # one probe row: the exact class count
+        n_classes = int(white.scores(probe).shape[1])
+    return as_black_box(white, output=output, n_classes=n_classes)
 
 
 def load_target(
@@ -158,16 +148,43 @@ def load_target(
     progress: Progress | None = None,
     trust_torchscript: bool = False,
     options: TargetOptions | None = None,
+    device: str | torch.device = "cpu",
 ) -> Target:
     """Load a zoo model (training it if not cached) or a model file, and the first n test points.
 
     A TorchScript model file is refused unless trust_torchscript (``--trust-torchscript``): loading
     it runs code from the file. Zoo models never load TorchScript.
 
+    A white-box torch model and its points ``x``, ``y`` are moved to ``device`` (``cpu``, ``cuda``,
+    ``cuda:N``, ``mps`` or ``auto``: see ``modelshield.models.resolve_device``); the attacks then
+    follow the model's device. Black-box models (callables, estimators) stay where they are and
+    see numpy inputs. ``model_info["device"]`` records where the model runs.
+
     Raises:
         ConfigError: model is neither a zoo name nor an existing file, or a file model has no
-            data set (pass ``--data``).
+            data set (pass ``--data``), or device is unknown or absent on this machine.
     """
+    dev = resolve_device(device)  # a bad --device fails before any loading or training
+    target = _load_target(model, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress,
+                          trust_torchscript=trust_torchscript, options=options)
+    if isinstance(target.module, nn.Module) and target.kind == "torch":
+        return replace(target, module=target.module.to(dev), x=target.x.to(dev), y=target.y.to(dev),
+                       model_info={**target.model_info, "device": str(dev)})
+    return replace(target, model_info={**target.model_info, "device": "cpu"})
+
+
+def _load_target(
+    model: str,
+    *,
+    data: str | None,
+    data_dir: Path | None,
+    arch: str | None,
+    n: int | None,
+    progress: Progress | None,
+    trust_torchscript: bool,
+    options: TargetOptions | None,
+) -> Target:
+    """``load_target`` on the CPU."""
     from modelshield.data import load_dataset
     from modelshield.models import zoo
 

@@ -17,8 +17,12 @@ from modelshield.attacks.evasion.registry import (
 from modelshield.cli import _render as render
 from modelshield.cli._target import Target, as_query_model, load_target, parse_norm
 from modelshield.errors import ConfigError
+from modelshield.models import resolve_device
 
-__all__ = ["TABULAR_ATTACK", "TEXT_ATTACK", "attack_app", "load_constraints", "text_evasion_summary"]
+__all__ = [
+    "DEVICE_HELP", "TABULAR_ATTACK", "TEXT_ATTACK", "DeviceOption", "attack_app", "load_constraints",
+    "text_evasion_summary",
+]
 
 attack_app = typer.Typer(help="Run a single attack against a model.", no_args_is_help=True)
 
@@ -42,6 +46,10 @@ TRUST_PICKLE_HELP = ("Load pickle/joblib model files. Refused by default: unpick
 TRUST_EXPORT_HELP = ("Load torch.export (.pt2) archives, which may unpickle code from the file; only for "
                      "files from a source you trust.")
 SKOPS_TRUST_HELP = "skops model files: comma-separated type names to trust beyond skops' defaults."
+DEVICE_HELP = ("Where a torch model runs: cpu (default), cuda, cuda:N, mps, or auto (cuda if present, else "
+               "mps, else cpu). Black-box models (callables, estimators) stay where they are.")
+DeviceOption = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
+"""The shared ``--device`` option of every command that runs a model (default ``"cpu"``)."""
 
 
 def target_options(*, label_col: str | None, feature_cols: str | None, text_col: str | None,
@@ -210,9 +218,11 @@ def evasion(
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
     trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
                                                     help=TRUST_TORCHSCRIPT_HELP)] = False,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Run one evasion attack on the first n test points and print its verified metrics."""
     owner = "modelshield attack evasion"
+    resolve_device(device, owner=owner)  # a bad --device fails before any work
     if json_out is not None:
         check_new_files([json_out], overwrite=force, owner=owner)
     key = attack.strip().lower()
@@ -253,7 +263,7 @@ def evasion(
             )
     with render.progress_bar("loading model") as progress, render.show_warnings():
         target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress,
-                             trust_torchscript=trust_torchscript)
+                             trust_torchscript=trust_torchscript, device=device)
         if atk is None:
             summary = _tabular(target, constraints=constraints, max_changes=max_changes,
                                beam_width=beam_width, max_queries=max_queries, seed=seed,

@@ -27,11 +27,18 @@ from modelshield.attacks.evasion.ensemble import Ensemble
 from modelshield.attacks.evasion.pgd import PGD
 from modelshield.cli import _render as render
 from modelshield.cli._target import load_target
-from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, DATA_HELP, MODEL_HELP, TRUST_TORCHSCRIPT_HELP
+from modelshield.cli.attack import (
+    ARCH_HELP,
+    DATA_DIR_HELP,
+    DATA_HELP,
+    MODEL_HELP,
+    TRUST_TORCHSCRIPT_HELP,
+    DeviceOption,
+)
 from modelshield.defenses.certification.smoothing import RandomizedSmoothing
 from modelshield.defenses.training import METHODS, AdversarialTrainer, DefensiveDistillation
 from modelshield.errors import ConfigError
-from modelshield.models import TorchModel, eval_mode
+from modelshield.models import TorchModel, eval_mode, resolve_device
 
 __all__ = ["certify", "defend_app"]
 
@@ -56,13 +63,16 @@ class _Start:
 
 
 def _start(model: str, *, data: str | None, data_dir: Path | None, arch: str | None, n: int,
-           seed: int, owner: str, fresh: bool = True, trust_torchscript: bool = False) -> _Start:
-    """A fresh copy of a zoo architecture (seeded) or the weights of a model file, plus data."""
+           seed: int, owner: str, fresh: bool = True, trust_torchscript: bool = False,
+           device: str = "cpu") -> _Start:
+    """A fresh copy of a zoo architecture (seeded) or the weights of a model file, plus data, all on
+    ``device`` (the training and the evaluation follow the module's device)."""
     from modelshield.data import DATASETS, load_dataset
     from modelshield.models import zoo
     from modelshield.models.load import load_model, weights_sha256
 
     check_range("--n", n, owner=owner, low=1, integer=True, fix="Use e.g. --n 200.")
+    dev = resolve_device(device, owner=owner)
     if model in zoo.names():
         s = zoo.spec(model)
         if s.kind != "torch":
@@ -97,9 +107,10 @@ def _start(model: str, *, data: str | None, data_dir: Path | None, arch: str | N
         model_info = {"name": path.name, "source": "file", "path": str(path.resolve()),
                       "arch": arch_name, "initial_weights_sha256": weights_sha256(module)}
     ds = load_dataset(dataset, root=data_dir)
-    return _Start(module=module, arch=arch_name, x_train=ds.x_train.float(), y_train=ds.y_train.long(),
-                  x_test=ds.x_test[:n].float(), y_test=ds.y_test[:n].long(), bounds=ds.bounds,
-                  model_info=model_info,
+    model_info["device"] = str(dev)
+    return _Start(module=module.to(dev), arch=arch_name, x_train=ds.x_train.float().to(dev),
+                  y_train=ds.y_train.long().to(dev), x_test=ds.x_test[:n].float().to(dev),
+                  y_test=ds.y_test[:n].long().to(dev), bounds=ds.bounds, model_info=model_info,
                   data_info={"name": ds.name, "sha256": ds.sha256, "split": "test",
                              "n": min(n, len(ds.y_test)), "n_train": int(ds.x_train.shape[0])})
 
@@ -195,6 +206,7 @@ def adversarial_training(
                                               "(Madry et al.'s MNIST model) for MNIST at eps 0.3.")] = None,
     trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
                                                     help=TRUST_TORCHSCRIPT_HELP)] = False,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Adversarially train (PGD, TRADES or fast FGSM), save, then evaluate under Ensemble.standard
     and the gradient-masking checks (the model is saved before the evaluation, so an interrupt
@@ -208,7 +220,7 @@ def adversarial_training(
         raise ConfigError(f"{owner}: '--resume' needs '--checkpoint-dir'; got none. Pass the folder "
                           "of the interrupted run, e.g. --checkpoint-dir ckpt/.")
     s = _start(model, data=data, data_dir=data_dir, arch=arch, n=n, seed=seed, owner=owner,
-               trust_torchscript=trust_torchscript)
+               trust_torchscript=trust_torchscript, device=device)
     _check_eps(eps, s.bounds, owner)
     trainer = AdversarialTrainer(method=method, eps=eps, steps=steps, epochs=epochs,  # type: ignore[arg-type]
                                  batch_size=batch_size, lr=lr, bounds=s.bounds, seed=seed,
@@ -274,6 +286,7 @@ def distill(
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
     trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
                                                     help=TRUST_TORCHSCRIPT_HELP)] = False,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Defensive distillation (a baseline known to mask gradients): train, save, and compare
     plain cross-entropy PGD with margin-loss PGD. A student at chance accuracy (or far below its
@@ -285,11 +298,11 @@ def distill(
     owner = f"{OWNER} distill"
     check_new_files([out], overwrite=force, owner=owner)
     s = _start(model, data=data, data_dir=data_dir, arch=arch, n=n, seed=seed, owner=owner,
-               trust_torchscript=trust_torchscript)
+               trust_torchscript=trust_torchscript, device=device)
     _check_eps(eps, s.bounds, owner)
     trainer = DefensiveDistillation(temperature=temperature, epochs=epochs, lr=lr, batch_size=batch_size,
                                     bounds=s.bounds, seed=seed)
-    teacher = zoo.build(s.arch, seed=seed + 1)
+    teacher = zoo.build(s.arch, seed=seed + 1).to(s.x_train.device)
     with render.progress_bar("defensive distillation") as progress, render.show_warnings():
         result = trainer.fit(teacher, s.module, (s.x_train, s.y_train), val_data=(s.x_test, s.y_test),
                              progress=progress)
@@ -357,10 +370,12 @@ def certify(
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
     trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
                                                     help=TRUST_TORCHSCRIPT_HELP)] = False,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Randomized-smoothing certificates (Cohen et al., 2019): certified accuracy at each L2
     radius and the abstention rate; exits 2 on bad input."""
     owner = "modelshield certify"
+    resolve_device(device, owner=owner)  # a bad --device fails before any work
     if json_out is not None:
         check_new_files([json_out], overwrite=force, owner=owner)
     smoother = RandomizedSmoothing(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size, seed=seed)
@@ -370,7 +385,7 @@ def certify(
                           "Write e.g. --radii 0.5,1.0,1.5.")
     with render.progress_bar("loading model") as progress, render.show_warnings():
         target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=points, progress=progress,
-                             trust_torchscript=trust_torchscript)
+                             trust_torchscript=trust_torchscript, device=device)
         if target.kind != "torch":
             raise ConfigError(f"{owner}: '--model' must be a neural-network model; got {model!r}, a "
                               f"{target.kind} model. Pick e.g. --model digits-cnn.")

@@ -15,7 +15,14 @@ from modelshield.assess.plan import parse_floats
 from modelshield.assess.suite import jsonable
 from modelshield.cli import _render as render
 from modelshield.cli._target import load_target
-from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, DATA_HELP, MODEL_HELP, TRUST_TORCHSCRIPT_HELP
+from modelshield.cli.attack import (
+    ARCH_HELP,
+    DATA_DIR_HELP,
+    DATA_HELP,
+    MODEL_HELP,
+    TRUST_TORCHSCRIPT_HELP,
+    DeviceOption,
+)
 from modelshield.defenses.extraction import PRADA
 from modelshield.errors import ConfigError
 from modelshield.experiments.extraction import (
@@ -30,6 +37,7 @@ from modelshield.experiments.extraction import (
     load_pool,
     run_extraction,
 )
+from modelshield.models import resolve_device
 
 __all__ = ["extract"]
 
@@ -110,9 +118,14 @@ def extract(
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
     trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
                                                     help=TRUST_TORCHSCRIPT_HELP)] = False,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Steal a model by queries (Knockoff Nets, Jacobian augmentation or equation solving) and
-    print the copy's fidelity and accuracy at each checkpoint; exits 2 on bad input."""
+    print the copy's fidelity and accuracy at each checkpoint; exits 2 on bad input.
+
+    With --device the victim runs there (its queries are moved to it); the thief trains on the CPU.
+    """
+    resolve_device(device, owner=OWNER)  # a bad --device fails before any work
     if json_out is not None:
         check_new_files([json_out], overwrite=force, owner=OWNER)
     check_choice("--defence", defence, DEFENCES, owner=OWNER)
@@ -124,7 +137,7 @@ def extract(
                                   min_steps=min_steps if attack == "knockoff" else 0, seed=seed)
     with render.progress_bar("loading victim") as progress, render.show_warnings():
         target = load_target(victim, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress,
-                             trust_torchscript=trust_torchscript)
+                             trust_torchscript=trust_torchscript, device=device)
         if target.text or target.tabular:
             kind = "text" if target.text else "tabular"
             raise ConfigError(f"{OWNER}: '--victim' must be an image model (extraction queries it with "
@@ -135,7 +148,8 @@ def extract(
         thief_pool = load_pool(spec, input_shape=target.x.shape[1:], bounds=target.bounds,
                                victim_dataset=dataset, data_root=data_dir, size=queries, seed=seed)
         progress(0, 1, f"{attack}: stealing with {queries} queries")
-        run = run_extraction(target.module, thief_pool, atk, eval_data=(target.x, target.y), defence=defence,
+        run = run_extraction(target.module, thief_pool, atk, eval_data=(target.x.cpu(), target.y.cpu()),
+                             defence=defence,
                              prada=PRADA() if prada else None, seed=seed)
     _render(run, victim=target.model_info["name"], attack=attack, pool=thief_pool)
     if json_out is not None:

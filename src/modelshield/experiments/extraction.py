@@ -31,8 +31,15 @@ from modelshield.attacks.extraction.jacobian import JacobianAugmentation
 from modelshield.attacks.extraction.knockoff import KnockoffNets
 from modelshield.attacks.extraction.results import ExtractionResult
 from modelshield.defenses.extraction import HARDENING_METHODS, PRADA, harden, honest_cost
-from modelshield.errors import ConfigError, DataError, InputError, ModelCapabilityError
-from modelshield.models import CallableModel, ModelLike, TorchModel, as_model
+from modelshield.errors import ConfigError, DataError, InputError
+from modelshield.models import (
+    BlackBoxOutput,
+    CallableModel,
+    ModelLike,
+    TorchModel,
+    as_model,
+    black_box_answers,
+)
 
 __all__ = [
     "DEFAULT_POOL",
@@ -370,29 +377,18 @@ class QueryLog:
         self.label_only = isinstance(api, CallableModel) and api.output == "labels"
         self._x: list[Tensor] = []
         self._labels: list[Tensor] = []
-        try:
-            n_classes: int | None = api.n_classes
-        except ModelCapabilityError:
-            n_classes = None
-        self.model = CallableModel(self, bounds=api.bounds, output="labels" if self.label_only else "proba",
-                                   n_classes=n_classes)
+        kind: BlackBoxOutput = "labels" if self.label_only else "proba"
+        self._answer = black_box_answers(api, output=kind, on_answer=self._record)
+        self.model = CallableModel(self, bounds=api.bounds, output=kind, n_classes=api.n_classes_known)
+
+    def _record(self, x: Tensor, answer: Tensor) -> Tensor:
+        self._x.append(x.detach().clone())
+        self._labels.append((answer if answer.dim() == 1 else answer.argmax(1)).long())
+        return answer
 
     def __call__(self, x_np: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(x_np)
-        device = self.api.device if isinstance(self.api, TorchModel) else None
-        xd = x.to(device) if device is not None else x
-        with torch.no_grad():
-            if self.label_only:
-                labels = self.api.predict(xd).cpu()
-                answer: np.ndarray = labels.numpy().astype(np.int64)
-            else:
-                scores = self.api.scores(xd)
-                proba = scores.softmax(1) if isinstance(self.api, TorchModel) else scores
-                labels = proba.argmax(1).cpu()
-                answer = proba.cpu().numpy()
-        self._x.append(x.detach().clone())
-        self._labels.append(labels.long())
-        return answer
+        """Answer one batch of queries (numpy) through the API's black-box view, and record it."""
+        return self._answer(x_np)
 
     @property
     def queries(self) -> int:

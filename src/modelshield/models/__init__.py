@@ -12,9 +12,14 @@ from modelshield.models._budget import QueryCounter
 from modelshield.models._callable import CallableModel, OutputKind
 from modelshield.models._protocol import GradientModel, Model
 from modelshield.models._torch import TorchModel, eval_mode, infer_n_classes
+from modelshield.models.black_box import BlackBoxOutput, as_black_box, black_box_answers, probabilities
+from modelshield.models.device import module_device, resolve_device
+from modelshield.models.outputs import evaluating, predict_labels
 from modelshield.models.refs import ModelFormat, ModelProvenance, ModelRef, load_model_ref
+from modelshield.models.text import TextModel, as_text_model
 
 __all__ = [
+    "BlackBoxOutput",
     "CallableModel",
     "GradientModel",
     "Model",
@@ -23,12 +28,21 @@ __all__ = [
     "ModelProvenance",
     "ModelRef",
     "QueryCounter",
+    "TextModel",
     "TorchModel",
+    "as_black_box",
     "as_gradient_model",
     "as_model",
+    "as_text_model",
+    "black_box_answers",
     "eval_mode",
+    "evaluating",
     "infer_n_classes",
     "load_model_ref",
+    "module_device",
+    "predict_labels",
+    "probabilities",
+    "resolve_device",
 ]
 
 ModelLike: TypeAlias = nn.Module | TorchModel | CallableModel | Any

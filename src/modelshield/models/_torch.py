@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from modelshield.errors import InputError, ModelCapabilityError
 from modelshield.models._budget import QueryCounter
-from modelshield.models.outputs import labels_and_errors, safe_argmax
+from modelshield.models.outputs import evaluating, labels_and_errors, safe_argmax
 
 __all__ = ["TorchModel", "eval_mode", "infer_n_classes"]
 
@@ -172,17 +172,13 @@ def eval_mode(model: TorchModel) -> Iterator[None]:
     Freezing ``requires_grad`` on parameters means the backward pass computes input gradients
     only (no weight-gradient work) and nothing is written to parameter ``.grad``.
     """
-    modules = list(model.module.modules())
-    saved_modes = [m.training for m in modules]
     params = list(model.module.parameters())
     saved_grads = [p.requires_grad for p in params]
-    model.module.eval()
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for m, flag in zip(modules, saved_modes, strict=True):
-            m.training = flag
-        for p, flag in zip(params, saved_grads, strict=True):
-            p.requires_grad_(flag)
+    with evaluating(model.module):
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in zip(params, saved_grads, strict=True):
+                p.requires_grad_(flag)

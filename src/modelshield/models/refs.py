@@ -148,7 +148,7 @@ class ModelRef:
             raise ModelCapabilityError(
                 f"ModelRef: the model must read tensors to be wrapped by as_model; got a text model "
                 f"({self.provenance.ref!r}) that reads lists of strings. Pass ref.model to "
-                "modelshield.attacks.evasion.text.as_text_model instead."
+                "modelshield.models.as_text_model instead."
             )
         lo_hi = bounds if bounds is not None else (self.bounds or (0.0, 1.0))
         return as_model(self.model, bounds=lo_hi, n_classes=self.n_classes, budget=budget)

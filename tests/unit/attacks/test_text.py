@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from modelshield.attacks.evasion import text as text_evasion
 from modelshield.attacks.evasion.text import (
     TextEvasion,
-    TextModel,
     char_candidates,
     edit_distance,
     lexicon,
@@ -20,6 +20,7 @@ from modelshield.attacks.evasion.text import (
 )
 from modelshield.data.sms_spam import TextDataset, load_sms_spam
 from modelshield.errors import ConfigError, InputError, QueryBudgetExceeded
+from modelshield.models import TextModel, as_text_model
 from modelshield.models.zoo.spam import spam_metrics, train_spam_model
 
 
@@ -132,3 +133,10 @@ def test_callable_model_and_bad_inputs(nb: Any) -> None:
         TextEvasion(method="emoji")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="char_ops"):
         TextEvasion(char_ops=("rot13",))
+
+
+def test_text_model_lives_in_models_and_is_re_exported() -> None:
+    assert text_evasion.TextModel is TextModel and text_evasion.as_text_model is as_text_model
+    assert TextModel.__module__ == "modelshield.models.text"
+    m = as_text_model(lambda texts: np.tile([[0.25, 0.75]], (len(texts), 1)))
+    assert as_text_model(m) is m and m.predict(["a", "b"]).tolist() == [1, 1] and m.queries.forward == 2

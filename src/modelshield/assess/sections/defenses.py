@@ -190,6 +190,11 @@ def _check_compatible(ctx: AssessmentContext, assessed: TorchModel, d: _Defended
     probe = ctx.x[:1]
     shape = tuple(probe.shape[1:])
     defended = TorchModel(d.module, bounds=ctx.bounds)
+    if defended.device is not None and defended.device != probe.device:
+        raise ConfigError(
+            f"{owner}: the defended model {d.name!r} must be on the assessed inputs' device {probe.device}; "
+            f"got {defended.device}. Move it with .to('{probe.device}') before the assessment."
+        )
     with torch.no_grad(), eval_mode(assessed), eval_mode(defended):
         ref = assessed.module(probe)
         try:
@@ -288,6 +293,8 @@ class DefensesSection:
         if not isinstance(ctx.model, TorchModel):  # narrowed by _counterpart; for mypy
             raise RuntimeError("unreachable: _counterpart skips black-box models")
         assessed = ctx.model
+        if found.source != "plan":  # the section's own zoo copy runs where the assessed model does;
+            found.module.to(ctx.x.device)  # a model handed in the plan is never moved (check below)
         _check_compatible(ctx, assessed, found)
         eps, eps_source = _resolve_eps(ctx, plan, found)
         n = int(ctx.x.shape[0]) if plan.n is None else min(plan.n, int(ctx.x.shape[0]))

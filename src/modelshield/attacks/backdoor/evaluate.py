@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from modelshield.attacks.backdoor.results import BackdoorResult
 from modelshield.attacks.backdoor.triggers import Trigger
 from modelshield.errors import ConfigError, InputError
+from modelshield.models import predict_labels as labels_of
 
 __all__ = [
     "BackdoorEvaluation",
@@ -33,25 +34,7 @@ TrainFn = Callable[[Any, Tensor], Any]
 def predict_labels(model: Any, x: Any, *, batch_size: int = 1024) -> Tensor:
     """(N,) int64 CPU labels from a torch module (batched argmax in eval mode, no grad, training
     flags restored), a modelshield Model, or a predict()/callable object (e.g. scikit-learn)."""
-    from modelshield.models import CallableModel, TorchModel
-
-    if isinstance(model, TorchModel | CallableModel):
-        return torch.cat([model.predict(x[i : i + batch_size]).cpu()
-                          for i in range(0, int(x.shape[0]), batch_size)])
-    if isinstance(model, nn.Module) and isinstance(x, Tensor):
-        flags = [m.training for m in model.modules()]
-        model.eval()
-        try:
-            with torch.no_grad():
-                out = [model(x[i : i + batch_size]).argmax(1).cpu()
-                       for i in range(0, int(x.shape[0]), batch_size)]
-        finally:
-            for m, f in zip(model.modules(), flags, strict=True):
-                m.training = f
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
-    from modelshield.models.zoo.spam import predict_labels as _predict
-
-    return torch.as_tensor(_predict(model, x), dtype=torch.int64)
+    return labels_of(model, x, batch_size=batch_size).cpu()
 
 
 def _labels(y: Any) -> Tensor:

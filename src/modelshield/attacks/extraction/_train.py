@@ -27,7 +27,7 @@ from modelshield.errors import (
     ModelShieldError,
     QueryBudgetExceeded,
 )
-from modelshield.models import CallableModel, TorchModel
+from modelshield.models import CallableModel, TorchModel, predict_labels, probabilities
 
 __all__ = [
     "Evaluator",
@@ -170,17 +170,6 @@ def fit_thief(
     return opt
 
 
-def predict_labels(net: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:
-    """(N,) labels of a torch classifier in eval mode, without autograd; training flag restored."""
-    was = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            return torch.cat([net(chunk).argmax(1) for chunk in torch.split(x, batch_size)])
-    finally:
-        net.train(was)
-
-
 @contextlib.contextmanager
 def uncounted(model: TorchModel | CallableModel) -> Iterator[list[int]]:
     """Queries inside the block are not charged: counter and budget are restored afterwards.
@@ -227,7 +216,7 @@ def query_victim(
         with torch.no_grad():
             if output == "labels":
                 return model.predict(x)
-            scores = model.scores(x)
+            proba = probabilities(model, x)
     except ModelCapabilityError as exc:
         if isinstance(model, CallableModel) and model.output == "labels":
             raise ModelCapabilityError(
@@ -239,7 +228,7 @@ def query_victim(
         raise
     except (RuntimeError, ValueError) as exc:
         raise _shape_error(owner, x, exc) from exc
-    return scores.softmax(1) if isinstance(model, TorchModel) else scores
+    return proba
 
 
 def check_checkpoints(checkpoints: object, budget: int, *, owner: str) -> tuple[int, ...]:

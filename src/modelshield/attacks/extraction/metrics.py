@@ -9,9 +9,8 @@ from torch import Tensor, nn
 
 from modelshield._checks import check_inputs, check_labels
 from modelshield.attacks.evasion.protocol import EvasionAttack
-from modelshield.attacks.extraction._train import predict_labels
 from modelshield.errors import ConfigError
-from modelshield.models import ModelLike, TorchModel, as_model
+from modelshield.models import ModelLike, TorchModel, as_model, predict_labels
 
 __all__ = ["accuracy", "fidelity", "transferability"]
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from modelshield._checks import check_choice, check_inputs, check_labels, check_range
 from modelshield.errors import ModelCapabilityError
-from modelshield.models import CallableModel, ModelLike, TorchModel, as_model
+from modelshield.models import CallableModel, ModelLike, as_black_box, as_model, probabilities
 
 __all__ = [
     "HARDENING_METHODS",
@@ -66,19 +65,6 @@ def reverse_sigmoid(p: Tensor, beta: float, gamma: float) -> Tensor:
     return q
 
 
-def _probabilities(m: TorchModel | CallableModel, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        s = m.scores(x)
-    return s.softmax(1) if isinstance(m, TorchModel) else s
-
-
-def _known_classes(m: TorchModel | CallableModel) -> int | None:
-    try:
-        return m.n_classes
-    except ModelCapabilityError:
-        return None
-
-
 def harden(
     model: ModelLike,
     *,
@@ -122,31 +108,22 @@ def harden(
     check_range("beta", beta, owner="harden", low=0.0)
     check_range("gamma", gamma, owner="harden", low=0.0, low_open=True)
     base = as_model(model)
+    if method == "top1":
+        return as_black_box(base, output="labels")
     gen = torch.Generator(device="cpu")
     if seed is None:
         gen.seed()
     else:
         gen.manual_seed(seed)
-    device = base.device if isinstance(base, TorchModel) else None
 
-    def answer(x_np: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(x_np, dtype=torch.float32, device=device)
-        if method == "top1":
-            with torch.no_grad():
-                labels: np.ndarray = base.predict(x).cpu().numpy().astype(np.int64)
-            return labels
-        p = _probabilities(base, x).double()
+    def perturb(_x: Tensor, p: Tensor) -> Tensor:
         if method == "round":
-            q = round_probabilities(p, decimals)
-        elif method == "noise":
-            q = noisy_probabilities(p, noise_std, gen)
-        else:
-            q = reverse_sigmoid(p, beta, gamma)
-        out: np.ndarray = q.cpu().numpy()
-        return out
+            return round_probabilities(p, decimals)
+        if method == "noise":
+            return noisy_probabilities(p, noise_std, gen)
+        return reverse_sigmoid(p, beta, gamma)
 
-    return CallableModel(answer, bounds=base.bounds, output="labels" if method == "top1" else "proba",
-                         n_classes=_known_classes(base))
+    return as_black_box(base, output="proba", on_answer=perturb)
 
 
 def honest_cost(model: ModelLike, hardened: ModelLike, x: Tensor, y: Tensor) -> dict[str, Any]:
@@ -163,13 +140,13 @@ def honest_cost(model: ModelLike, hardened: ModelLike, x: Tensor, y: Tensor) -> 
     """
     m, h = as_model(model), as_model(hardened)
     x = check_inputs(x, bounds=m.bounds, owner="honest_cost")
-    p = _probabilities(m, x)
+    p = probabilities(m, x)
     n_classes = p.shape[1]
     y_t = check_labels(y, n=x.shape[0], n_classes=n_classes, owner="honest_cost", device=x.device)
     q: Tensor | None = None
     if not (isinstance(h, CallableModel) and h.output == "labels"):
         try:
-            q = _probabilities(h, x).to(p.dtype)
+            q = probabilities(h, x).to(p.dtype)
         except ModelCapabilityError:
             if not (isinstance(h, CallableModel) and h.output == "labels"):
                 raise

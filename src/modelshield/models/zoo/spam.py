@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
 from modelshield.data.sms_spam import TextDataset
 from modelshield.errors import InputError
+from modelshield.models.outputs import predict_labels as _predict_labels
 
 __all__ = ["SPAM_KINDS", "SpamKind", "spam_fingerprint", "spam_metrics", "spam_pipeline", "train_spam_model"]
 
@@ -118,23 +118,13 @@ def spam_metrics(
 
 
 def predict_labels(model: Any, x: Any) -> np.ndarray:
-    """(N,) int64 labels from a predict()-object, a torch module (argmax) or a callable."""
-    if callable(getattr(model, "predict", None)):
-        out = model.predict(x)
-    elif isinstance(model, torch.nn.Module):
-        was = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                out = model(x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x)))
-        finally:
-            model.train(was)
-    else:
-        out = model(x)
-    arr = out.detach().cpu().numpy() if isinstance(out, Tensor) else np.asarray(out)
-    if arr.ndim == 2:
-        arr = arr.argmax(1)
-    return arr.astype(np.int64)
+    """(N,) int64 labels as numpy from a predict()-object, a torch module (argmax) or a callable.
+
+    ``modelshield.models.outputs.predict_labels`` as a numpy array (every sub-module's training
+    flag is restored for torch modules).
+    """
+    labels: np.ndarray = _predict_labels(model, x).cpu().numpy().astype(np.int64)
+    return labels
 
 
 def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray, *, positive: int = 1) -> dict[str, float]:

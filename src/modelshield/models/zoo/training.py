@@ -22,6 +22,7 @@ from torch import Tensor, nn
 __all__ = ["Progress", "Recipe", "evaluate", "fit", "torch_threads"]
 
 from modelshield._typing import Progress
+from modelshield.models.outputs import predict_labels
 
 """progress(done, total, message): called as training advances."""
 
@@ -129,9 +130,5 @@ def fit(
 def evaluate(module: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1000) -> float:
     """Top-1 accuracy of module on (x, y), in batches, without gradients; module left in eval mode."""
     module.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, int(x.shape[0]), batch_size):
-            pred = module(x[start : start + batch_size]).argmax(1)
-            correct += int((pred == y[start : start + batch_size]).sum())
+    correct = int((predict_labels(module, x, batch_size=batch_size) == y).sum())
     return correct / max(int(x.shape[0]), 1)
