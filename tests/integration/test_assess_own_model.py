@@ -1,7 +1,9 @@
 """`modelshield assess --model M --data D` on models and data the tests create (issue #16).
 
 Each case writes a model in a user format and data in a user format, runs the one command, and
-checks that the report's sections match the model's kind, that the numbers are the model's own
+checks that the report's sections match the model's kind (image: evasion, blackbox, extraction;
+tabular: tabular, blackbox, extraction, poisoning; text: poisoning, text-evasion, extraction), that
+each either ran on the user's model and data or says why not, that the numbers are the model's own
 (clean accuracy recomputed here on the same points) and that the provenance names the files.
 """
 
@@ -25,7 +27,8 @@ from modelshield.cli.app import app
 runner = CliRunner()
 N = 40
 FAST = ["--n", str(N), "--attacks", "fgsm,pgd", "--eps", "0,0.1", "--steps", "5", "--blackbox-n", "20",
-        "--query-budgets", "100", "--max-changes", "1,3"]
+        "--query-budgets", "100", "--hsj-budgets", "100", "--max-changes", "1,3",
+        "--extraction-budgets", "100,300", "--extraction-epochs", "5"]
 
 
 @pytest.fixture
@@ -82,6 +85,17 @@ def _section(report: dict[str, Any], sid: str) -> dict[str, Any]:
     return found[0]
 
 
+def _extraction_on_training_split(report: dict[str, Any]) -> dict[str, Any]:
+    """The extraction section ran, with the thief's pool drawn from the user's training split."""
+    ext = _section(report, "extraction")
+    assert not ext["metrics"].get("skipped"), ext["summary"]
+    pool = ext["metrics"]["pool"]
+    assert pool["kind"] == "train-split" and pool["relation"] == "same-distribution"
+    assert pool["sha256"] == report["data"]["sha256"]
+    assert 0.0 <= ext["metrics"]["extraction_fidelity"] <= 1.0 and ext["metrics"]["n"] == N
+    return ext
+
+
 def _write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     cols = [f"f{j}" for j in range(x.shape[1])]
     lines = [",".join([*cols, "label"])]
@@ -104,12 +118,17 @@ def test_pytorch_state_dict_with_user_arch_on_npz(tmp_path: Path, user_dir: Path
              x_test=xte.reshape(-1, 1, 8, 8), y_test=yte)
     report = _assess(["--model", str(tmp_path / "weights.pt"), "--arch", "userbits_nets:make_model",
                       "--data", str(tmp_path / "digits.npz")], tmp_path / "out")
-    assert [s["id"] for s in report["sections"]] == ["evasion"]
+    assert [s["id"] for s in report["sections"]] == ["evasion", "blackbox", "extraction"]
     evasion = _section(report, "evasion")
     with torch.no_grad():
         clean = float((net(torch.from_numpy(xte[:N])).argmax(1).numpy() == yte[:N]).mean())
     assert evasion["metrics"]["clean_accuracy"] == pytest.approx(clean, abs=1e-6)
     assert evasion["metrics"]["robust_accuracy"] < clean  # a plain MLP breaks at eps 0.1
+    blackbox = _section(report, "blackbox")
+    assert blackbox["metrics"]["clean_accuracy"] == pytest.approx(
+        float((net(torch.from_numpy(xte[:20])).argmax(1).numpy() == yte[:20]).mean()), abs=1e-6)
+    ext = _extraction_on_training_split(report)
+    assert ext["metrics"]["pool"]["n"] == len(ytr)  # the npz's own training rows
     assert report["model"]["format"] == "state_dict" and report["model"]["access"] == "white-box"
     assert report["data"]["format"] == "npz" and len(report["data"]["sha256"]) == 64
 
@@ -127,9 +146,18 @@ def test_sklearn_pipeline_saved_with_skops_on_csv(tmp_path: Path) -> None:
     _write_csv(tmp_path / "rows.csv", np.concatenate([xtr, xte]), np.concatenate([binary_tr, binary_te]))
     report = _assess(["--model", str(tmp_path / "pipe.skops"), "--data", str(tmp_path / "rows.csv"),
                       "--label-col", "label"], tmp_path / "out")
-    assert [s["id"] for s in report["sections"]] == ["tabular"]
+    assert [s["id"] for s in report["sections"]] == ["tabular", "blackbox", "extraction", "poisoning"]
     tab = _section(report, "tabular")
     assert not tab["metrics"].get("skipped")
+    assert any("Tabular rows" in w for w in _section(report, "blackbox")["warnings"])
+    _extraction_on_training_split(report)
+    poisoning = _section(report, "poisoning")  # the pipeline refitted on the CSV's training split
+    assert not poisoning["metrics"].get("skipped") and not poisoning["warnings"]
+    m = poisoning["metrics"]
+    assert [row["rate"] for row in m["curve"]] == [0.0, 0.05, 0.1, 0.2] and m["refit_agreement"] >= 0.9
+    assert m["curve"][2]["flipped"] > 0 and m["poisoned_malicious_recall"] == m["curve"][2]["recall"]
+    assert len(yte) < m["training_data"]["n_train"] < len(ytr) + len(yte)  # the CSV's training split
+    assert 0.0 <= poisoning["headline"]["training_label_issue_share"] < 0.1
     assert report["model"]["format"] == "skops" and report["model"]["access"] == "black-box"
     assert report["data"]["format"] == "csv"
 
@@ -143,7 +171,11 @@ def test_xgboost_model_on_csv(tmp_path: Path) -> None:
     _write_csv(tmp_path / "rows.csv", np.concatenate([xtr, xte]), np.concatenate([binary_tr, binary_te]))
     report = _assess(["--model", str(tmp_path / "fraud.json"), "--data", str(tmp_path / "rows.csv"),
                       "--label-col", "label"], tmp_path / "out")
-    assert [s["id"] for s in report["sections"]] == ["tabular"]
+    assert [s["id"] for s in report["sections"]] == ["tabular", "blackbox", "extraction", "poisoning"]
+    _extraction_on_training_split(report)
+    poisoning = _section(report, "poisoning")  # refitted, or the training rows validated with the reason
+    assert not poisoning["metrics"].get("skipped")
+    assert "curve" in poisoning["metrics"] or "not measured" in " ".join(poisoning["findings"])
     assert report["model"]["format"] == "xgboost"
     assert report["model"]["modality"] == "tabular"
 
@@ -189,11 +221,13 @@ def test_onnx_model_on_an_image_folder(tmp_path: Path) -> None:
     assert report["model"]["format"] == "onnx"
     assert report["data"]["format"] == "image-folder"
     ids = [s["id"] for s in report["sections"]]
+    assert ids == ["evasion", "blackbox", "extraction"]
     if report["model"]["access"] == "white-box":  # converted and checked against onnxruntime
-        assert ids == ["evasion"]
         assert 0.0 <= _section(report, "evasion")["metrics"]["robust_accuracy"] <= 1.0
     else:
-        assert ids == ["evasion", "blackbox"] and _section(report, "evasion")["metrics"]["skipped"]
+        assert _section(report, "evasion")["metrics"]["skipped"]
+    assert not _section(report, "blackbox")["metrics"].get("skipped")
+    _extraction_on_training_split(report)
     assert report["data"]["classes"] == [f"digit{k}" for k in range(10)]
 
 
@@ -215,11 +249,17 @@ def test_text_callable_on_tsv(tmp_path: Path, user_dir: Path) -> None:
             "you win claim now", "free cash for you"]
     lines = [f"ham\t{ham[rng.integers(5)]} {k}" for k in range(60)]
     lines += [f"spam\t{spam[rng.integers(5)]} {k}" for k in range(60)]
+    lines += [f"ham\t{spam[k % 5]} {100 + k}" for k in range(8)]  # planted flips: spam labelled ham
     (tmp_path / "messages.tsv").write_text("\n".join(lines) + "\n")
     report = _assess(["--model", "userbits_spam:predict", "--data", str(tmp_path / "messages.tsv")],
                      tmp_path / "out")
-    assert {s["id"] for s in report["sections"]} == {"poisoning", "text-evasion"}
-    assert _section(report, "poisoning")["metrics"]["skipped"]  # retraining needs the user's recipe
+    assert [s["id"] for s in report["sections"]] == ["poisoning", "text-evasion", "extraction"]
+    poisoning = _section(report, "poisoning")  # retraining needs the user's recipe: the file is validated
+    assert not poisoning["metrics"].get("skipped") and "not measured" in " ".join(poisoning["findings"])
+    shown = [row[5] for row in poisoning["tables"][0]["rows"]]  # the rows cleaning would drop
+    assert len(shown) >= 3 and all(int(text.split()[-1]) >= 100 for text in shown), shown
+    assert poisoning["metrics"]["label_issues"] == len(shown) and poisoning["severity"] != "none"
+    assert "text model" in _section(report, "extraction")["metrics"]["reason"]
     evasion = _section(report, "text-evasion")
     assert not evasion["metrics"].get("skipped")
     assert report["model"]["format"] == "callable" and report["model"]["modality"] == "text"

@@ -190,7 +190,7 @@ def test_zoo_train_cached_model_needs_force(zoo_cache: Path) -> None:
 
 
 ASSESS = ("assess", "--model", "digits-cnn", "--attacks", "fgsm,pgd", "--eps", "0,0.3",
-          "--headline-eps", "0.3", "--steps", "5", "--n", "40")
+          "--headline-eps", "0.3", "--steps", "5", "--n", "40", "--sections", "evasion")
 
 
 def test_assess_fail_under_missed_exits_1(zoo_cache: Path, tmp_path: Path) -> None:

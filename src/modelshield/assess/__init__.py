@@ -31,6 +31,7 @@ from modelshield.assess.plan import (
     AssessmentPlan,
     BlackBoxPlan,
     EvasionPlan,
+    ExtractionPlan,
     TabularPlan,
 )
 from modelshield.assess.report import check_new_files, render_html, write_json, write_report
@@ -64,6 +65,7 @@ __all__ = [
     "BlackBoxSection",
     "EvasionPlan",
     "EvasionSection",
+    "ExtractionPlan",
     "Figure",
     "Progress",
     "Section",

@@ -185,6 +185,11 @@ class AssessmentContext:
         texts: for a text model, the messages the row indices in ``x`` point to.
         text_model: for a user's text model, the model itself (``list[str] -> probabilities``),
             which text sections attack instead of retraining a zoo recipe.
+        train: the user's training split ``(x_train, y_train)`` when the data came from the user
+            (``x_train`` a tensor of the model's input shape, or a tuple of strings for text),
+            else None. Sections draw attacker pools or validate training data from it.
+        user_model: the user's model object as loaded (e.g. a scikit-learn estimator), for
+            sections that refit a clone of it; None for zoo models.
     """
 
     model: TorchModel | CallableModel
@@ -198,6 +203,8 @@ class AssessmentContext:
     batch_size: int
     texts: tuple[str, ...] | None = None
     text_model: Any = None
+    train: tuple[Any, Tensor] | None = None
+    user_model: Any = None
 
 
 def is_text_model(ctx: AssessmentContext) -> bool:

@@ -23,6 +23,7 @@ __all__ = [
     "BlackBoxPlan",
     "DefensesPlan",
     "EvasionPlan",
+    "ExtractionPlan",
     "TabularPlan",
 ]
 
@@ -292,6 +293,35 @@ class DefensesPlan:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ExtractionPlan:
+    """Overrides for the model extraction section (section ``"extraction"``).
+
+    Args:
+        budgets: query budgets (curve checkpoints) of the thief; None keeps the section's own
+            (100, 300, 1000).
+        epochs: thief training epochs at each checkpoint; None keeps the section's own (20).
+
+    Raises:
+        ConfigError: an empty or non-positive budget grid, or non-positive epochs.
+    """
+
+    budgets: tuple[int, ...] | None = None
+    epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        own = "ExtractionPlan"
+        if self.budgets is not None:
+            object.__setattr__(self, "budgets", _int_grid(self.budgets, name="budgets", owner=own,
+                                                          example="budgets=(100, 300)"))
+        if self.epochs is not None:
+            check_range("epochs", self.epochs, owner=own, low=1, integer=True,
+                        fix="Give the thief's epochs per checkpoint, e.g. epochs=10.")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"budgets": None if self.budgets is None else list(self.budgets), "epochs": self.epochs}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AssessmentPlan:
     """Which sections to run, on how many points, and each section's sub-plan.
 
@@ -304,6 +334,7 @@ class AssessmentPlan:
         blackbox: the sub-plan of the ``"blackbox"`` section (image models).
         tabular: the sub-plan of the ``"tabular"`` section (tabular models).
         defenses: the sub-plan of the ``"defenses"`` section (defended vs undefended model).
+        extraction: overrides for the ``"extraction"`` section (query budgets, thief epochs).
 
     Raises:
         ConfigError: bad n, batch_size or seed, or an empty section list.
@@ -320,6 +351,7 @@ class AssessmentPlan:
     blackbox: BlackBoxPlan = field(default_factory=BlackBoxPlan)
     tabular: TabularPlan = field(default_factory=TabularPlan)
     defenses: DefensesPlan = field(default_factory=DefensesPlan)
+    extraction: ExtractionPlan = field(default_factory=ExtractionPlan)
 
     def __post_init__(self) -> None:
         sections = tuple(self.sections)
@@ -345,6 +377,7 @@ class AssessmentPlan:
             **({"blackbox": self.blackbox.to_dict()} if "blackbox" in self.sections else {}),
             **({"tabular": self.tabular.to_dict()} if "tabular" in self.sections else {}),
             **({"defenses": self.defenses.to_dict()} if "defenses" in self.sections else {}),
+            **({"extraction": self.extraction.to_dict()} if "extraction" in self.sections else {}),
         }
 
 

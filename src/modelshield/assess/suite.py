@@ -169,6 +169,8 @@ def run(
     progress: Progress | None = None,
     texts: tuple[str, ...] | None = None,
     text_model: Any = None,
+    train: tuple[Any, Tensor] | None = None,
+    user_model: Any = None,
 ) -> Assessment:
     """Assess a model against the threats in ``plan`` on the points (x, y).
 
@@ -184,6 +186,9 @@ def run(
         progress: ``progress(done, total, description)``, forwarded to each section.
         texts: for a text model, the messages that the ``(N, 1)`` row indices in x point to.
         text_model: a user's text model (``list[str] -> probabilities``) for the text sections.
+        train: the user's training split ``(x_train, y_train)`` (tensors, or texts and labels),
+            used by sections that need training data (extraction pool, data validation).
+        user_model: the user's model object as loaded, for sections that refit a clone of it.
 
     Returns:
         The Assessment; ``to_dict()`` is the report JSON, ``write_report`` writes it with HTML.
@@ -216,7 +221,8 @@ def run(
     data.setdefault("name", None)
     ctx = AssessmentContext(model=m, x=x_t, y=y_t, plan=plan, model_info=info, data_info=data,
                             bounds=m.bounds, seed=plan.seed, batch_size=plan.batch_size,
-                            texts=texts, text_model=text_model)
+                            texts=texts, text_model=text_model, train=train,
+                            user_model=user_model)
     sections = tuple(SECTIONS[sid](ctx, progress) for sid in plan.sections)
     return Assessment(
         plan=plan, model_info=info, data_info=data, sections=sections,

@@ -28,7 +28,8 @@ HEADLINE_METRICS: Mapping[str, tuple[str, ...]] = {
     "extraction": ("extraction_fidelity", "extraction_copy_accuracy"),
     "backdoor": ("backdoor_max_anomaly_index", "backdoor_flagged_classes"),
     "poisoning": ("poisoned_spam_recall", "poisoned_spam_f1", "cleaned_spam_f1",
-                  "poison_detection_recall", "poison_detection_precision"),
+                  "poison_detection_recall", "poison_detection_precision", "training_label_issue_share",
+                  "poisoned_malicious_recall"),
     "text-evasion": ("text_evasion_success_rate", "text_evasion_median_words_changed"),
 }
 """Headline summary metrics of each built-in section (a section's other numbers are

@@ -12,6 +12,7 @@ from modelshield.assess import (
     AssessmentPlan,
     BlackBoxPlan,
     EvasionPlan,
+    ExtractionPlan,
     TabularPlan,
     Threshold,
     check_new_files,
@@ -36,9 +37,11 @@ from modelshield.cli.attack import (
     TRUST_EXPORT_HELP,
     TRUST_PICKLE_HELP,
     TRUST_TORCHSCRIPT_HELP,
+    DeviceOption,
     target_options,
 )
 from modelshield.errors import ConfigError
+from modelshield.models import resolve_device
 
 __all__ = ["DEMO_MODEL", "DEMO_PLAN", "assess", "demo"]
 
@@ -52,19 +55,27 @@ the black-box section (Square up to 3,000 queries, HopSkipJump at 100/300/1,000)
 _EPS_DEFAULT = ",".join(f"{e:g}" for e in DEFAULT_EPS)
 _ATTACKS_DEFAULT = ",".join(DEFAULT_ATTACKS)
 _BUDGETS_DEFAULT = ",".join(str(b) for b in DEFAULT_BUDGETS)
-IMAGE_SECTIONS = ("evasion",)
-TABULAR_SECTIONS = ("tabular",)
-TEXT_SECTIONS = ("poisoning", "text-evasion")
-BLACK_BOX_IMAGE_SECTIONS = ("evasion", "blackbox")  # evasion says why it is skipped
+IMAGE_SECTIONS = ("evasion", "blackbox", "extraction")  # a black-box model: evasion says why it is skipped
+TABULAR_SECTIONS = ("tabular", "blackbox", "extraction")
+USER_TABULAR_SECTIONS = (*TABULAR_SECTIONS, "poisoning")  # validates the user's training rows
+TEXT_SECTIONS = ("poisoning", "text-evasion", "extraction")  # extraction says why it is skipped
+BLACK_BOX_IMAGE_SECTIONS = IMAGE_SECTIONS
 
 
 def default_sections(target: Target) -> tuple[str, ...]:
-    """The report sections that fit the target's modality and access."""
+    """The report sections that fit the target's modality (and, for tabular models, the data).
+
+    Image: evasion (skipped with the reason for a black-box model), blackbox, extraction.
+    Tabular: tabular, blackbox, extraction, plus poisoning (validation of the training rows) on
+    the user's own data. Text: poisoning (the sweep on zoo models, validation of the training
+    file for a user's model), text-evasion, extraction (skipped with the reason). backdoor and
+    defenses are opt-in: slow, and defenses needs a defended model.
+    """
     if target.text:
         return TEXT_SECTIONS
     if target.tabular:
-        return TABULAR_SECTIONS
-    return IMAGE_SECTIONS if target.white_box else BLACK_BOX_IMAGE_SECTIONS
+        return USER_TABULAR_SECTIONS if target.data is not None else TABULAR_SECTIONS
+    return IMAGE_SECTIONS
 
 
 def _parse_ints(text: str, *, name: str) -> tuple[int, ...]:
@@ -103,9 +114,12 @@ def _assess_and_write(target: Target, plan: AssessmentPlan, out: Path, *, force:
         model = target.module if target.image and target.white_box else target.adapted()
         user_text = target.text and target.model_info.get("source") in ("file", "callable")
         progress(0, None, f"assessing ({', '.join(plan.sections)}): first batch running")
+        ud = target.data
+        train = None if ud is None else (ud.x_train, ud.y_train)  # the user's split: pools, validation
         result = run(model, target.x, target.y, plan=plan, model_info=target.model_info,
                      data_info=target.data_info, bounds=target.bounds, progress=progress,
-                     texts=target.texts, text_model=target.module if user_text else None)
+                     texts=target.texts, text_model=target.module if user_text else None, train=train,
+                     user_model=None if ud is None else target.module)
     paths = write_report(result, out, overwrite=force)
     render.assessment_table(result.to_dict(), paths)
     failures = check_thresholds(result, thresholds)
@@ -139,9 +153,13 @@ def assess(
     seed: Annotated[int, typer.Option(help="Seed given to every attack.")] = 0,
     sections: Annotated[str | None, typer.Option(
         help="Comma-separated report sections: evasion, blackbox, extraction, backdoor, defenses "
-             "(image models), tabular (tabular models), poisoning, text-evasion (text models: spam-*). "
-             "Default: evasion for image models (plus defenses with --defended), tabular for tabular "
-             "models, poisoning,text-evasion for text models.")] = None,
+             "(image models), tabular, blackbox, extraction, poisoning (tabular models), poisoning, "
+             "text-evasion, extraction (text models). Default: evasion,blackbox,extraction for image "
+             "models (plus defenses with --defended), tabular,blackbox,extraction for tabular models "
+             "(plus poisoning, a validation of the training rows, on your own data), "
+             "poisoning,text-evasion,extraction for text models (a section that cannot run on the "
+             "model says why in the report). backdoor and defenses are opt-in: they are slow (a "
+             "trigger search per class) or need a defended model (--defended).")] = None,
     defended: Annotated[str | None, typer.Option(
         "--defended", help="defenses section: the defended model compared with --model, a model file "
         "(loaded like --model; a bare state dict uses --arch) or a zoo name. Default: the zoo's "
@@ -150,6 +168,15 @@ def assess(
     query_budgets: Annotated[str, typer.Option(
         help="blackbox section: Square query budgets per point.")] = _BUDGETS_DEFAULT,
     blackbox_n: Annotated[int, typer.Option(help="blackbox section: points attacked.")] = 100,
+    hsj_budgets: Annotated[str, typer.Option(
+        help="blackbox section: HopSkipJump query budgets per point (one run each).")] = "100,300,1000",
+    extraction_budgets: Annotated[str | None, typer.Option(
+        help="extraction section: the thief's query budgets (the largest drives the severity; "
+             "capped at the training split's size when the pool is your training data). "
+             "Default: the section's own, 100,300,1000.")] = None,
+    extraction_epochs: Annotated[int | None, typer.Option(
+        help="extraction section: thief training epochs at each budget. Default: the section's own, "
+             "20.")] = None,
     max_changes: Annotated[str, typer.Option(
         help="tabular section: L0 budgets (most features changed per row).")] = "1,2,3,5",
     constraints: Annotated[Path | None, typer.Option(
@@ -158,19 +185,25 @@ def assess(
         "--fail-under", metavar="METRIC=VALUE", help="Exit 1 when a summary metric is below VALUE "
         "(repeatable), e.g. robust_accuracy=0.6; METRIC<=VALUE caps a metric instead.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing report files.")] = False,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Run the threat suite on a model (evasion, black-box, tabular, extraction, poisoning, text
     evasion: the sections that fit it); write report.json and report.html.
 
     Exits with 1 when a --fail-under threshold is missed, 2 on bad input.
     """
+    resolve_device(device, owner="modelshield assess")  # a bad --device fails before any work
     thresholds = [parse_threshold(t) for t in fail_under or []]
     evasion = EvasionPlan(
         attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
         eps=parse_floats(eps, name="--eps", owner="modelshield assess"), headline_eps=headline_eps,
         norm=parse_norm(norm), steps=steps)
     blackbox = BlackBoxPlan(eps=headline_eps if headline_eps > 0 else 0.1,
-                            budgets=_parse_ints(query_budgets, name="--query-budgets"), n=blackbox_n)
+                            budgets=_parse_ints(query_budgets, name="--query-budgets"), n=blackbox_n,
+                            hsj_budgets=_parse_ints(hsj_budgets, name="--hsj-budgets"))
+    thief_budgets = None if extraction_budgets is None else _parse_ints(extraction_budgets,
+                                                                        name="--extraction-budgets")
+    extraction = ExtractionPlan(budgets=thief_budgets, epochs=extraction_epochs)
     changes = _parse_ints(max_changes, name="--max-changes")
     tabular = TabularPlan(max_changes=changes, headline_changes=3 if 3 in changes else max(changes),
                           constraints=constraints)
@@ -180,7 +213,8 @@ def assess(
                              trust_torchscript=trust_torchscript,
                              options=target_options(label_col=label_col, feature_cols=feature_cols,
                                                     text_col=text_col, trust_pickle=trust_pickle,
-                                                    trust_export=trust_export, skops_trust=skops_trust))
+                                                    trust_export=trust_export, skops_trust=skops_trust),
+                             device=device)
     chosen = (tuple(s.strip() for s in sections.split(",") if s.strip()) if sections is not None
               else default_sections(target))
     if defended is not None and "defenses" not in chosen:
@@ -193,17 +227,19 @@ def assess(
     check_threshold_metrics(thresholds, chosen)  # a misspelt metric fails now, not after the run
     defenses = _defenses_plan(defended, arch=arch, trust_torchscript=trust_torchscript)
     if isinstance(defenses.defended, nn.Module):  # a --defended file must fit the data before any section
+        defenses.defended.to(target.x.device)  # and runs where --model does
         check_model_fits(defenses.defended, target.x, target.y, bounds=target.bounds,
                          model=str(defenses.name), data=str(target.data_info.get("name")),
                          fix="Pass to --defended a defended version of --model (same inputs and classes)")
     plan = AssessmentPlan(sections=chosen, n=n, batch_size=batch_size, seed=seed, evasion=evasion,
-                          blackbox=blackbox, tabular=tabular, defenses=defenses)
+                          blackbox=blackbox, tabular=tabular, defenses=defenses, extraction=extraction)
     _assess_and_write(target, plan, out, force=force, thresholds=thresholds)
 
 
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the report.")] = Path("modelshield-report"),
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing report files.")] = False,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Train (or load) the digits-cnn zoo model, assess it and write an HTML + JSON report.
 
@@ -211,11 +247,12 @@ def demo(
     eps 0 to 0.3 on 300 test points, then the query-only attacks (Square, HopSkipJump) on 100 of
     them, single-threaded (fastest for this small model).
     """
+    resolve_device(device, owner="modelshield demo")  # a bad --device fails before any work
     check_new_files([out / "report.json", out / "report.html"], overwrite=force, owner="modelshield demo")
     with torch_threads(1):
         with render.progress_bar(f"loading {DEMO_MODEL} (trains it on first use)") as progress, \
                 render.show_warnings():
             target = load_target(DEMO_MODEL, data=None, data_dir=None, arch=None, n=DEMO_PLAN.n,
-                                 progress=progress)
+                                 progress=progress, device=device)
         _assess_and_write(target, DEMO_PLAN, out, force=force, thresholds=[])
     render.say(f"Open {(out / 'report.html').resolve()} in a browser.")

@@ -225,10 +225,12 @@ def test_cli_defended_model_file(tmp_path: Any, digits: tuple[nn.Module, Tensor,
     save_model(copy.deepcopy(model), tmp_path / "copy.pt", arch="cnn-8x8")
     res = CliRunner().invoke(app, ["--threads", "1", "assess", "--model", "digits-cnn", "--out",
                                    str(tmp_path / "r"), "--defended", str(tmp_path / "copy.pt"),
-                                   "--n", "30", "--attacks", "fgsm", "--eps", "0.1"])
+                                   "--n", "30", "--attacks", "fgsm", "--eps", "0.1", "--blackbox-n", "5",
+                                   "--query-budgets", "50", "--hsj-budgets", "50",
+                                   "--extraction-budgets", "50", "--extraction-epochs", "1"])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert [x["id"] for x in report["sections"]] == ["evasion", "defenses"]
-    s = report["sections"][1]
+    assert [x["id"] for x in report["sections"]] == ["evasion", "blackbox", "extraction", "defenses"]
+    s = report["sections"][3]
     assert s["metrics"]["defended"]["name"] == "copy.pt" and s["metrics"]["verdict"] == "no gain"
     assert s["metrics"]["eps"] == 0.1 and s["metrics"]["eps_source"] == "evasion headline eps"

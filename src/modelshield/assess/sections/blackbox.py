@@ -199,12 +199,13 @@ _TABULAR_ADVICE = (
 
 @dataclass(frozen=True, slots=True)
 class BlackBoxSection:
-    """Section runner: black-box exposure of an image model (MITRE ATLAS AML.T0043.001).
+    """Section runner: black-box exposure of an image or tabular model (MITRE ATLAS AML.T0043.001).
 
     Square (Andriushchenko et al., ECCV 2020) with the model's scores, read at every query
     budget of ``ctx.plan.blackbox``, and HopSkipJump (Chen, Jordan and Wainwright, IEEE S&P
     2020) with labels only, its median L2 distance per budget. Severity from Square's robust
-    accuracy at the largest budget (see ``evasion_severity``).
+    accuracy at the largest budget (see ``evasion_severity``). On tabular rows the perturbations
+    ignore feature constraints (the section warns; the ``"tabular"`` section respects them).
     """
 
     id: str = "blackbox"
@@ -239,6 +240,12 @@ class BlackBoxSection:
             settings[f"hsj@{b}"] = {"class": res.attack, **res.params}
         notes = check_model_answers({"square": [sq]})
         warn_findings(notes)
+        if x.dim() == 2 or ctx.model_info.get("modality") == "tabular":
+            notes.append(
+                "Tabular rows: Square and HopSkipJump change every feature freely within the data's "
+                f"bounds {ctx.bounds} (no constraint spec, no integer or categorical features), so "
+                "this is an upper bound on query-only exposure; the tabular section gives the "
+                "constraint-respecting view.")
         clean = sq.clean_accuracy
         last = curve[-1]
         robust = float(last["robust_accuracy"] or 0.0)

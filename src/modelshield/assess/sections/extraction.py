@@ -7,6 +7,8 @@ backward compatibility.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -123,6 +125,29 @@ def extraction_severity(fidelity: float, chance: float) -> Severity:
     return "none"
 
 
+def _train_pool(ctx: AssessmentContext) -> Pool | None:
+    """The user's training split as the thief's pool, or None when there is none that fits.
+
+    An attacker holding data from the model's own distribution (a former insider, a partner, a
+    scraped copy of the same source): an upper bound on the threat from outside data.
+    """
+    if ctx.train is None or not isinstance(ctx.train[0], torch.Tensor):
+        return None
+    x = ctx.train[0].detach().float().cpu()
+    if x.dim() < 2 or tuple(x.shape[1:]) != tuple(ctx.x.shape[1:]) or x.shape[0] == 0:
+        return None
+    lo, hi = ctx.bounds
+    x = x.clamp(lo, hi)
+    digest = hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()
+    name = ctx.data_info.get("name") or "the data"
+    # on the assessment's device: the thief trains where the pool lies
+    return Pool(x=x.to(ctx.x.device), groups=None, name=f"{name} training split", kind="train-split",
+                relation="same-distribution", sha256=str(ctx.data_info.get("sha256") or digest),
+                points_sha256=digest,
+                note=(f"the {int(x.shape[0])} rows of the user's own training split (unlabelled): an "
+                      "attacker holding same-distribution data, an upper bound on the threat."))
+
+
 _LABELS = {"none": "probabilities (no defence)", "top1": "labels only (top1)", "round": "rounded (2 dp)",
            "noise": "noisy (std 0.05)", "reverse_sigmoid": "reverse sigmoid"}
 _COLORS = ("#d1242f", "#1f6feb", "#2da44e", "#8250df", "#bf8700", "#0a7d8c")
@@ -171,8 +196,11 @@ class ExtractionSection:
     best undefended copy at the highest budget.
 
     The pool: ``pool`` if given (see ``load_pool``), else ``DEFAULT_POOL`` for the model's data
-    set (noise for unknown data sets); when the default pool's files are missing, the model's own
-    training split is used (a same-distribution attacker) and the section says so.
+    set; for the user's own data files (``ctx.train``) their training split (a same-distribution attacker;
+    budgets above its size are lowered to it, with a warning); else noise. When the default
+    pool's files are missing, the model's own training split is used and the section says so.
+    Budgets and epochs come from ``ctx.plan.extraction`` (``ExtractionPlan``) when it sets them.
+    The thief is a small CNN for images of at least 8x8 pixels, else an MLP (tabular rows).
 
     Cost on the digits-cnn zoo model with the defaults: about 15-30 s on two CPU cores (thieves
     are small CNNs trained for ``epochs`` on at most ``max(budgets)`` answers); on MNIST-sized
@@ -228,6 +256,11 @@ class ExtractionSection:
         dataset = ctx.data_info.get("name")
         shape = tuple(ctx.x.shape[1:])
         need = max(self.budgets)
+        builtin = ctx.data_info.get("format") in (None, "builtin")  # a user's file may share a name
+        if self.pool is None and (not builtin or str(dataset) not in DEFAULT_POOL):
+            train = _train_pool(ctx)
+            if train is not None:
+                return train
         spec = self.pool or DEFAULT_POOL.get(str(dataset), "noise")
         common: dict[str, Any] = {"input_shape": shape, "bounds": ctx.bounds, "victim_dataset": dataset,
                                   "data_root": self.data_root, "size": max(need, 1000), "seed": ctx.seed}
@@ -249,6 +282,11 @@ class ExtractionSection:
         return pool
 
     def __call__(self, ctx: AssessmentContext, progress: Progress | None) -> Section:
+        override = getattr(ctx.plan, "extraction", None)  # the plan's ExtractionPlan, if any
+        budgets = tuple(getattr(override, "budgets", None) or self.budgets)
+        epochs = int(getattr(override, "epochs", None) or self.epochs)
+        if (budgets, epochs) != (self.budgets, self.epochs):
+            return dataclasses.replace(self, budgets=budgets, epochs=epochs)(ctx, progress)
         if is_text_model(ctx):
             return skipped_section(
                 self.id, "Model extraction",
@@ -257,6 +295,16 @@ class ExtractionSection:
                 "so the copy would not be a copy of the model.")
         warnings: list[str] = []
         pool = self._pool(ctx, warnings)
+        rows = int(pool.x.shape[0])
+        if rows < max(self.budgets):  # only the user's training split gets here (other pools raise)
+            fit = (*(b for b in self.budgets if b < rows), rows)
+            warnings.append(f"The training split holds {rows} rows, fewer than the largest query budget "
+                            f"{max(self.budgets)}: the thief's budgets are {', '.join(map(str, fit))}.")
+            return dataclasses.replace(self, budgets=fit)._run(ctx, progress, pool, warnings)
+        return self._run(ctx, progress, pool, warnings)
+
+    def _run(self, ctx: AssessmentContext, progress: Progress | None, pool: Pool,
+             warnings: list[str]) -> Section:
         m = ctx.model
         label_only = isinstance(m, CallableModel) and m.output == "labels"
         plan = _runs_plan(label_only, self.defences)
@@ -385,7 +433,8 @@ class ExtractionSection:
                                                   "queries": jac.result.queries},
             "prada": dict(streams),
         }
-        summary = (f"{top} API queries with surrogate data give a copy that agrees with the model on "
+        source = "rows of the training split" if pool.kind == "train-split" else "surrogate data"
+        summary = (f"{top} API queries with {source} give a copy that agrees with the model on "
                    f"{100 * fid:.1f}% of inputs; output hardening only slows this down.")
         return Section(
             id=self.id,

@@ -33,7 +33,6 @@ from modelshield.assess._section import (
     Table,
     atlas,
     json_float,
-    skipped_section,
 )
 from modelshield.errors import ConfigError
 
@@ -122,6 +121,13 @@ def _rates(values: Sequence[float], owner: str) -> tuple[float, ...]:
 class PoisoningSection:
     """Data poisoning: spam recall/F1 against the share of spam training labels flipped.
 
+    For a user's own text model (``ctx.text_model``), the sweep, which retrains a zoo recipe, is
+    replaced by a validation of the user's training split (see ``data_validation_section``):
+    suspected label issues and conflicting duplicates. For a tabular model on the user's own
+    data (``ctx.train``), a clone of the user's estimator (``ctx.user_model``) is refitted on
+    the training split with malicious labels flipped (``tabular_poisoning_section``), or, when
+    it cannot be refitted, the training split is validated and the section says why.
+
     Args:
         rates: shares of the spam training rows flipped to ham (0 is the baseline).
         headline_rate: the rate the severity and summary use (added to ``rates``).
@@ -142,13 +148,21 @@ class PoisoningSection:
 
         owner = "PoisoningSection"
         rates = _rates((*self.rates, self.headline_rate), owner)
-        if ctx.text_model is not None:
-            return skipped_section(
-                self.id, "Training-data poisoning",
-                "measuring poisoning retrains the model on poisoned data, which needs its training "
-                "recipe; a user's text model is run as given. Validate its training file with "
-                "`modelshield validate-data --data FILE` instead.",
+        if ctx.train is not None and ctx.text_model is None and ctx.model_info.get("modality") == "tabular":
+            from modelshield.assess.sections.tabular_poisoning import (
+                TABULAR_POISON_RATES,
+                tabular_poisoning_section,
             )
+
+            return tabular_poisoning_section(self.id, ctx, progress, estimator=ctx.user_model,
+                                             rates=TABULAR_POISON_RATES, headline_rate=self.headline_rate)
+        if ctx.text_model is not None or (ctx.train is not None and ctx.model_info.get("modality") != "text"):
+            from modelshield.assess.sections.data_validation import data_validation_section
+
+            return data_validation_section(
+                self.id, ctx, progress,
+                why=("Poisoning impact was not measured: it retrains the model on poisoned data, which "
+                     "needs its training recipe, and a user's model is run as given."))
         kind, ds = _spam_setup(ctx, self.data_root, owner)
         from modelshield.models.zoo.spam import spam_metrics, train_spam_model
 

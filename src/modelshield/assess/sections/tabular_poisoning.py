@@ -1,0 +1,180 @@
+"""Label-flip poisoning of a user's refittable tabular model, retrained on the user's own data.
+
+For a scikit-learn-compatible model (``sklearn.base.clone`` works and the clone has ``fit``),
+the user's training split is poisoned by flipping a share of the malicious class's labels to
+benign, a clone of the model is refitted on it, and the malicious recall on the assessment
+points is compared with a clone refitted on the clean split: the same sweep as the spam
+poisoning section, with the user's estimator and data instead of a zoo recipe. The clean
+training split is also validated (confident learning, conflicting duplicates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from modelshield.assess._section import (
+    AssessmentContext,
+    Progress,
+    Section,
+    Table,
+    atlas,
+    json_float,
+    max_severity,
+    skipped_section,
+)
+from modelshield.assess.sections.data_validation import data_validation_section
+from modelshield.assess.sections.spam import poisoning_severity
+
+__all__ = ["TABULAR_POISON_RATES", "refit_problem", "tabular_poisoning_section"]
+
+TABULAR_POISON_RATES: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)
+"""Shares of the malicious class's training rows whose label is flipped to benign."""
+
+_TITLE = "Training-data poisoning (malicious labels flipped to benign)"
+_RECOMMENDATION = (
+    "Validate training data before every retraining (confident learning: "
+    "modelshield.defenses.data.validate_dataset / `modelshield validate-data`), keep the provenance "
+    "of every labelled row, and compare each retrained model's malicious recall with the previous "
+    "one on a trusted hold-out set before deploying it."
+)
+
+
+def refit_problem(estimator: Any) -> str | None:
+    """Why ``estimator`` cannot be refitted with ``sklearn.base.clone``, or None when it can."""
+    if estimator is None:
+        return "the model object is not available to the section."
+    try:
+        from sklearn.base import clone
+
+        fresh = clone(estimator)
+    except Exception as exc:  # a user's object: whatever clone raises means "not refittable"
+        return (f"the model cannot be cloned for refitting with sklearn.base.clone "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]}).")
+    if not callable(getattr(fresh, "fit", None)) or not callable(getattr(fresh, "predict", None)):
+        return f"the model ({type(estimator).__name__}) has no fit/predict methods to refit it with."
+    return None
+
+
+def _recall(pred: np.ndarray, y: np.ndarray, cls: int) -> float:
+    rows = y == cls
+    return float((pred[rows] == cls).mean()) if rows.any() else float("nan")
+
+
+def tabular_poisoning_section(section_id: str, ctx: AssessmentContext, progress: Progress | None, *,
+                              estimator: Any, rates: Sequence[float] = TABULAR_POISON_RATES,
+                              headline_rate: float = 0.1) -> Section:
+    """The label-flip sweep on the user's refittable tabular model (see the module docstring).
+
+    Falls back to the validation of the training split alone (``data_validation_section``),
+    saying why, when the model cannot be refitted or there is no training split.
+    """
+    from sklearn.base import clone
+
+    from modelshield.attacks.poisoning.label_flip import RandomLabelFlip
+    from modelshield.experiments.poisoning import class_rate
+
+    problem = refit_problem(estimator)
+    train = ctx.train
+    if train is None or not isinstance(train[0], torch.Tensor):
+        problem = problem or "no training split of rows was given to retrain on."
+    if problem is not None or train is None:
+        return data_validation_section(section_id, ctx, progress,
+                                       why=f"Poisoning impact was not measured: {problem}")
+    x_tr = train[0].detach().cpu().numpy()
+    y_tr = train[1].detach().cpu().numpy().astype(np.int64)
+    x_ev, y_ev = ctx.x.detach().cpu().numpy(), ctx.y.detach().cpu().numpy().astype(np.int64)
+    mal = int(getattr(getattr(ctx.plan, "tabular", None), "malicious_class", 1))
+    classes = np.unique(y_tr)
+    if mal not in classes or classes.size < 2:
+        return skipped_section(section_id, _TITLE,
+                               f"the training split has no rows of the malicious class {mal} (classes "
+                               f"{classes.tolist()}) to flip.")
+    benign = (0 if mal != 0 else 1) if classes.size == 2 else None
+    grid = sorted({0.0, *(float(r) for r in rates), float(headline_rate)})
+    with torch.no_grad():
+        given = ctx.model.predict(ctx.x).cpu().numpy()
+    rows: list[dict[str, Any]] = []
+    agreement = float("nan")
+    for i, rate in enumerate(grid):
+        if progress is not None:
+            progress(i, len(grid), f"poisoning: refitting with {100 * rate:g}% of class {mal} flipped")
+        if rate > 0:
+            res = RandomLabelFlip(rate=class_rate(rate, y_tr, cls=mal), classes=(mal,), target_class=benign,
+                                  seed=ctx.seed)(x_tr, y_tr)
+            y_fit, flipped = res.y_poisoned.numpy(), res.n_poisoned
+        else:
+            y_fit, flipped = y_tr, 0
+        try:
+            model = clone(estimator).fit(x_tr, y_fit)
+            pred = np.asarray(model.predict(x_ev)).astype(np.int64).reshape(-1)
+        except Exception as exc:  # the user's estimator: a failed refit is a reason, not a crash
+            return data_validation_section(
+                section_id, ctx, progress,
+                why=(f"Poisoning impact was not measured: refitting a clone of the model failed "
+                     f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})."))
+        if rate == 0:
+            agreement = float((pred == given).mean())
+        rows.append({"rate": rate, "flipped": flipped, "recall": _recall(pred, y_ev, mal),
+                     "accuracy": float((pred == y_ev).mean())})
+    if progress is not None:
+        progress(len(grid), len(grid), "poisoning: done")
+    clean = rows[0]
+    head = next(r for r in rows if r["rate"] == float(headline_rate))
+    drop = clean["recall"] - head["recall"]
+    severity = poisoning_severity(drop)
+    warnings: list[str] = []
+    if agreement < 0.9:
+        warnings.append(
+            f"A clone refitted on the clean training split agrees with the given model on only "
+            f"{100 * agreement:.1f}% of the assessment points: the model was trained with another "
+            "recipe or other data, so the sweep measures a stand-in retrained the same way.")
+    has_proba = callable(getattr(estimator, "predict_proba", None))  # confident learning needs it
+    validation = data_validation_section(
+        section_id, ctx, None, model_factory=(lambda: clone(estimator)) if has_proba else None,
+        why="The clean training split was also validated (what a poisoner's flips would look like).")
+    findings = [
+        f"Refitting a clone of the model on the training split ({len(y_tr)} rows) gives malicious "
+        f"(class {mal}) recall {100 * clean['recall']:.1f}% on {len(y_ev)} assessment points; it "
+        f"agrees with the given model on {100 * agreement:.1f}% of them.",
+        f"Flipping {100 * float(headline_rate):g}% of the class {mal} training labels "
+        f"({head['flipped']} rows) to {'benign' if benign is not None else 'other classes'} lowers that "
+        f"recall to {100 * head['recall']:.1f}% (a drop of {100 * drop:.1f} points): severity {severity}.",
+        *(f for f in validation.findings if not f.startswith("The clean training split")),
+    ]
+    table = Table(
+        title=f"Malicious (class {mal}) recall after refitting on poisoned labels",
+        columns=("share of class flipped", "rows flipped", "malicious recall", "accuracy"),
+        rows=tuple((r["rate"], r["flipped"], json_float(r["recall"], 4), json_float(r["accuracy"], 4))
+                   for r in rows),
+    )
+    headline = {"poisoned_malicious_recall": json_float(head["recall"]),
+                **{k: v for k, v in validation.headline.items()}}
+    metrics = {
+        **headline, "clean_refit_recall": json_float(clean["recall"]), "recall_drop": json_float(drop),
+        "refit_agreement": json_float(agreement), "malicious_class": mal,
+        "headline_rate": float(headline_rate),
+        "curve": [{k: json_float(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
+        "training_data": dict(validation.metrics),
+    }
+    return Section(
+        id=section_id,
+        title=_TITLE,
+        summary=(f"Flipping {100 * float(headline_rate):g}% of the malicious training labels and refitting "
+                 f"the model lowers its malicious recall from {100 * clean['recall']:.1f}% to "
+                 f"{100 * head['recall']:.1f}%."),
+        severity=max_severity([severity, validation.severity]),
+        atlas=atlas("AML.T0020"),
+        recommendation=_RECOMMENDATION,
+        metrics=metrics,
+        headline=headline,
+        findings=tuple(findings),
+        tables=(table, *validation.tables),
+        warnings=tuple(warnings),
+        provenance={"attacks": {"poisoning:label-flip": {"rates": grid, "seed": ctx.seed,
+                                                         "malicious_class": mal, "target_class": benign}},
+                    "estimator": type(estimator).__name__, "validation": dict(validation.provenance)},
+    )
