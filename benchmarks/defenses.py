@@ -38,6 +38,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from modelshield import zoo
 from modelshield.assess.masking import check_gradient_masking
 from modelshield.attacks.evasion import PGD, Ensemble
 from modelshield.data import Dataset, load_dataset
@@ -45,7 +46,6 @@ from modelshield.defenses.certification.smoothing import RandomizedSmoothing, no
 from modelshield.defenses.detection.squeezing import FeatureSqueezing, adaptive_attack
 from modelshield.defenses.training import METHODS, AdversarialTrainer, DefensiveDistillation
 from modelshield.defenses.training.adversarial import Method
-from modelshield.models import zoo
 
 MODELS = {"digits": "digits-cnn", "mnist": "mnist-cnn"}
 SECTIONS = ("adversarial_training", "distillation", "randomized_smoothing", "feature_squeezing")

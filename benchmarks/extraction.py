@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from modelshield import zoo
 from modelshield.attacks.evasion import PGD
 from modelshield.attacks.extraction import (
     EquationSolving,
@@ -59,7 +60,6 @@ from modelshield.experiments.extraction import (
     prada_verdict,
     run_extraction,
 )
-from modelshield.models import zoo
 
 BATCH, LR = 64, 1e-3
 

@@ -41,12 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from modelshield import zoo
 from modelshield.attacks.evasion.text import TextEvasion, words_changed
 from modelshield.attacks.poisoning import RandomLabelFlip, TargetedLabelFlip
 from modelshield.data import load_sms_spam
 from modelshield.experiments.poisoning import class_rate, detect_poison
-from modelshield.models import zoo
-from modelshield.models.zoo.spam import train_spam_model
+from modelshield.zoo.spam import train_spam_model
 
 RATES = (0.0, 0.05, 0.1, 0.2, 0.4)
 MODELS = ("spam-nb", "spam-logreg")

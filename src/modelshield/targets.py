@@ -185,8 +185,8 @@ def _load_target(
     options: TargetOptions | None,
 ) -> Target:
     """``load_target`` on the CPU."""
+    from modelshield import zoo
     from modelshield.data import load_dataset
-    from modelshield.models import zoo
 
     options = options or TargetOptions()
     if n is not None and n < 1:
@@ -251,8 +251,8 @@ def _load_target(
 def _user_target(model: str, *, data: str | None, data_dir: Path | None, arch: str | None, n: int | None,
                  options: TargetOptions, trust_torchscript: bool) -> Target:
     """A model file or callable (``load_model_ref``) on a data reference (``load_data``)."""
+    from modelshield import zoo
     from modelshield.data import BUILTIN_DATA, load_data
-    from modelshield.models import zoo
     from modelshield.models.load import load_model, weights_sha256
     from modelshield.models.refs import IMPORT_PATH, load_model_ref
 

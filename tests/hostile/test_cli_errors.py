@@ -43,8 +43,8 @@ def one_error_line(result: Any, code: int = 2) -> str:
 
 
 def _save_untrained(path: Path, arch: str, dataset: str) -> Path:
+    from modelshield.models.archs import build
     from modelshield.models.load import save_model
-    from modelshield.models.zoo.archs import build
 
     save_model(build(arch), path, arch=arch, meta={"dataset": dataset})
     return path
@@ -258,7 +258,7 @@ def test_zoo_model_with_another_data_set_exits_2(monkeypatch: pytest.MonkeyPatch
     def no_load(*args: object, **kwargs: object) -> None:
         raise AssertionError("the zoo model was loaded")
 
-    monkeypatch.setattr("modelshield.models.zoo.load", no_load)
+    monkeypatch.setattr("modelshield.zoo.load", no_load)
     line = one_error_line(invoke("attack", "evasion", "--model", "digits-cnn", "--data", "mnist", "--n", "5"))
     assert "'--data' must be omitted (or 'digits') for the zoo model 'digits-cnn'" in line
 

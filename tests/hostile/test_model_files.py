@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
+from modelshield import zoo
 from modelshield.cli.app import app
 from modelshield.errors import DataError, ModelCapabilityError
-from modelshield.models import zoo
 from modelshield.models.load import UnsafeModelFileError, load_model
 
 runner = CliRunner()

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from modelshield import zoo
 from modelshield.cli.app import app
 from modelshield.errors import DataError
-from modelshield.models import zoo
 from modelshield.models.load import load_model, save_model, weights_sha256
 
 RETRAIN = "modelshield zoo train digits-cnn --force"

@@ -27,8 +27,8 @@ def zoo_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     Reuses the session cache that tests/conftest.py sets up (or the user's MODELSHIELD_CACHE)
     when it exists, so the model is trained at most once per session.
     """
+    from modelshield import zoo
     from modelshield.cli._target import torch_threads
-    from modelshield.models import zoo
 
     with pytest.MonkeyPatch.context() as mp:
         if "MODELSHIELD_CACHE" not in os.environ:
@@ -103,7 +103,7 @@ def test_unknown_attack_exits_2_with_suggestion(zoo_cache: Path) -> None:
 
 
 def test_attack_evasion_writes_json_with_provenance(zoo_cache: Path, tmp_path: Path) -> None:
-    from modelshield.models import zoo
+    from modelshield import zoo
 
     out = tmp_path / "pgd.json"
     result = fast("attack", "evasion", "--model", "digits-cnn", "--attack", "pgd", "--eps", "0.1",
@@ -153,7 +153,7 @@ def test_zoo_train_unknown_name_exits_2() -> None:
 
 
 def test_model_file_needs_a_data_set(zoo_cache: Path, tmp_path: Path) -> None:
-    from modelshield.models import zoo
+    from modelshield import zoo
     from modelshield.models.load import save_model, weights_sha256
 
     module = zoo.load("digits-cnn").module
@@ -174,7 +174,7 @@ def test_model_file_needs_a_data_set(zoo_cache: Path, tmp_path: Path) -> None:
 def test_bare_state_dict_needs_arch(zoo_cache: Path, tmp_path: Path) -> None:
     import torch
 
-    from modelshield.models import zoo
+    from modelshield import zoo
 
     path = tmp_path / "state.pt"
     torch.save(zoo.load("digits-cnn").module.state_dict(), path)

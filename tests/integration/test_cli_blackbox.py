@@ -37,8 +37,8 @@ def phishing_data() -> None:
 
 @pytest.fixture(scope="module")
 def digits_cache() -> Iterator[None]:
+    from modelshield import zoo
     from modelshield.cli._target import torch_threads
-    from modelshield.models import zoo
 
     with torch_threads(1):
         zoo.load("digits-cnn")  # trains on a cold session cache (a few seconds)

@@ -24,8 +24,8 @@ FAST_ASSESS = ["--n", "40", "--attacks", "fgsm,pgd", "--eps", "0,0.1", "--steps"
 @pytest.fixture(scope="module")
 def digits_cnn_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """digits-cnn trained once (reusing the session cache when it is already there)."""
+    from modelshield import zoo
     from modelshield.cli._target import torch_threads
-    from modelshield.models import zoo
 
     with pytest.MonkeyPatch.context() as mp:
         if "MODELSHIELD_CACHE" not in os.environ:

@@ -21,8 +21,8 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def zoo_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """digits-cnn trained at most once per session (the session cache of tests/conftest.py)."""
+    from modelshield import zoo
     from modelshield.cli._target import torch_threads
-    from modelshield.models import zoo
 
     with pytest.MonkeyPatch.context() as mp:
         if "MODELSHIELD_CACHE" not in os.environ:

@@ -1,6 +1,6 @@
 """The package's layering: import-linter's contract (pyproject.toml) and no private cross-imports.
 
-Layers, highest first: cli > assess > experiments > defenses > attacks > targets > models > data;
+Layers, highest first: cli > assess > experiments > defenses > attacks > targets > zoo > models > data;
 each imports only those below it. A module may import a private (underscore) module only inside
 the package that owns it; whatever another package needs is public.
 """

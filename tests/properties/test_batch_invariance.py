@@ -272,7 +272,7 @@ def test_text_typos_do_not_depend_on_the_other_texts() -> None:
         pytest.skip("SMS spam data not found; set MODELSHIELD_DATA")
     from modelshield.attacks.evasion.text import TextEvasion
     from modelshield.data.sms_spam import load_sms_spam
-    from modelshield.models.zoo.spam import train_spam_model
+    from modelshield.zoo.spam import train_spam_model
 
     spam = load_sms_spam(root)
     nb = train_spam_model("nb", spam)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+from modelshield import zoo
 from modelshield.attacks.evasion import APGD, APGDT, FGSM, PGD, Ensemble
-from modelshield.models import zoo
 
 N = 200
 SLACK = 1.0 / N

@@ -248,7 +248,7 @@ class DefensesPlan:
     def __post_init__(self) -> None:
         own = "DefensesPlan"
         if isinstance(self.defended, str):
-            from modelshield.models import zoo
+            from modelshield import zoo
 
             s = zoo.spec(self.defended)
             if s.kind != "torch":

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from modelshield._typing import Norm
-from modelshield.models.zoo.training import torch_threads
 from modelshield.targets import Target, as_query_model, check_model_fits, load_target
+from modelshield.zoo.training import torch_threads
 
 __all__ = ["Target", "as_query_model", "check_model_fits", "load_target", "parse_norm", "torch_threads"]
 

@@ -93,7 +93,7 @@ def _defenses_plan(defended: str | None, *, arch: str | None,
     """The defenses sub-plan for ``--defended``: a zoo name, or a model file loaded like --model."""
     if defended is None:
         return DefensesPlan()
-    from modelshield.models import zoo
+    from modelshield import zoo
     from modelshield.models.load import load_model
 
     if defended in zoo.names():

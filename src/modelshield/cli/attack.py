@@ -138,8 +138,8 @@ def text_evasion_summary(model: str, *, method: str, max_word_fraction: float, n
                          max_queries: int | None, seed: int, data_dir: Path | None,
                          examples: int = 10) -> dict[str, Any]:
     """Run TextEvasion on the first n test messages of a text zoo model; the JSON-safe summary."""
+    from modelshield import zoo
     from modelshield.attacks.evasion.text import TextEvasion
-    from modelshield.models import zoo
 
     atk = TextEvasion(method=method, max_word_fraction=max_word_fraction,  # type: ignore[arg-type]
                       max_queries=max_queries, seed=seed)  # (method is validated by TextEvasion)
@@ -173,7 +173,7 @@ def text_evasion_summary(model: str, *, method: str, max_word_fraction: float, n
 
 def _check_not_text(model: str, attack: str) -> None:
     """Refuse a tensor attack on a text zoo model before loading it (its inputs are strings)."""
-    from modelshield.models import zoo
+    from modelshield import zoo
 
     if model in zoo.names() and zoo.is_text(model):
         raise ConfigError(

@@ -43,7 +43,7 @@ def load_text_data(data: str, data_dir: Path | None, *, seed: int = 0) -> Any:
 
 
 def _spam_kind(model: str) -> str:
-    from modelshield.models import zoo
+    from modelshield import zoo
 
     if not zoo.is_text(model):
         raise ConfigError(

@@ -67,8 +67,8 @@ def _start(model: str, *, data: str | None, data_dir: Path | None, arch: str | N
            device: str = "cpu") -> _Start:
     """A fresh copy of a zoo architecture (seeded) or the weights of a model file, plus data, all on
     ``device`` (the training and the evaluation follow the module's device)."""
+    from modelshield import zoo
     from modelshield.data import DATASETS, load_dataset
-    from modelshield.models import zoo
     from modelshield.models.load import load_model, weights_sha256
 
     check_range("--n", n, owner=owner, low=1, integer=True, fix="Use e.g. --n 200.")
@@ -117,7 +117,7 @@ def _start(model: str, *, data: str | None, data_dir: Path | None, arch: str | N
 
 def _check_arch_input(arch: str, input_shape: tuple[int, ...], owner: str) -> None:
     """ConfigError unless the zoo architecture arch takes inputs of input_shape."""
-    from modelshield.models import zoo
+    from modelshield import zoo
 
     probe = torch.zeros((1, *input_shape))
     try:
@@ -293,7 +293,7 @@ def distill(
     teacher) is a failed defence: it is still written to --out, with "usable": false in its
     metadata, and reported in red as failed, never as holding; the exit code stays 0 (a finding,
     not bad input). Exits 2 on bad input."""
-    from modelshield.models import zoo
+    from modelshield import zoo
 
     owner = f"{OWNER} distill"
     check_new_files([out], overwrite=force, owner=owner)

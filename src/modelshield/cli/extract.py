@@ -60,7 +60,7 @@ def _checkpoints(text: str | None, queries: int) -> tuple[int, ...]:
 
 def _check_memory_early(victim: str, queries: int) -> None:
     """For a zoo victim (input shape known without loading it): refuse a --queries that cannot fit."""
-    from modelshield.models import zoo
+    from modelshield import zoo
 
     if queries >= 1 and victim in zoo.names() and zoo.spec(victim).input_shape:
         check_budget_memory(queries, zoo.spec(victim).input_shape, owner=OWNER)

@@ -23,9 +23,9 @@ def list_models() -> None:
 
     A cached model whose weights file is not the one its metadata records (zoo.check_cache) is
     shown as "changed" with no accuracy, and a line says how to retrain it. Loading a model
-    re-scores it on its test data as well (see modelshield.models.zoo).
+    re-scores it on its test data as well (see modelshield.zoo).
     """
-    from modelshield.models import zoo
+    from modelshield import zoo
 
     table = Table(title=f"modelshield zoo (cache: {zoo.cache_dir()})", header_style="bold")
     for col in ("name", "dataset", "cached", "test accuracy", "min required", "description"):
@@ -53,7 +53,7 @@ def train(
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
 ) -> None:
     """Train a zoo model (deterministic, CPU) and cache its weights."""
-    from modelshield.models import zoo
+    from modelshield import zoo
 
     zoo.spec(name)
     with render.progress_bar(f"training {name}") as progress, render.show_warnings():

@@ -188,7 +188,7 @@ def poison_text_dataset(
         ConfigError: unknown attack, model or validator, or rate outside [0, 1] or asking for
             more rows than there are spam rows.
     """
-    from modelshield.models.zoo.spam import SPAM_KINDS, train_spam_model
+    from modelshield.zoo.spam import SPAM_KINDS, train_spam_model
 
     check_range("rate", rate, owner="poison_text_dataset", low=0.0, high=1.0, fix=_RATE_FIX)
     check_choice("attack", attack, POISON_ATTACKS, owner="poison_text_dataset")
@@ -243,7 +243,7 @@ def poison_text_dataset(
         keep = np.flatnonzero(~flagged)
         x_poisoned = list(result.x_poisoned)
         cleaned = train_fn([x_poisoned[i] for i in keep], result.y_poisoned[torch.as_tensor(keep)])
-        from modelshield.models.zoo.spam import spam_metrics
+        from modelshield.zoo.spam import spam_metrics
 
         summary["validation"] = {
             "validator": validator,

@@ -1,4 +1,4 @@
-"""The one model protocol, its adapters, safe loading and the reference-model zoo."""
+"""The one model protocol, its adapters, safe loading of model files and the reference architectures."""
 
 from __future__ import annotations
 

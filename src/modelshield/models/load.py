@@ -142,7 +142,7 @@ def save_model(
         module: the model; it is neither moved nor changed.
         path: destination file (conventionally ``.pt``); its folder is created if needed.
         arch: the zoo architecture that ``load_model`` rebuilds, e.g. ``"lenet-28"`` (see
-            ``modelshield.models.zoo.ARCHS``).
+            ``modelshield.zoo.ARCHS``).
         meta: JSON-like metadata stored in the file (accuracy, provenance, ...).
         overwrite: replace an existing file; otherwise an existing file is an error.
 
@@ -156,7 +156,7 @@ def save_model(
     Example:
         digest = save_model(net, "net.pt", arch="cnn-8x8", meta={"note": "fine-tuned"})
     """
-    from modelshield.models.zoo.archs import check_arch
+    from modelshield.models.archs import check_arch
 
     check_arch(arch, owner="save_model")
     plain_meta = _plain_meta({} if meta is None else meta, "meta")
@@ -251,7 +251,7 @@ def _build_and_fill(
     arch: str, state: dict[str, Tensor], path: Path, module: nn.Module | None = None
 ) -> nn.Module:
     """Build the zoo architecture (or take module) and load state into it (strict), or raise DataError."""
-    from modelshield.models.zoo.archs import build
+    from modelshield.models.archs import build
 
     module = build(arch) if module is None else module
     try:
@@ -380,7 +380,7 @@ def load_model(
                 f"load_model: 'arch' must match the architecture stored in {str(p)!r} "
                 f"({stored_arch!r}); got {arch!r}. Omit arch= for modelshield-v1 files."
             )
-        from modelshield.models.zoo.archs import check_arch
+        from modelshield.models.archs import check_arch
 
         check_arch(stored_arch, owner="load_model")
         module = _build_and_fill(stored_arch, _state_dict_of(state) or {}, p)
@@ -396,14 +396,14 @@ def load_model(
         module = _build_and_fill(arch or type(into).__name__, state, p, module=into)
         return module.eval(), {**base_meta, "format": "state_dict", "arch": arch}
     if arch is None:
-        from modelshield.models.zoo.archs import ARCHS
+        from modelshield.models.archs import ARCHS
 
         raise ConfigError(
             f"load_model: 'arch' must be given for a bare state dict; got None for {str(p)!r}. "
             f"Pass arch= one of {', '.join(map(repr, sorted(ARCHS)))}, or re-save the model with "
             "save_model(..., arch=...) so the file names its architecture."
         )
-    from modelshield.models.zoo.archs import check_arch
+    from modelshield.models.archs import check_arch
 
     check_arch(arch, owner="load_model")
     module = _build_and_fill(arch, state, p)

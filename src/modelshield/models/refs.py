@@ -3,7 +3,7 @@
 ``load_model_ref`` recognises the format from the file's content (not its name) and returns a
 ``ModelRef``: the loaded model, white-box or black-box access, its format, modality and class
 count when known, and provenance (path, SHA-256, runtime library versions). Zoo names are
-resolved elsewhere (``modelshield.models.zoo``).
+resolved elsewhere (``modelshield.zoo``).
 
 What each format may run while loading, and what modelshield does about it:
 

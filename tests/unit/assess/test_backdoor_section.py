@@ -50,7 +50,7 @@ def backdoored_report(digits: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def clean_report(digits: Any) -> dict[str, Any]:
-    from modelshield.models import zoo
+    from modelshield import zoo
 
     return _assess(zoo.load("digits-cnn").module, digits.x_test, digits.y_test)
 

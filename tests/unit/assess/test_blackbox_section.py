@@ -115,8 +115,8 @@ def test_tabular_section_on_the_phishing_zoo_model(tmp_path: Path, monkeypatch: 
     root = Path(os.environ.get("MODELSHIELD_DATA", ""))
     if not (root / "phishing-websites").is_dir():
         pytest.skip("phishing data not found; set MODELSHIELD_DATA")
+    from modelshield import zoo
     from modelshield.data import load_tabular_dataset
-    from modelshield.models import zoo
 
     monkeypatch.setenv("MODELSHIELD_CACHE", str(tmp_path))
     zm = zoo.load("phishing-logreg")

@@ -51,7 +51,7 @@ def _assess(model: Any, x: Tensor, y: Tensor, *, name: str = "digits-cnn", **pla
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[nn.Module, Tensor, Tensor]:
-    from modelshield.models import zoo
+    from modelshield import zoo
 
     x, y = zoo.test_split("digits-cnn", n=N)
     return zoo.load("digits-cnn").module, x, y
@@ -93,7 +93,7 @@ def test_registered_opt_in_and_plan_checks() -> None:
 
 def test_adversarial_training_holds(at_report: dict[str, Any],
                                     digits: tuple[nn.Module, Tensor, Tensor]) -> None:
-    from modelshield.models import zoo
+    from modelshield import zoo
     from modelshield.models.load import weights_sha256
 
     s = _section(at_report)
@@ -179,7 +179,7 @@ def _probs(x: Tensor) -> Tensor:
     (as_model(_probs, n_classes=10), "digits-cnn", "black box"),
 ])
 def test_skipped_with_the_reason(model: Any, name: str, needle: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from modelshield.models import zoo
+    from modelshield import zoo
 
     # A slow counterpart (mnist-cnn-at, ~1 h) is skipped when not cached, never trained implicitly.
     monkeypatch.setattr(zoo, "is_cached", lambda n: False)

@@ -19,7 +19,7 @@ from modelshield.attacks.poisoning import (
 )
 from modelshield.data.sms_spam import TextDataset, load_sms_spam
 from modelshield.errors import ConfigError, InputError
-from modelshield.models.zoo.spam import train_spam_model
+from modelshield.zoo.spam import train_spam_model
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ def phishing():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def phishing_models(phishing):  # type: ignore[no-untyped-def]
-    from modelshield.models.zoo.phishing import train_phishing_model
+    from modelshield.zoo.phishing import train_phishing_model
 
     ds, _ = phishing
     return {kind: train_phishing_model(kind, ds) for kind in ("logreg", "rf")}

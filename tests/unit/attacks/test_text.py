@@ -21,7 +21,7 @@ from modelshield.attacks.evasion.text import (
 from modelshield.data.sms_spam import TextDataset, load_sms_spam
 from modelshield.errors import ConfigError, InputError, QueryBudgetExceeded
 from modelshield.models import TextModel, as_text_model
-from modelshield.models.zoo.spam import spam_metrics, train_spam_model
+from modelshield.zoo.spam import spam_metrics, train_spam_model
 
 
 @pytest.fixture(scope="module")

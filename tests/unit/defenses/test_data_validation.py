@@ -23,7 +23,7 @@ from modelshield.defenses.data import (
     validate_dataset,
 )
 from modelshield.errors import ConfigError, InputError, NotFittedError
-from modelshield.models.zoo.spam import spam_metrics, train_spam_model
+from modelshield.zoo.spam import spam_metrics, train_spam_model
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def _nets(seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    from modelshield.models import zoo
+    from modelshield import zoo
 
     return zoo.build("cnn-8x8", seed=seed + 1), zoo.build("cnn-8x8", seed=seed)
 
@@ -130,7 +130,7 @@ def test_check_usable_verdicts() -> None:
 
 
 def test_a_model_at_chance_is_never_allowed_a_robust_claim(digits: tuple[Tensor, ...]) -> None:
-    from modelshield.models import zoo
+    from modelshield import zoo
 
     _, _, xt, yt = digits
     x, y = xt[:60], yt[:60]
@@ -168,9 +168,9 @@ def test_defense_verdict_fails_a_defended_model_at_chance_or_far_below() -> None
 
 
 def test_defenses_section_calls_a_model_at_chance_failed(digits: tuple[Tensor, ...]) -> None:
+    from modelshield import zoo
     from modelshield.assess import AssessmentPlan, run
     from modelshield.assess.plan import DefensesPlan
-    from modelshield.models import zoo
 
     _, _, xt, yt = digits
     plan = AssessmentPlan(sections=("defenses",), defenses=DefensesPlan(

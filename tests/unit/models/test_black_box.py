@@ -18,7 +18,7 @@ from modelshield.models import (
     predict_labels,
     probabilities,
 )
-from modelshield.models.zoo.spam import predict_labels as spam_predict_labels
+from modelshield.zoo.spam import predict_labels as spam_predict_labels
 
 
 def _mixed_net() -> nn.Sequential:

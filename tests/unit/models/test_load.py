@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from modelshield.errors import ConfigError, DataError, MissingDataError, ModelCapabilityError
+from modelshield.models.archs import Cnn8x8
 from modelshield.models.load import (
     UnsafeModelFileError,
     file_sha256,
@@ -20,8 +21,7 @@ from modelshield.models.load import (
     save_model,
     weights_sha256,
 )
-from modelshield.models.zoo import build
-from modelshield.models.zoo.archs import Cnn8x8
+from modelshield.zoo import build
 
 
 def last_linear(module: nn.Module) -> nn.Linear:

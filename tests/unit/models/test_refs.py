@@ -17,7 +17,7 @@ from torch import nn
 from modelshield.errors import ConfigError, DataError, MissingDataError, ModelCapabilityError
 from modelshield.models import CallableModel, ModelRef, TorchModel, load_model_ref
 from modelshield.models.load import UnsafeModelFileError, file_sha256, save_model
-from modelshield.models.zoo import build
+from modelshield.zoo import build
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

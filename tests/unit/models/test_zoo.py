@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from modelshield import zoo
 from modelshield.errors import ConfigError, DataError, MissingDataError
-from modelshield.models import zoo
 from modelshield.models.load import save_model, weights_sha256
-from modelshield.models.zoo.training import Recipe
+from modelshield.zoo.training import Recipe
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 Trained = tuple[Path, zoo.ZooModel, list[tuple[int, int, str]]]  # (cache folder, model, progress calls)
@@ -218,7 +218,7 @@ def test_mnist_at_recipe_is_the_benchmarked_pgd_setting() -> None:
     AdversarialTrainer at the spec's eps on Madry et al.'s architecture, with the settings whose
     results benchmarks/RESULTS.md reports (benchmarks/defenses.py, PGD row)."""
     from modelshield.defenses.training import AdversarialTrainer
-    from modelshield.models.zoo import _AT_RECIPES
+    from modelshield.zoo import _AT_RECIPES
 
     s = zoo.spec("mnist-cnn-at")
     assert (s.dataset, s.arch, s.eps, s.input_shape) == ("mnist", "lenet-28-wide", 0.3, (1, 28, 28))

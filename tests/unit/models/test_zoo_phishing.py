@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modelshield import zoo
 from modelshield.errors import DataError
-from modelshield.models import zoo
 
 PHISHING = ("phishing-gbm", "phishing-logreg", "phishing-rf")
 

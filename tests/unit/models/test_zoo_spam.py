@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modelshield import zoo
 from modelshield.errors import ConfigError, DataError
-from modelshield.models import zoo
 
 SPAM = ("spam-logreg", "spam-nb")
 

@@ -143,7 +143,7 @@ class _Defended:
 def _counterpart(ctx: AssessmentContext, plan: DefensesPlan,
                  progress: Progress | None) -> _Defended | str:
     """The defended model, or why there is none (a skip reason)."""
-    from modelshield.models import zoo
+    from modelshield import zoo
 
     if not isinstance(ctx.model, TorchModel):
         return ("the assessed model is a black box (outputs only); the comparison runs white-box "

@@ -92,7 +92,7 @@ def text_evasion_severity(success_rate: float) -> Severity:
 
 def _spam_setup(ctx: AssessmentContext, data_root: str | Path | None, owner: str) -> tuple[str, Any]:
     from modelshield.data.sms_spam import load_sms_spam
-    from modelshield.models.zoo.spam import SPAM_KINDS
+    from modelshield.zoo.spam import SPAM_KINDS
 
     kind = ctx.model_info.get("arch")
     if ctx.data_info.get("name") != "sms-spam" or kind not in SPAM_KINDS:
@@ -164,7 +164,7 @@ class PoisoningSection:
                 why=("Poisoning impact was not measured: it retrains the model on poisoned data, which "
                      "needs its training recipe, and a user's model is run as given."))
         kind, ds = _spam_setup(ctx, self.data_root, owner)
-        from modelshield.models.zoo.spam import spam_metrics, train_spam_model
+        from modelshield.zoo.spam import spam_metrics, train_spam_model
 
         base = spam_metrics(train_spam_model(kind, ds, seed=ctx.seed), ds.texts_test, ds.y_test)  # type: ignore[arg-type]
         rows: list[dict[str, Any]] = []
@@ -330,7 +330,7 @@ class TextEvasionSection:
         import torch
 
         from modelshield.attacks.evasion.text import TextEvasion
-        from modelshield.models.zoo.spam import train_spam_model
+        from modelshield.zoo.spam import train_spam_model
 
         owner = "TextEvasionSection"
         budgets = _rates((*self.budgets, self.headline_budget), owner)

@@ -229,8 +229,8 @@ def make_train_fn(
         train = make_train_fn("lenet-28", epochs=2)
         model = train(x_train, y_train)
     """
-    from modelshield.models.zoo.archs import build, check_arch
-    from modelshield.models.zoo.training import Recipe, fit
+    from modelshield.models.archs import build, check_arch
+    from modelshield.zoo.training import Recipe, fit
 
     if isinstance(arch, str):
         check_arch(arch, owner="make_train_fn")

@@ -124,7 +124,7 @@ def evaluate_poisoning(
         evaluate_poisoning(lambda x, y: train_spam_model("nb", x, y), res, ds.texts_test, ds.y_test,
                            x_train_clean=ds.texts_train, y_train_clean=ds.y_train)
     """
-    from modelshield.models.zoo.spam import binary_metrics, predict_labels
+    from modelshield.zoo.spam import binary_metrics, predict_labels
 
     y_true = y_test.detach().cpu().numpy() if isinstance(y_test, Tensor) else np.asarray(y_test)
     if (x_train_clean is None) != (y_train_clean is None):

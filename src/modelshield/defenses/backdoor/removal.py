@@ -76,7 +76,7 @@ def retrain_without(
 
 def _fine_tune(module: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float, batch_size: int,
                seed: int) -> None:
-    from modelshield.models.zoo.training import Recipe, fit
+    from modelshield.zoo.training import Recipe, fit
 
     fit(module, x, y, Recipe(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.0, seed=seed))
 

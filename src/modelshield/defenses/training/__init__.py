@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+from modelshield import zoo as _zoo
 from modelshield.defenses.training.adversarial import (
     METHODS,
     AdversarialTrainer,
@@ -23,7 +24,6 @@ from modelshield.defenses.training.distillation import DefensiveDistillation, Di
 from modelshield.defenses.training.engine import OPTIMIZERS, SCHEDULES, lr_at
 from modelshield.defenses.training.trades import trades_loss
 from modelshield.defenses.training.zoo_entries import train_adversarial_entry
-from modelshield.models import zoo as _zoo
 
 _zoo.register_adversarial_trainer(train_adversarial_entry)  # the zoo cannot import defences
 

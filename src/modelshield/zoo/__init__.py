@@ -66,6 +66,7 @@ from torch import Tensor
 from modelshield.data import load_dataset, load_tabular_dataset
 from modelshield.data.sms_spam import load_sms_spam
 from modelshield.errors import ConfigError, DataError, MissingDataError
+from modelshield.models.archs import ARCHS, build
 from modelshield.models.load import (
     FORMAT,
     UnsafeModelFileError,
@@ -74,10 +75,9 @@ from modelshield.models.load import (
     save_model,
     weights_sha256,
 )
-from modelshield.models.zoo.archs import ARCHS, build
-from modelshield.models.zoo.phishing import PhishingKind, phishing_fingerprint, train_phishing_model
-from modelshield.models.zoo.spam import SpamKind, spam_fingerprint, spam_metrics, train_spam_model
-from modelshield.models.zoo.training import Progress, Recipe, evaluate, fit, torch_threads
+from modelshield.zoo.phishing import PhishingKind, phishing_fingerprint, train_phishing_model
+from modelshield.zoo.spam import SpamKind, spam_fingerprint, spam_metrics, train_spam_model
+from modelshield.zoo.training import Progress, Recipe, evaluate, fit, torch_threads
 
 __all__ = [
     "ARCHS",
@@ -462,7 +462,7 @@ def train(
     """Train a zoo model on the CPU, check its test accuracy, and cache it.
 
     Training is deterministic for a given seed and thread count, and never touches the global
-    RNG (see ``modelshield.models.zoo.training``). The model is cached only when its clean test
+    RNG (see ``modelshield.zoo.training``). The model is cached only when its clean test
     accuracy reaches ``spec(name).min_accuracy``.
 
     Args:
@@ -726,7 +726,7 @@ def _rescore(s: ZooSpec, module: torch.nn.Module, side: dict[str, Any],
     except MissingDataError as exc:
         raise MissingDataError(
             f"zoo.load: the {s.dataset} test data must be found to re-score the cached {s.name!r} "
-            f"before use (see modelshield.models.zoo); {exc}"
+            f"before use (see modelshield.zoo); {exc}"
         ) from exc
     n_test = int(ds.x_test.shape[0])
     points, recorded = min(CHECK_POINTS, n_test), side.get("check_accuracy")

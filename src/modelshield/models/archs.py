@@ -1,4 +1,4 @@
-"""The zoo's architectures: small CNNs on [0, 1] images returning logits, built without the global RNG.
+"""Reference architectures (built by the zoo and by load_model): small CNNs on [0, 1] images returning logits.
 
 Modules are constructed on the ``meta`` device (no memory, no random draws), materialised on
 the CPU with ``to_empty`` and then initialised from a private ``torch.Generator``. This keeps
