@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from modelshield._typing import Progress
-from modelshield.errors import ConfigError, DataError, InputError, ModelCapabilityError
+from modelshield.errors import ConfigError, DataError, InputError, ModelCapabilityError, ModelShieldError
 from modelshield.models import CallableModel, TorchModel, as_black_box, as_model, eval_mode, resolve_device
 
 __all__ = [
@@ -268,7 +268,7 @@ def _user_target(model: str, *, data: str | None, data_dir: Path | None, arch: s
     if data is None and path.is_file():  # a modelshield-v1 file (e.g. from `defend`) names its data set
         try:
             data = load_model(path, arch=arch, trust_torchscript=trust_torchscript)[1].get("dataset")
-        except ConfigError:
+        except ModelShieldError:  # not a modelshield-v1 file: load_model_ref below says what it is
             data = None
     if data is None:
         raise ConfigError(

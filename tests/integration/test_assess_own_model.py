@@ -263,3 +263,16 @@ def test_text_callable_on_tsv(tmp_path: Path, user_dir: Path) -> None:
     evasion = _section(report, "text-evasion")
     assert not evasion["metrics"].get("skipped")
     assert report["model"]["format"] == "callable" and report["model"]["modality"] == "text"
+
+
+def test_a_model_file_without_data_asks_for_data(tmp_path: Path) -> None:
+    skops_io = pytest.importorskip("skops.io")
+    from sklearn.linear_model import LogisticRegression
+
+    xtr, ytr, _, _ = _digits()
+    skops_io.dump(LogisticRegression(max_iter=200).fit(xtr, ytr >= 5), tmp_path / "pipe.skops")
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["assess", "--model", str(tmp_path / "pipe.skops"), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "'--data' must name the data" in result.output and "Traceback" not in result.output
+    assert not out.exists()
