@@ -10,14 +10,16 @@ a long attack.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from modelshield.errors import ConfigError
 
-__all__ = ["check_output_paths", "write_atomic"]
+__all__ = ["check_output_paths", "hash_file", "write_atomic"]
 
 
 def _umask() -> int:
@@ -124,3 +126,16 @@ def write_atomic(path: str | Path, data: bytes | str, *, force: bool = False) ->
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def hash_file(path: str | Path, digest: Any = None) -> Any:
+    """Feed a file's bytes, 1 MiB at a time, into digest (a new SHA-256 when None); return it.
+
+    Raises:
+        OSError: the file cannot be read (callers turn it into their own error).
+    """
+    digest = hashlib.sha256() if digest is None else digest
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest

@@ -19,12 +19,23 @@ import os
 import re
 from collections.abc import Sequence
 
-from modelshield.errors import ConfigError, ModelShieldError
+from modelshield.errors import ConfigError, DataError, ModelShieldError
 
-__all__ = ["MEMORY_ENV", "available_memory", "check_memory", "format_bytes", "tensor_bytes"]
+__all__ = [
+    "MEMORY_ENV",
+    "TEXT_PARSE_COPIES",
+    "available_memory",
+    "check_memory",
+    "check_text_file_memory",
+    "format_bytes",
+    "tensor_bytes",
+]
 
 MEMORY_ENV = "MODELSHIELD_MAX_MEMORY"
 """Environment variable capping the memory modelshield may plan to use (e.g. ``4G``)."""
+
+TEXT_PARSE_COPIES = 6
+"""Bytes held per byte of a text file while it is read, decoded and split into rows (an estimate)."""
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
@@ -108,3 +119,9 @@ def check_memory(
         f"{owner}: {what} must fit in memory; it needs about {format_bytes(n_bytes)}, more than the "
         f"{format_bytes(limit)} of {source}. {fix}"
     )
+
+
+def check_text_file_memory(owner: str, path: str, size: int, *, fix: str = "Use a smaller file.") -> None:
+    """DataError if reading a text file of ``size`` bytes whole (``TEXT_PARSE_COPIES`` copies) cannot fit."""
+    check_memory(owner, f"the text file {path!r} ({format_bytes(size)}; parsing holds about "
+                 f"{TEXT_PARSE_COPIES} copies)", TEXT_PARSE_COPIES * size, fix=fix, error=DataError)

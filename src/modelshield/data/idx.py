@@ -19,6 +19,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from modelshield._io import hash_file
 from modelshield._resources import check_memory, format_bytes
 from modelshield.data._dataset import DATA_ENV, Dataset, data_dir
 from modelshield.errors import DataError, MissingDataError
@@ -112,10 +113,7 @@ def _parse_cached(key: tuple[str, int, int]) -> tuple[np.ndarray, str]:
     try:
         with open(path, "rb") as fh:
             arr = _parse_idx_stream(fh, path, file_size=os.fstat(fh.fileno()).st_size)
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+        digest = hash_file(path)
     except OSError as exc:
         raise DataError(f"load_idx: cannot read {path!r}: {exc}. Check the file's permissions.") from exc
     return arr, digest.hexdigest()
@@ -282,10 +280,8 @@ def _combined_sha256(named_keys: tuple[tuple[str, tuple[str, int, int]], ...]) -
     """SHA-256 over the files' bytes concatenated in the given (name-sorted) order."""
     digest = hashlib.sha256()
     for _, (path, _mtime, _size) in named_keys:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+        hash_file(path, digest)
+    return str(digest.hexdigest())
 
 
 def load_mnist(root: str | Path | None = None) -> Dataset:

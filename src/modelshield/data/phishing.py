@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_range
-from modelshield._resources import check_memory, format_bytes
+from modelshield._resources import check_text_file_memory
 from modelshield.data._dataset import DATA_ENV, find_data_file
 from modelshield.errors import ConfigError, DataError
 
@@ -24,9 +24,6 @@ __all__ = [
     "TabularDataset",
     "load_phishing",
 ]
-
-_PARSE_COPIES = 6
-"""Bytes held per byte of a text file while it is decoded and split into rows (an estimate)."""
 
 PHISHING_FILES: tuple[str, ...] = ("Training_Dataset.arff", "phishing_websites.csv")
 """File names looked for, in this order, under ``<root>/phishing-websites/`` and ``<root>/``."""
@@ -190,8 +187,7 @@ def _find(root: str | Path | None) -> Path:
 @lru_cache(maxsize=4)
 def _read(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray, str]:
     """(x float32 (N, 30), y int64 (N,), sha256) of one file; cached by path, mtime and size."""
-    check_memory("load_phishing", f"the text file {path!r} ({format_bytes(size)}; parsing holds about "
-                 f"{_PARSE_COPIES} copies)", _PARSE_COPIES * size, fix="Use a smaller file.", error=DataError)
+    check_text_file_memory("load_phishing", path, size)
     raw = Path(path).read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
     try:

@@ -26,10 +26,11 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_bounds, check_choice, check_range
-from modelshield._resources import check_memory, format_bytes
+from modelshield._io import hash_file
+from modelshield._resources import TEXT_PARSE_COPIES, check_memory, check_text_file_memory, format_bytes
 from modelshield.data._dataset import Dataset
 from modelshield.data.phishing import TabularDataset
-from modelshield.data.sms_spam import TextDataset
+from modelshield.data.sms_spam import TextDataset, split_labelled_lines
 from modelshield.errors import ConfigError, DataError, MissingDataError
 
 __all__ = [
@@ -69,8 +70,9 @@ possible decompression bomb before it is decoded."""
 _OWNER = "load_data"
 _TEXT_SUFFIXES = (".tsv", ".txt", "")
 _NPZ_KEYS = ("x", "y", "x_test", "y_test", "class_names", "bounds")
-_TEXT_COPIES = 6
-"""Bytes held per byte of a text file while it is decoded and split into rows (an estimate)."""
+_SMALLER_FILE = (
+    "Use a smaller file (a sample of the rows), or raise $MODELSHIELD_MAX_MEMORY if memory allows."
+)
 _CELL_BYTES = 20
 """Bytes held per numeric table cell at the peak: float64 while parsing, then float32 copies (the
 array, the split, the output tensor)."""
@@ -860,11 +862,7 @@ def _load_builtin(name: str, opts: _Options, root: str | Path | None) -> UserDat
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return str(hash_file(path).hexdigest())
 
 
 def _head(path: Path, n: int = 8) -> bytes:
@@ -897,11 +895,7 @@ def _sniff(head: bytes) -> str:
 
 
 def _check_size(path: Path, n_bytes: int, what: str) -> None:
-    check_memory(
-        _OWNER, f"{str(path)!r} ({what})", n_bytes,
-        fix="Use a smaller file (a sample of the rows), or raise $MODELSHIELD_MAX_MEMORY if memory allows.",
-        error=DataError,
-    )
+    check_memory(_OWNER, f"{str(path)!r} ({what})", n_bytes, fix=_SMALLER_FILE, error=DataError)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1119,8 +1113,8 @@ def _read_csv(path: Path, opts: _Options, *, delimiter: str) -> _Parsed:
             columns = [h.strip() for h in header]
             label_i, feat_i, text_i = _select_columns(path, columns, opts)
             if kind == "text":
-                _check_size(path, _TEXT_COPIES * size, f"{format_bytes(size)}; parsing holds about "
-                            f"{_TEXT_COPIES} copies")
+                _check_size(path, TEXT_PARSE_COPIES * size, f"{format_bytes(size)}; parsing holds about "
+                            f"{TEXT_PARSE_COPIES} copies")
             else:
                 # rows from the mean length of the complete lines in the first 64 KiB
                 sampled = head[: head.rfind(b"\n") + 1]
@@ -1322,8 +1316,8 @@ def _read_parquet(path: Path, opts: _Options) -> _Parsed:
         if kind == "text":
             meta = pf.metadata
             raw = sum(int(meta.row_group(i).total_byte_size) for i in range(meta.num_row_groups))
-            _check_size(path, _TEXT_COPIES * raw, f"{format_bytes(raw)} uncompressed, {n_rows:,} rows; "
-                        f"parsing holds about {_TEXT_COPIES} copies")
+            _check_size(path, TEXT_PARSE_COPIES * raw, f"{format_bytes(raw)} uncompressed, {n_rows:,} rows; "
+                        f"parsing holds about {TEXT_PARSE_COPIES} copies")
         else:
             _check_size(path, n_rows * (len(feat_i) * _CELL_BYTES + _ROW_BYTES),
                         f"{n_rows:,} rows x {len(feat_i)} numeric columns at {_CELL_BYTES} bytes per value")
@@ -1395,48 +1389,16 @@ def _read_text_lines(path: Path, opts: _Options) -> _Parsed:
     opts.refuse_columns(f"the labelled-text file {str(path)!r}")
     opts.expect_kind("text", f"{str(path)!r} ('<label>\\t<text>' lines)")
     size = path.stat().st_size
-    _check_size(path, _TEXT_COPIES * size, f"{format_bytes(size)}; parsing holds about {_TEXT_COPIES} copies")
+    check_text_file_memory(_OWNER, str(path), size, fix=_SMALLER_FILE)
     raw = path.read_bytes()
     _refuse_binary(path, raw[:8], "a text file of '<label>\\t<text>' lines")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        lineno = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(
-            f"{_OWNER}: line {lineno} of {str(path)!r} must be UTF-8 text; got the byte(s) "
-            f"{raw[exc.start : exc.end]!r} ({exc.reason}). Re-save the file as UTF-8, e.g. iconv -f latin1 "
-            "-t utf-8."
-        ) from exc
+    labels, texts, linenos = split_labelled_lines(
+        raw, path=str(path), owner=_OWNER,
+        no_tab_fix="Separate the label from the text with one tab (a CSV with a header: pass label_col "
+                   "and text_col).",
+    )
     digest = hashlib.sha256(raw).hexdigest()
     del raw
-    text = text.removeprefix("\ufeff")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if not any(line.strip() for line in lines):
-        raise DataError(
-            f"{_OWNER}: {str(path)!r} must hold '<label>\\t<text>' lines; got an empty file. Check the path."
-        )
-    labels: list[str] = []
-    texts: list[str] = []
-    linenos: list[int] = []
-    for lineno, line in enumerate(lines, start=1):
-        line = line.removesuffix("\r")
-        if not line.strip():
-            raise DataError(
-                f"{_OWNER}: line {lineno} of {str(path)!r} must hold '<label>\\t<text>'; got an empty line. "
-                "Remove the empty line."
-            )
-        label, tab, body = line.partition("\t")
-        if not tab:
-            raise DataError(
-                f"{_OWNER}: line {lineno} of {str(path)!r} must hold '<label>\\t<text>' separated by a tab; "
-                f"got no tab in {line[:60]!r}. Separate the label from the text with one tab (a CSV with a "
-                "header: pass label_col and text_col)."
-            )
-        labels.append(label)
-        texts.append(body)
-        linenos.append(lineno)
 
     def locate(i: int) -> str:
         return f"line {linenos[i]}"

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from modelshield._checks import check_range
 from modelshield._io import write_atomic
-from modelshield._resources import check_memory, format_bytes
+from modelshield._resources import check_text_file_memory
 from modelshield.data._dataset import DATA_ENV, find_data_file
 from modelshield.errors import ConfigError, DataError, InputError, MissingDataError
 
@@ -24,11 +24,9 @@ __all__ = [
     "TextDataset",
     "load_sms_spam",
     "read_labelled_texts",
+    "split_labelled_lines",
     "write_labelled_texts",
 ]
-
-_PARSE_COPIES = 6
-"""Bytes held per byte of a text file while it is decoded and split into rows (an estimate)."""
 
 SMS_SPAM_FILE = "SMSSpamCollection"
 SMS_SPAM_FOLDER = "sms-spam"
@@ -256,45 +254,16 @@ def _read(
     class_names: tuple[str, ...] = SMS_SPAM_CLASSES,
 ) -> tuple[tuple[str, ...], np.ndarray, str]:
     """(texts, labels int64, sha256) of one file; cached by path, mtime and size."""
-    check_memory(owner, f"the text file {path!r} ({format_bytes(size)}; parsing holds about "
-                 f"{_PARSE_COPIES} copies)", _PARSE_COPIES * size, fix="Use a smaller file.", error=DataError)
+    check_text_file_memory(owner, path, size)
     raw = Path(path).read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        lineno = raw.count(b"\n", 0, exc.start) + 1
-        bad = raw[exc.start : exc.end]
-        raise DataError(
-            f"{owner}: line {lineno} of {path!r} must be UTF-8 text; got the byte(s) {bad!r} "
-            f"({exc.reason}). Re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8."
-        ) from exc
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if not lines:
-        raise DataError(
-            f"{owner}: {path!r} must hold '<label>\\t<text>' lines; got an empty file. Check the path."
-        )
     lookup = {name.casefold(): i for i, name in enumerate(class_names)}
     allowed = ", ".join(repr(c) for c in class_names)
     texts: list[str] = []
     labels: list[int] = []
-    for lineno, line in enumerate(lines, start=1):
-        line = line.removesuffix("\r")
+    for label, body, lineno in zip(*split_labelled_lines(raw, path=path, owner=owner), strict=True):
         where = f"{owner}: line {lineno} of {path!r}"
-        if not line.strip():
-            raise DataError(
-                f"{where} must hold '<label>\\t<text>'; got an empty line. Remove the empty line."
-            )
-        label, tab, body = line.partition("\t")
-        if not tab:
-            raise DataError(
-                f"{where} must hold '<label>\\t<text>' separated by a tab; got no tab in "
-                f"{line[:60]!r}. Separate the label from the text with one tab character."
-            )
+        line = f"{label}\t{body}"
         key = label.strip().casefold()
         if key not in lookup:
             raise DataError(
@@ -310,3 +279,57 @@ def _read(
     y = np.asarray(labels, dtype=np.int64)
     y.flags.writeable = False
     return tuple(texts), y, digest
+
+
+def split_labelled_lines(
+    raw: bytes,
+    *,
+    path: str,
+    owner: str,
+    no_tab_fix: str = "Separate the label from the text with one tab character.",
+) -> tuple[list[str], list[str], list[int]]:
+    """``(labels, texts, line numbers)`` of the ``<label>\\t<text>`` lines in raw (UTF-8, BOM allowed).
+
+    ``\\n`` and ``\\r\\n`` endings are accepted and a final newline is fine; the text keeps any
+    further tab characters. Labels and texts are returned as written (callers check them).
+
+    Raises:
+        DataError: bytes that are not UTF-8, an empty file, an empty line or a line without a
+            tab; the message names ``path`` and the line number.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        lineno = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{owner}: line {lineno} of {path!r} must be UTF-8 text; got the byte(s) "
+            f"{raw[exc.start : exc.end]!r} ({exc.reason}). Re-save the file as UTF-8, e.g. iconv -f "
+            "latin1 -t utf-8."
+        ) from exc
+    lines = text.removeprefix("\ufeff").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not any(line.strip() for line in lines):
+        raise DataError(
+            f"{owner}: {path!r} must hold '<label>\\t<text>' lines; got an empty file. Check the path."
+        )
+    labels: list[str] = []
+    texts: list[str] = []
+    linenos: list[int] = []
+    for lineno, line in enumerate(lines, start=1):
+        line = line.removesuffix("\r")
+        where = f"{owner}: line {lineno} of {path!r}"
+        if not line.strip():
+            raise DataError(
+                f"{where} must hold '<label>\\t<text>'; got an empty line. Remove the empty line."
+            )
+        label, tab, body = line.partition("\t")
+        if not tab:
+            raise DataError(
+                f"{where} must hold '<label>\\t<text>' separated by a tab; got no tab in {line[:60]!r}. "
+                f"{no_tab_fix}"
+            )
+        labels.append(label)
+        texts.append(body)
+        linenos.append(lineno)
+    return labels, texts, linenos

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from modelshield._io import hash_file
 from modelshield.errors import ConfigError, DataError, MissingDataError, ModelCapabilityError
 
 __all__ = [
@@ -70,11 +71,7 @@ def file_sha256(path: str | Path) -> str:
     p = Path(path)
     if not p.is_file():
         raise MissingDataError(f"file_sha256: the file must exist; got {str(p)!r}. Check the path.")
-    digest = hashlib.sha256()
-    with p.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return str(hash_file(p).hexdigest())
 
 
 def weights_sha256(module: nn.Module) -> str:
