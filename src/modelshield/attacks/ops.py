@@ -36,6 +36,7 @@ __all__ = [
     "dlr_loss",
     "expand_as_batch",
     "is_adversarial",
+    "labels_adversarial",
     "lp_norms",
     "make_generator",
     "mix64",
@@ -116,7 +117,11 @@ def random_start(x: Tensor, eps: float, norm: Norm, generator: torch.Generator) 
 
 def is_adversarial(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
     """(N,) bool from scores (N, C): argmax equals target (targeted), else differs from y."""
-    pred = logits.argmax(1)
+    return labels_adversarial(logits.argmax(1), y, target)
+
+
+def labels_adversarial(pred: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    """(N,) bool from labels (N,): pred equals target (targeted), else differs from y."""
     return pred == target if target is not None else pred != y
 
 

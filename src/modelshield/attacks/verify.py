@@ -13,7 +13,7 @@ from torch import Tensor
 
 from modelshield._checks import check_inputs, check_labels
 from modelshield._typing import Norm
-from modelshield.attacks.ops import lp_norms
+from modelshield.attacks.ops import labels_adversarial, lp_norms
 from modelshield.attacks.results import EvasionResult
 from modelshield.errors import EvaluationWarning, InputError, ModelCapabilityError
 from modelshield.models import CallableModel, TorchModel, eval_mode
@@ -115,11 +115,6 @@ VOTE_ROUNDS = 33
 """Up to this many rounds of VOTES queries for a point whose vote is still close."""
 
 
-def _answers(model: TorchModel | CallableModel, x: Tensor) -> Tensor:
-    """The model's raw answer: (N, C) scores, or (N,) labels for a label-only model."""
-    return model.outputs(x)
-
-
 def _same_answers(a: Tensor, b: Tensor) -> bool:
     """Whether two answers to the same rows agree (scores up to float round-off)."""
     if a.shape != b.shape:
@@ -142,13 +137,19 @@ CHECK_ROWS = 32
 """Clean rows re-asked, with every claimed success, in the second batch of the determinism check."""
 
 
+def _check_rows(n: int) -> int:
+    """Clean rows re-asked in the determinism check: CHECK_ROWS, at most n - 1, at least 1 (n - 1:
+    the re-asked batch must differ from x even when nothing succeeded)."""
+    return min(CHECK_ROWS, max(n - 1, 1))
+
+
 def verification_queries(n: int, successes: int) -> int:
     """Forward queries ``verify_evasion`` spends on a deterministic model with enough budget.
 
     The clean batch and the returned batch once each, then the claimed successes with the
     first ``CHECK_ROWS`` clean rows (at most n - 1, at least 1) asked again.
     """
-    return 2 * n + successes + min(CHECK_ROWS, max(n - 1, 1))
+    return 2 * n + successes + _check_rows(n)
 
 
 def _recheck(model: TorchModel | CallableModel, x: Tensor, x_adv: Tensor, first: Tensor, adv: Tensor,
@@ -161,14 +162,13 @@ def _recheck(model: TorchModel | CallableModel, x: Tensor, x_adv: Tensor, first:
     (noise, dropout at inference: also caught when only adversarial inputs trigger it), else
     ``"batch"`` (the batch composition changes the answers, e.g. batch statistics in forward).
     """
-    n = int(x.shape[0])
-    k = min(CHECK_ROWS, max(n - 1, 1))  # n - 1: the batch must differ from x even with no success
+    k = _check_rows(int(x.shape[0]))
     idx = claimed.nonzero().squeeze(1)
     batch = torch.cat([x_adv[idx], x[:k]])
-    again = _answers(model, batch)
+    again = model.outputs(batch)
     if _same_answers(torch.cat([adv[idx], first[:k]]), again):
         return None
-    return "batch" if _same_answers(again, _answers(model, batch)) else "random"
+    return "batch" if _same_answers(again, model.outputs(batch)) else "random"
 
 
 def _rowwise(model: TorchModel | CallableModel, x: Tensor, *, owner: str) -> tuple[Tensor, Tensor]:
@@ -176,7 +176,7 @@ def _rowwise(model: TorchModel | CallableModel, x: Tensor, *, owner: str) -> tup
     parts: list[tuple[Tensor, Tensor]] = []
     for i in range(int(x.shape[0])):
         try:
-            parts.append(labels_and_errors(_answers(model, x[i:i + 1])))
+            parts.append(labels_and_errors(model.outputs(x[i:i + 1])))
         except (RuntimeError, ValueError) as exc:
             raise ModelCapabilityError(
                 f"{owner}: the model's answers depend on the other inputs of the batch, and it fails "
@@ -205,7 +205,7 @@ def _votes(
     todo = torch.arange(int(x.shape[0]), device=x.device)
     for _ in range(rounds):
         for _ in range(k):
-            labels, err = labels_and_errors(_answers(model, x[todo]))
+            labels, err = labels_and_errors(model.outputs(x[todo]))
             lab = torch.where(err, torch.full_like(labels, c), labels.clamp(0, c))
             counts[todo] += torch.nn.functional.one_hot(lab, c + 1)
         best = counts[todo].topk(2, dim=1).values
@@ -301,12 +301,13 @@ def verify_evasion(
                 clean_err = torch.zeros_like(valid)
             adv_pred, adv_err = model.predict_with_errors(x_adv)
         else:
-            first, adv = _answers(model, x), _answers(model, x_adv)
+            first, adv = model.outputs(x), model.outputs(x_adv)
             clean_pred, clean_err = labels_and_errors(first)
             adv_pred, adv_err = labels_and_errors(adv)
-            claimed = valid & ~adv_err & ((adv_pred == target) if target is not None else (adv_pred != y))
+            claimed = valid & ~adv_err & labels_adversarial(adv_pred, y, target)
             left = model.queries.remaining
-            if left is not None and left < int(claimed.sum()) + 2 * min(CHECK_ROWS, n):
+            # the recheck asks the claimed successes and the check rows, then once more if they differ
+            if left is not None and left < 2 * (int(claimed.sum()) + _check_rows(n)):
                 info["determinism_checked"] = False
             else:
                 kind = _recheck(model, x, x_adv, first, adv, claimed)
@@ -348,7 +349,7 @@ def verify_evasion(
             stacklevel=3,
         )
         info.update(stochastic=True, nondeterminism=kind)
-    success = valid & ~errors & ((adv_pred == target) if target is not None else (adv_pred != y))
+    success = valid & ~errors & labels_adversarial(adv_pred, y, target)
     fwd, bwd = model.queries.snapshot()
     return EvasionResult(
         attack=owner,

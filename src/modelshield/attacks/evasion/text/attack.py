@@ -26,7 +26,7 @@ from modelshield.attacks.evasion.text._edits import (
     word_candidates,
     words_changed,
 )
-from modelshield.attacks.ops import make_generator, mix64
+from modelshield.attacks.ops import labels_adversarial, make_generator, mix64
 from modelshield.attacks.verify import attack_params
 from modelshield.errors import ConfigError, EvaluationWarning, InputError
 from modelshield.models import TextModel, as_text_model
@@ -452,7 +452,7 @@ class TextEvasion:
             adv = [a if bool(o) else c for a, c, o in zip(adv, clean, ok.tolist(), strict=True)]
             wc = torch.where(ok, wc, torch.zeros_like(wc))
         adv_pred = m.predict(adv)  # fresh query: success is read from this answer only
-        hit = (adv_pred == t) if t is not None else (adv_pred != y)
+        hit = labels_adversarial(adv_pred, y, t)
         success = attacked & ok & hit
         cc = torch.tensor(
             [edit_distance(a, b) if a != b else 0 for a, b in zip(clean, adv, strict=True)], dtype=torch.int64
