@@ -11,7 +11,7 @@ from torch import Tensor
 
 from modelshield.errors import ConfigError, InputError
 
-__all__ = ["check_bounds", "check_choice", "check_inputs", "check_labels", "check_range"]
+__all__ = ["check_bounds", "check_choice", "check_inputs", "check_labels", "check_range", "exception_head"]
 
 
 def check_range(
@@ -143,3 +143,12 @@ def check_labels(
             f"at row {row}. Check the label encoding matches the model's {n_classes} outputs."
         )
     return y.long()
+
+
+def exception_head(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of exc's message (at most limit characters), else its type name.
+
+    Libraries' messages (torch, onnxruntime) run to paragraphs; one line is what fits in ours.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(exc).__name__

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from modelshield._checks import exception_head
 from modelshield._typing import Progress
 from modelshield.errors import ConfigError, DataError, InputError, ModelCapabilityError, ModelShieldError
 from modelshield.models import CallableModel, TorchModel, as_black_box, as_model, eval_mode, resolve_device
@@ -341,10 +342,10 @@ def check_model_answers(module: Any, x: Tensor, *, bounds: tuple[float, float], 
     except (ModelCapabilityError, InputError):
         raise
     except Exception as exc:  # the user's model is foreign code: any failure means "wrong data"
-        first = " ".join(str(exc).split())[:200]
         raise InputError(
             f"modelshield: the model {model!r} must accept rows of {data} (shape {tuple(x.shape[1:])}); "
-            f"got {type(exc).__name__} on two of them ({first}). Pass the data the model was trained on."
+            f"got {type(exc).__name__} on two of them ({exception_head(exc)}). Pass the data the model was "
+            "trained on."
         ) from exc
     if out.shape[0] != min(2, int(x.shape[0])):
         raise InputError(
@@ -372,10 +373,9 @@ def check_model_fits(module: Any, x: Tensor, y: Tensor, *, bounds: tuple[float, 
         with torch.no_grad(), eval_mode(white):
             out = module(x[:1])
     except Exception as exc:
-        first = " ".join(str(exc).split())[:200]
         raise InputError(
             f"modelshield: the model {model!r} must accept inputs of {data} (shape {shape}); got "
-            f"{type(exc).__name__} on one of them ({first}). {fix}."
+            f"{type(exc).__name__} on one of them ({exception_head(exc)}). {fix}."
         ) from exc
     n_labels = int(y.max()) + 1 if y.numel() else 0
     if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 1 or out.shape[1] < max(n_labels, 2):

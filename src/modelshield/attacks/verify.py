@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from modelshield._checks import check_inputs, check_labels
+from modelshield._checks import check_inputs, check_labels, exception_head
 from modelshield._typing import Norm
 from modelshield.attacks.ops import labels_adversarial, lp_norms
 from modelshield.attacks.results import EvasionResult
@@ -100,12 +100,11 @@ def probe_forward(model: TorchModel, x: Tensor, *, owner: str) -> None:
         with torch.no_grad(), eval_mode(model):
             model.scores(x[:1])
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(
             f"{owner}: x must have the input shape the model expects; got x of shape "
             f"{tuple(x.shape)} (one input: {tuple(x.shape[1:])}), on which the model failed: "
-            f"{first[:200]}. Reshape the inputs to the model's input shape (e.g. x.view(N, 1, 28, 28) "
-            "for a CNN on 28x28 images), or check that the data set matches the model."
+            f"{exception_head(exc)}. Reshape the inputs to the model's input shape (e.g. "
+            "x.view(N, 1, 28, 28) for a CNN on 28x28 images), or check that the data set matches the model."
         ) from exc
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from modelshield._checks import exception_head
 from modelshield._io import hash_file
 from modelshield.errors import ConfigError, DataError, MissingDataError, ModelCapabilityError
 
@@ -227,7 +228,7 @@ def _load_torchscript(path: Path) -> nn.Module:
     except (RuntimeError, OSError, ValueError) as exc:
         raise DataError(
             f"load_model: {str(path)!r} looks like a TorchScript archive but cannot be loaded "
-            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). Re-export it with "
+            f"({exception_head(exc)}). Re-export it with "
             "torch.jit.script(model).save(path)."
         ) from exc
     return module
@@ -350,7 +351,7 @@ def load_model(
             f"{_SAFE_ALTERNATIVES}."
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        head = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        head = exception_head(exc)
         raise DataError(
             f"load_model: {str(p)!r} must be a torch.save file or TorchScript archive; it cannot "
             f"be read ({head}). Re-save or re-download the file."

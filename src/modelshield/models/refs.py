@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelshield._checks import check_bounds
+from modelshield._checks import check_bounds, exception_head
 from modelshield.errors import ConfigError, DataError, MissingDataError, ModelCapabilityError
 from modelshield.models.load import UnsafeModelFileError, file_sha256, is_torchscript, load_model
 
@@ -465,7 +465,7 @@ def _load_export(path: Path, *, trust_export: bool) -> _Loaded:
     try:
         program = torch.export.load(str(path))
     except (RuntimeError, OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        head = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        head = exception_head(exc)
         raise DataError(
             f"{_OWNER}: {str(path)!r} must be a torch.export archive this torch can read; it cannot "
             f"be loaded ({head}). Re-export it with torch.export.save under torch {torch.__version__}."
@@ -685,7 +685,7 @@ def _load_onnx(path: Path, *, bounds: tuple[float, float] | None, white_box: boo
     except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
         raise DataError(
             f"{_OWNER}: the ONNX model {str(path)!r} must load in onnxruntime; it failed "
-            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). Check the export."
+            f"({exception_head(exc)}). Check the export."
         ) from exc
     inputs = session.get_inputs()
     if len(inputs) != 1:
@@ -716,7 +716,7 @@ def _load_onnx(path: Path, *, bounds: tuple[float, float] | None, white_box: boo
     except Exception as exc:  # onnxruntime's own error types
         raise DataError(
             f"{_OWNER}: the ONNX model {str(path)!r} must run on a batch of shape {tuple(probe.shape)}; "
-            f"it failed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). Check the export."
+            f"it failed ({exception_head(exc)}). Check the export."
         ) from exc
     if proba.ndim == 2:
         loaded.n_classes = int(proba.shape[1])
