@@ -7,16 +7,7 @@ from torch import Tensor, nn
 
 from modelshield.errors import InputError
 
-__all__ = ["module_device", "require_eval_mode", "require_same_device"]
-
-
-def module_device(module: nn.Module) -> torch.device | None:
-    """The device of the module's first parameter (or buffer); None for a stateless module."""
-    for p in module.parameters():
-        return p.device
-    for b in module.buffers():
-        return b.device
-    return None
+__all__ = ["require_eval_mode", "require_same_device"]
 
 
 def require_eval_mode(module: object, *, owner: str) -> None:

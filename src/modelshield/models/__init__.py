@@ -13,7 +13,7 @@ from modelshield.models._callable import CallableModel, OutputKind
 from modelshield.models._protocol import GradientModel, Model
 from modelshield.models._torch import TorchModel, eval_mode, infer_n_classes
 from modelshield.models.black_box import BlackBoxOutput, as_black_box, black_box_answers, probabilities
-from modelshield.models.device import module_device, resolve_device
+from modelshield.models.device import module_device, parameter_device, resolve_device
 from modelshield.models.outputs import evaluating, predict_labels
 from modelshield.models.refs import ModelFormat, ModelProvenance, ModelRef, load_model_ref
 from modelshield.models.text import TextModel, as_text_model
@@ -40,6 +40,7 @@ __all__ = [
     "infer_n_classes",
     "load_model_ref",
     "module_device",
+    "parameter_device",
     "predict_labels",
     "probabilities",
     "resolve_device",

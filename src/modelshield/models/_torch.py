@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 
 from modelshield.errors import InputError, ModelCapabilityError
 from modelshield.models._budget import QueryCounter
+from modelshield.models.device import parameter_device
 from modelshield.models.outputs import evaluating, labels_and_errors, safe_argmax
 
 __all__ = ["TorchModel", "eval_mode", "infer_n_classes"]
@@ -80,11 +82,8 @@ class TorchModel:
 
     @property
     def device(self) -> torch.device | None:
-        for p in self.module.parameters():
-            return p.device
-        for b in self.module.buffers():
-            return b.device
-        return None
+        """The module's device (its first parameter's or buffer's); None for a stateless module."""
+        return parameter_device(self.module)
 
     def check_device(self, x: Tensor) -> None:
         dev = self.device
@@ -131,10 +130,8 @@ class TorchModel:
     @property
     def dtype(self) -> torch.dtype | None:
         """The floating dtype of the module's first floating parameter or buffer (None if none)."""
-        for t in (*self.module.parameters(), *self.module.buffers()):
-            if t.is_floating_point():
-                return t.dtype
-        return None
+        tensors = itertools.chain(self.module.parameters(), self.module.buffers())
+        return next((t.dtype for t in tensors if t.is_floating_point()), None)
 
     def predict(self, x: Tensor) -> Tensor:
         """(N,) int64 labels; counts N forward queries. NaN logits are read as -inf."""

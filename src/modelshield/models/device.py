@@ -8,6 +8,7 @@ default everywhere.
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 
 import torch
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from modelshield.errors import ConfigError
 
-__all__ = ["DEVICE_NAMES", "module_device", "resolve_device", "synchronize"]
+__all__ = ["DEVICE_NAMES", "module_device", "parameter_device", "resolve_device", "synchronize"]
 
 DEVICE_NAMES = ("cpu", "cuda", "mps", "auto")
 """The accepted device names (``cuda:N`` picks one CUDA device)."""
@@ -78,11 +79,14 @@ def resolve_device(name: str | torch.device, *, owner: str = "modelshield") -> t
     )
 
 
+def parameter_device(module: nn.Module) -> torch.device | None:
+    """The device of a module's first parameter or buffer; None for a module without any."""
+    return next((t.device for t in itertools.chain(module.parameters(), module.buffers())), None)
+
+
 def module_device(module: nn.Module) -> torch.device:
     """The device of a module's first parameter or buffer (CPU for a module without any)."""
-    for t in (*module.parameters(), *module.buffers()):
-        return t.device
-    return torch.device("cpu")
+    return parameter_device(module) or torch.device("cpu")
 
 
 def synchronize(device: torch.device | Tensor) -> None:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from modelshield._checks import check_bounds, check_inputs, check_labels, check_range
 from modelshield._resources import check_memory, tensor_bytes
 from modelshield.attacks.ops import make_generator
-from modelshield.defenses.mode import module_device, require_eval_mode
+from modelshield.defenses.mode import require_eval_mode
 from modelshield.defenses.training.adversarial import (
     TrainingReport,
     as_trainable,
@@ -35,7 +35,7 @@ from modelshield.defenses.training.engine import (
     train_loop,
 )
 from modelshield.errors import ConfigError
-from modelshield.models import CallableModel, ModelLike, TorchModel, as_model
+from modelshield.models import CallableModel, ModelLike, TorchModel, as_model, parameter_device
 
 __all__ = [
     "ABSTAIN",
@@ -373,7 +373,7 @@ def noise_augmented_training(
                             bounds=bounds, seed=seed, checkpoint_dir=checkpoint_dir)
     owner = "noise_augmented_training"
     module = as_trainable(model, owner=owner)
-    data = check_train_data(train_data, owner=owner, device=module_device(module), bounds=bounds)
+    data = check_train_data(train_data, owner=owner, device=parameter_device(module), bounds=bounds)
     cfg = LoopConfig(owner=owner, epochs=epochs, lr=lr, optimizer=optimizer,
                      weight_decay=weight_decay, schedule=schedule, batch_size=batch_size, seed=seed)
 

@@ -18,7 +18,6 @@ from modelshield._typing import NORMS, Norm
 from modelshield.attacks.evasion.fgsm import FGSM
 from modelshield.attacks.evasion.pgd import PGD
 from modelshield.attacks.ops import ce_loss
-from modelshield.defenses.mode import module_device
 from modelshield.defenses.training._inner import maximize_loss
 from modelshield.defenses.training.engine import (
     OPTIMIZERS,
@@ -38,7 +37,7 @@ from modelshield.defenses.training.engine import (
 )
 from modelshield.defenses.training.trades import trades_adversary, trades_loss
 from modelshield.errors import ConfigError, ModelCapabilityError
-from modelshield.models import TorchModel, eval_mode
+from modelshield.models import TorchModel, eval_mode, parameter_device
 
 __all__ = [
     "METHODS",
@@ -421,7 +420,7 @@ class AdversarialTrainer:
         """
         owner = "AdversarialTrainer"
         module = as_trainable(model, owner=owner)
-        device = module_device(module)
+        device = parameter_device(module)
         data = check_train_data(train_data, owner=owner, device=device, bounds=self.bounds)
         val_data = check_val_data(val_data, owner=owner, device=device, bounds=self.bounds)
         check_x, check_y = self._check_batch(data, val_data)

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modelshield._checks import check_bounds, check_range
-from modelshield.defenses.mode import module_device
 from modelshield.defenses.training.adversarial import (
     TrainingReport,
     as_trainable,
@@ -34,7 +33,7 @@ from modelshield.defenses.training.engine import (
 )
 from modelshield.defenses.usable import MAX_CLEAN_DROP, Usability, chance_accuracy, check_usable
 from modelshield.errors import ConfigError, EvaluationWarning
-from modelshield.models import TorchModel
+from modelshield.models import TorchModel, parameter_device
 
 __all__ = ["DefensiveDistillation", "DistillationResult"]
 
@@ -242,7 +241,7 @@ class DefensiveDistillation:
                 f"{owner}: 'student' must be a different module from 'teacher'; got the same object. "
                 "Build two instances of the architecture (the student learns from the teacher)."
             )
-        device = module_device(t_mod)
+        device = parameter_device(t_mod)
         data = check_train_data(train_data, owner=owner, device=device, bounds=self.bounds)
         val_data = check_val_data(val_data, owner=owner, device=device, bounds=self.bounds)
         cfg = LoopConfig(owner=owner, epochs=self.epochs, lr=self.lr, optimizer=self.optimizer,

@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader
 
 from modelshield._checks import check_inputs
 from modelshield._typing import Progress
-from modelshield.defenses.mode import module_device, require_same_device
+from modelshield.defenses.mode import require_same_device
 from modelshield.errors import ConfigError, DataError, InputError
+from modelshield.models import parameter_device
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -277,7 +278,7 @@ def train_loop(
     epoch ``epoch_end(epoch, history)`` may add fields, stop, or roll the weights back to the
     previous epoch; then the checkpoint is written (atomically) and ``progress`` is called.
     """
-    device = module_device(module)
+    device = parameter_device(module)
     per_epoch = _steps_per_epoch(data, cfg.batch_size, cfg.owner)
     total = progress_total if progress_total is not None else per_epoch * cfg.epochs
     gen = torch.Generator(device="cpu")
