@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from modelshield._checks import exception_head
 from modelshield.assess._section import (
     AssessmentContext,
     Progress,
@@ -53,7 +54,7 @@ def refit_problem(estimator: Any) -> str | None:
         fresh = clone(estimator)
     except Exception as exc:  # a user's object: whatever clone raises means "not refittable"
         return (f"the model cannot be cloned for refitting with sklearn.base.clone "
-                f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]}).")
+                f"({type(exc).__name__}: {exception_head(exc, 120)}).")
     if not callable(getattr(fresh, "fit", None)) or not callable(getattr(fresh, "predict", None)):
         return f"the model ({type(estimator).__name__}) has no fit/predict methods to refit it with."
     return None
@@ -115,7 +116,7 @@ def tabular_poisoning_section(section_id: str, ctx: AssessmentContext, progress:
             return data_validation_section(
                 section_id, ctx, progress,
                 why=(f"Poisoning impact was not measured: refitting a clone of the model failed "
-                     f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})."))
+                     f"({type(exc).__name__}: {exception_head(exc, 120)})."))
         if rate == 0:
             agreement = float((pred == given).mean())
         rows.append({"rate": rate, "flipped": flipped, "recall": _recall(pred, y_ev, mal),
