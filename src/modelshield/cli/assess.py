@@ -36,8 +36,8 @@ from modelshield.cli.attack import (
     TEXT_COL_HELP,
     TRUST_EXPORT_HELP,
     TRUST_PICKLE_HELP,
-    TRUST_TORCHSCRIPT_HELP,
     DeviceOption,
+    TrustTorchScriptOption,
     target_options,
 )
 from modelshield.errors import ConfigError
@@ -135,8 +135,7 @@ def assess(
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
-    trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
-                                                    help=TRUST_TORCHSCRIPT_HELP)] = False,
+    trust_torchscript: TrustTorchScriptOption = False,
     label_col: Annotated[str | None, typer.Option("--label-col", help=LABEL_COL_HELP)] = None,
     feature_cols: Annotated[str | None, typer.Option("--feature-cols", help=FEATURE_COLS_HELP)] = None,
     text_col: Annotated[str | None, typer.Option("--text-col", help=TEXT_COL_HELP)] = None,

@@ -20,8 +20,8 @@ from modelshield.errors import ConfigError
 from modelshield.models import resolve_device
 
 __all__ = [
-    "DEVICE_HELP", "TABULAR_ATTACK", "TEXT_ATTACK", "DeviceOption", "attack_app", "load_constraints",
-    "text_evasion_summary",
+    "DEVICE_HELP", "TABULAR_ATTACK", "TEXT_ATTACK", "DeviceOption", "TrustTorchScriptOption", "attack_app",
+    "load_constraints", "text_evasion_summary",
 ]
 
 attack_app = typer.Typer(help="Run a single attack against a model.", no_args_is_help=True)
@@ -70,6 +70,7 @@ TRUST_TORCHSCRIPT_HELP = (
     "Load a TorchScript model file. Refused by default: TorchScript runs code from the file while "
     "loading, so pass this only for files from a source you trust."
 )
+TrustTorchScriptOption = Annotated[bool, typer.Option("--trust-torchscript", help=TRUST_TORCHSCRIPT_HELP)]
 ATTACK_HELP = (
     f"One of: {', '.join(EVASION_ATTACKS)}, {TABULAR_ATTACK}. "
     f"Black-box ({', '.join(sorted(BLACK_BOX_ATTACKS))}): "
@@ -216,8 +217,7 @@ def evasion(
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
-    trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
-                                                    help=TRUST_TORCHSCRIPT_HELP)] = False,
+    trust_torchscript: TrustTorchScriptOption = False,
     device: DeviceOption = "cpu",
 ) -> None:
     """Run one evasion attack on the first n test points and print its verified metrics."""

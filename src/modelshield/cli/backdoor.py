@@ -32,7 +32,7 @@ from modelshield.assess.suite import jsonable
 from modelshield.attacks.backdoor import BackdoorResult, BadNets, attack_success_rate, make_train_fn
 from modelshield.cli import _render as render
 from modelshield.cli._target import load_target
-from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, MODEL_HELP, TRUST_TORCHSCRIPT_HELP
+from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, MODEL_HELP, TrustTorchScriptOption
 from modelshield.errors import ConfigError, DataError
 from modelshield.experiments.backdoor import IMAGE_BACKDOOR_ATTACKS, build_backdoor_attack, plant_backdoor
 
@@ -282,8 +282,7 @@ def scan(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --json file.")] = False,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
-    trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
-                                                    help=TRUST_TORCHSCRIPT_HELP)] = False,
+    trust_torchscript: TrustTorchScriptOption = False,
 ) -> None:
     """Scan a model for a backdoor (Neural Cleanse, STRIP calibration, and training-set detectors
     with --train-set) and print a verdict per class; exits 2 on bad input."""

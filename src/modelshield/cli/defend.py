@@ -32,8 +32,8 @@ from modelshield.cli.attack import (
     DATA_DIR_HELP,
     DATA_HELP,
     MODEL_HELP,
-    TRUST_TORCHSCRIPT_HELP,
     DeviceOption,
+    TrustTorchScriptOption,
 )
 from modelshield.defenses.certification.smoothing import RandomizedSmoothing
 from modelshield.defenses.training import METHODS, AdversarialTrainer, DefensiveDistillation
@@ -204,8 +204,7 @@ def adversarial_training(
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP + " With a zoo name: the architecture to "
                                               "train instead of the zoo model's, e.g. lenet-28-wide "
                                               "(Madry et al.'s MNIST model) for MNIST at eps 0.3.")] = None,
-    trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
-                                                    help=TRUST_TORCHSCRIPT_HELP)] = False,
+    trust_torchscript: TrustTorchScriptOption = False,
     device: DeviceOption = "cpu",
 ) -> None:
     """Adversarially train (PGD, TRADES or fast FGSM), save, then evaluate under Ensemble.standard
@@ -284,8 +283,7 @@ def distill(
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
-    trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
-                                                    help=TRUST_TORCHSCRIPT_HELP)] = False,
+    trust_torchscript: TrustTorchScriptOption = False,
     device: DeviceOption = "cpu",
 ) -> None:
     """Defensive distillation (a baseline known to mask gradients): train, save, and compare
@@ -368,8 +366,7 @@ def certify(
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
-    trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
-                                                    help=TRUST_TORCHSCRIPT_HELP)] = False,
+    trust_torchscript: TrustTorchScriptOption = False,
     device: DeviceOption = "cpu",
 ) -> None:
     """Randomized-smoothing certificates (Cohen et al., 2019): certified accuracy at each L2

@@ -20,8 +20,8 @@ from modelshield.cli.attack import (
     DATA_DIR_HELP,
     DATA_HELP,
     MODEL_HELP,
-    TRUST_TORCHSCRIPT_HELP,
     DeviceOption,
+    TrustTorchScriptOption,
 )
 from modelshield.defenses.extraction import PRADA
 from modelshield.errors import ConfigError
@@ -116,8 +116,7 @@ def extract(
     data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
-    trust_torchscript: Annotated[bool, typer.Option("--trust-torchscript",
-                                                    help=TRUST_TORCHSCRIPT_HELP)] = False,
+    trust_torchscript: TrustTorchScriptOption = False,
     device: DeviceOption = "cpu",
 ) -> None:
     """Steal a model by queries (Knockoff Nets, Jacobian augmentation or equation solving) and
