@@ -7,7 +7,8 @@ install) are not executed by importing the module, so ``test_every_import_is_dec
 every ``import`` statement of the source tree and requires its distribution in
 ``[project] dependencies``, or in an optional extra when the import is made lazily inside a
 function (so ``import modelshield...`` works without the extra, and the feature names the extra
-to install). The ``test`` extra must hold every other extra (but ``peers``), so CI tests them.
+to install). The ``test`` extra must hold every other extra (but the benchmark-only
+``peers`` and ``scanners``), so CI tests them.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def _project() -> dict[str, Any]:
 
 def _declared() -> set[str]:
     return _names(_project()["dependencies"])
+
+
+BENCHMARK_ONLY = ("test", "peers", "scanners")  # peer libraries for benchmarks/, never imported by src
 
 
 def _extras() -> dict[str, set[str]]:
@@ -116,7 +120,7 @@ def test_every_module_imports(name: str) -> None:
 
 def test_every_import_is_declared() -> None:
     declared = _declared()
-    optional = set().union(*(v for k, v in _extras().items() if k not in ("test", "peers")))
+    optional = set().union(*(v for k, v in _extras().items() if k not in BENCHMARK_ONLY))
     mapping = md.packages_distributions()
     undeclared: list[str] = []
     for top, places in sorted(_imported_top_levels().items()):
@@ -143,12 +147,12 @@ def test_every_import_is_declared() -> None:
 
 
 def test_the_test_extra_installs_every_optional_feature() -> None:
-    """CI installs '.[test]': every feature extra (all but 'peers') must be in it, or go untested."""
+    """CI installs '.[test]': every feature extra (all but the benchmark-only ones) must be in it."""
     extras = _extras()
     missing = {
         name: sorted(deps - extras.get("test", set()))
         for name, deps in extras.items()
-        if name not in ("test", "peers") and deps - extras.get("test", set())
+        if name not in BENCHMARK_ONLY and deps - extras.get("test", set())
     }
     assert not missing, f"add these to the 'test' extra in pyproject.toml: {missing}"
 
