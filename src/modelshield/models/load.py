@@ -43,6 +43,7 @@ __all__ = [
     "file_sha256",
     "is_torchscript",
     "load_model",
+    "read_checkpoint",
     "save_model",
     "weights_sha256",
 ]
@@ -335,43 +336,8 @@ def load_model(
         module = _load_torchscript(p)
         return module.eval(), {**base_meta, "format": "torchscript", "arch": None}
 
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        marker = "Unsupported global: GLOBAL "
-        if marker in text:
-            name = text.split(marker, 1)[1].split()[0]
-            what = f"pickled Python objects ({name})"
-        else:
-            what = "data that is not a plain tensor file (corrupt, or pickled Python objects)"
-        raise UnsafeModelFileError(
-            f"load_model: {str(p)!r} must contain only tensors and plain containers; it holds "
-            f"{what}, which modelshield refuses to unpickle because that can run arbitrary code. "
-            f"{_SAFE_ALTERNATIVES}."
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        head = exception_head(exc)
-        raise DataError(
-            f"load_model: {str(p)!r} must be a torch.save file or TorchScript archive; it cannot "
-            f"be read ({head}). Re-save or re-download the file."
-        ) from exc
-
-    if isinstance(obj, Mapping) and "format" in obj:
-        fmt = obj.get("format")
-        if fmt != FORMAT:
-            raise DataError(
-                f"load_model: {str(p)!r} has format {fmt!r}; must be {FORMAT!r}. Re-save it with "
-                "modelshield.models.load.save_model."
-            )
-        stored_arch = obj.get("arch")
-        state = obj.get("state_dict")
-        meta = obj.get("meta") or {}
-        if not isinstance(stored_arch, str) or _state_dict_of(state) is None or not isinstance(meta, dict):
-            raise DataError(
-                f"load_model: {str(p)!r} must hold 'arch' (str), 'state_dict' (tensors) and 'meta' "
-                "(dict); it is malformed. Re-save it with modelshield.models.load.save_model."
-            )
+    state, stored_arch, meta, fmt = _read_weights(p, owner="load_model")
+    if stored_arch is not None:
         if (arch is not None and arch != stored_arch) or into is not None:
             arch = arch if arch is not None else type(into).__name__
             raise ConfigError(
@@ -381,18 +347,11 @@ def load_model(
         from modelshield.models.archs import check_arch
 
         check_arch(stored_arch, owner="load_model")
-        module = _build_and_fill(stored_arch, _state_dict_of(state) or {}, p)
-        return module.eval(), {**meta, **base_meta, "format": FORMAT, "arch": stored_arch}
-
-    state = _state_dict_of(obj)
-    if state is None:
-        raise DataError(
-            f"load_model: {str(p)!r} must hold a modelshield-v1 dict or a state dict of tensors; "
-            f"got {type(obj).__name__}. {_SAFE_ALTERNATIVES}."
-        )
+        module = _build_and_fill(stored_arch, state, p)
+        return module.eval(), {**meta, **base_meta, "format": fmt, "arch": stored_arch}
     if into is not None:
         module = _build_and_fill(arch or type(into).__name__, state, p, module=into)
-        return module.eval(), {**base_meta, "format": "state_dict", "arch": arch}
+        return module.eval(), {**base_meta, "format": fmt, "arch": arch}
     if arch is None:
         from modelshield.models.archs import ARCHS
 
@@ -405,5 +364,89 @@ def load_model(
 
     check_arch(arch, owner="load_model")
     module = _build_and_fill(arch, state, p)
-    return module.eval(), {**base_meta, "format": "state_dict", "arch": arch}
+    return module.eval(), {**base_meta, "format": fmt, "arch": arch}
 
+
+def _read_weights(p: Path, *, owner: str) -> tuple[dict[str, Tensor], str | None, dict[str, Any], str]:
+    """The state dict of a weights file read without running code, with the architecture it names.
+
+    A safetensors file (by content) is read with the safetensors library; its ``__metadata__``
+    names the architecture when it was converted from a modelshield-v1 file. Anything else is
+    read with ``torch.load(weights_only=True)``: a modelshield-v1 dict (architecture and meta
+    stored), a bare state dict or a checkpoint dict with a ``"state_dict"`` entry (no
+    architecture). Returns ``(state, arch or None, meta, format)``.
+
+    Raises:
+        UnsafeModelFileError: the file holds pickled Python objects.
+        DataError: the file is corrupt or holds no state dict of tensors.
+    """
+    from modelshield.models.safetensors import is_safetensors, read_safetensors
+
+    if is_safetensors(p):
+        tensors, st_meta = read_safetensors(p, owner=owner)
+        st_arch = st_meta.get("arch") if st_meta.get("format") == FORMAT else None
+        return tensors, st_arch or None, {}, "safetensors"
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        marker = "Unsupported global: GLOBAL "
+        if marker in text:
+            name = text.split(marker, 1)[1].split()[0]
+            what = f"pickled Python objects ({name})"
+        else:
+            what = "data that is not a plain tensor file (corrupt, or pickled Python objects)"
+        raise UnsafeModelFileError(
+            f"{owner}: {str(p)!r} must contain only tensors and plain containers; it holds "
+            f"{what}, which modelshield refuses to unpickle because that can run arbitrary code. "
+            f"{_SAFE_ALTERNATIVES}."
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        head = exception_head(exc)
+        raise DataError(
+            f"{owner}: {str(p)!r} must be a torch.save file, a safetensors file or a TorchScript "
+            f"archive; it cannot be read ({head}). Re-save or re-download the file."
+        ) from exc
+
+    if isinstance(obj, Mapping) and "format" in obj:
+        fmt = obj.get("format")
+        if fmt != FORMAT:
+            raise DataError(
+                f"{owner}: {str(p)!r} has format {fmt!r}; must be {FORMAT!r}. Re-save it with "
+                "modelshield.models.load.save_model."
+            )
+        stored_arch = obj.get("arch")
+        state = _state_dict_of(obj.get("state_dict"))
+        meta = obj.get("meta") or {}
+        if not isinstance(stored_arch, str) or state is None or not isinstance(meta, dict):
+            raise DataError(
+                f"{owner}: {str(p)!r} must hold 'arch' (str), 'state_dict' (tensors) and 'meta' "
+                "(dict); it is malformed. Re-save it with modelshield.models.load.save_model."
+            )
+        return state, stored_arch, meta, FORMAT
+    state = _state_dict_of(obj)
+    if state is None:
+        raise DataError(
+            f"{owner}: {str(p)!r} must hold a modelshield-v1 dict or a state dict of tensors; "
+            f"got {type(obj).__name__}. {_SAFE_ALTERNATIVES}."
+        )
+    return state, None, {}, "state_dict"
+
+
+def read_checkpoint(path: str | Path, *, owner: str) -> tuple[dict[str, Tensor], str | None]:
+    """The state dict of a weights file (and its architecture name when the file records one),
+    read without running code: TorchScript is refused, pickles are refused (see ``load_model``).
+
+    Raises:
+        MissingDataError, UnsafeModelFileError, DataError: as ``load_model``.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise MissingDataError(
+            f"{owner}: the model file must exist; got {str(p)!r}, which is "
+            f"{'a folder' if p.is_dir() else 'missing'}. Check the path."
+        )
+    if is_torchscript(p):
+        raise _refuse_torchscript(p)
+    state, arch, _, _ = _read_weights(p, owner=owner)
+    return state, arch

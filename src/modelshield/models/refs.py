@@ -43,6 +43,7 @@ from torch import nn
 from modelshield._checks import check_bounds, exception_head
 from modelshield.errors import ConfigError, DataError, MissingDataError, ModelCapabilityError
 from modelshield.models.load import UnsafeModelFileError, file_sha256, is_torchscript, load_model
+from modelshield.models.safetensors import is_safetensors
 
 if TYPE_CHECKING:
     from modelshield.models._callable import CallableModel
@@ -52,7 +53,7 @@ __all__ = ["IMPORT_PATH", "ModelFormat", "ModelProvenance", "ModelRef", "load_mo
 
 ModelFormat: TypeAlias = Literal[
     "modelshield-v1", "state_dict", "torch.export", "torchscript", "skops", "xgboost", "lightgbm",
-    "onnx", "callable", "pickle",
+    "onnx", "callable", "pickle", "safetensors",
 ]
 Access: TypeAlias = Literal["white-box", "black-box"]
 Modality: TypeAlias = Literal["image", "tabular", "text"]
@@ -62,8 +63,9 @@ IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z
 _OWNER = "load_model_ref"
 _EXTRA = "pip install 'modelshield[formats]'"
 _FORMATS_HELP = (
-    "modelshield reads modelshield-v1 / state-dict .pt files, TorchScript and torch.export archives "
-    "(opt-in), skops, XGBoost JSON/UBJSON, LightGBM text and ONNX files, or a package.module:function"
+    "modelshield reads modelshield-v1 / state-dict .pt files, safetensors, TorchScript and torch.export "
+    "archives (opt-in), skops, XGBoost JSON/UBJSON, LightGBM text and ONNX files, or a "
+    "package.module:function"
 )
 # First bytes of the compressed files joblib writes (zlib, gzip, bz2, xz, lzma, lz4).
 _COMPRESSED = (b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda", b"\x1f\x8b", b"BZh", b"\xfd7zXZ",
@@ -260,7 +262,7 @@ def _detect(path: Path) -> str:
         if any(n.endswith("data.pkl") for n in names):
             return "torch"
         return "unknown"
-    if head.startswith(_LEGACY_TORCH):
+    if head.startswith(_LEGACY_TORCH) or is_safetensors(path):
         return "torch"
     if head.startswith(b"\x80"):
         return "pickle"
