@@ -14,6 +14,7 @@ from torch import nn
 from modelshield import zoo
 from modelshield.errors import ConfigError, DataError, MissingDataError
 from modelshield.models.load import save_model, weights_sha256
+from modelshield.zoo import catalog
 from modelshield.zoo.training import Recipe
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -60,6 +61,24 @@ def test_names_and_specs() -> None:
             continue  # scikit-learn models: tests/unit/models/test_zoo_phishing.py
         out = zoo.build(s.arch)(torch.zeros(2, *s.input_shape))
         assert out.shape == (2, s.n_classes)
+
+
+def test_package_reexports_its_modules_public_names() -> None:
+    """zoo/__init__ is a curated re-export of catalog, cache and builder: every name in __all__ is
+    there, each module's public names are re-exported as the same objects, and ``zoo.build`` is
+    the architecture builder."""
+    import sys
+
+    from modelshield.models import archs
+
+    assert len(zoo.__all__) == len(set(zoo.__all__))
+    assert [n for n in zoo.__all__ if not hasattr(zoo, n)] == []
+    for name in ("catalog", "cache", "builder"):
+        module = sys.modules[f"modelshield.zoo.{name}"]
+        assert set(module.__all__) <= set(zoo.__all__), name
+        assert all(getattr(zoo, n) is getattr(module, n) for n in module.__all__), name
+    assert zoo.build is archs.build and callable(zoo.build)
+    assert zoo.ARCHS is archs.ARCHS
 
 
 def test_unknown_name_lists_names_and_suggests() -> None:
@@ -172,7 +191,9 @@ def test_tampered_weights_are_detected(
 
 def test_too_inaccurate_model_is_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELSHIELD_CACHE", str(tmp_path))
-    monkeypatch.setitem(zoo._RECIPES, "digits-cnn", Recipe(epochs=1, batch_size=512, lr=1e-6, num_threads=1))
+    # train() reads the recipe from the catalogue at run time, so patching its dict is seen.
+    weak = Recipe(epochs=1, batch_size=512, lr=1e-6, num_threads=1)
+    monkeypatch.setitem(catalog._RECIPES, "digits-cnn", weak)
     expected = r"must reach test accuracy >= 0\.970; got 0\.\d+, so it was not cached"
     with pytest.raises(DataError, match=expected):
         zoo.train("digits-cnn")
@@ -218,7 +239,7 @@ def test_mnist_at_recipe_is_the_benchmarked_pgd_setting() -> None:
     AdversarialTrainer at the spec's eps on Madry et al.'s architecture, with the settings whose
     results benchmarks/RESULTS.md reports (benchmarks/defenses.py, PGD row)."""
     from modelshield.defenses.training import AdversarialTrainer
-    from modelshield.zoo import _AT_RECIPES
+    from modelshield.zoo.catalog import _AT_RECIPES
 
     s = zoo.spec("mnist-cnn-at")
     assert (s.dataset, s.arch, s.eps, s.input_shape) == ("mnist", "lenet-28-wide", 0.3, (1, 28, 28))
