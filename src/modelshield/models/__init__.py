@@ -17,33 +17,49 @@ from modelshield.models.device import module_device, parameter_device, resolve_d
 from modelshield.models.outputs import evaluating, predict_labels
 from modelshield.models.refs import ModelFormat, ModelProvenance, ModelRef, load_model_ref
 from modelshield.models.text import TextModel, as_text_model
+from modelshield.models.training import (
+    EpochDecision,
+    EpochInfo,
+    Optimization,
+    TrainResult,
+    cross_entropy_loss,
+    make_optimizer,
+    train_module,
+)
 
 __all__ = [
     "BlackBoxOutput",
     "CallableModel",
+    "EpochDecision",
+    "EpochInfo",
     "GradientModel",
     "Model",
     "ModelFormat",
     "ModelLike",
     "ModelProvenance",
     "ModelRef",
+    "Optimization",
     "QueryCounter",
     "TextModel",
     "TorchModel",
+    "TrainResult",
     "as_black_box",
     "as_gradient_model",
     "as_model",
     "as_text_model",
     "black_box_answers",
+    "cross_entropy_loss",
     "eval_mode",
     "evaluating",
     "infer_n_classes",
     "load_model_ref",
+    "make_optimizer",
     "module_device",
     "parameter_device",
     "predict_labels",
     "probabilities",
     "resolve_device",
+    "train_module",
 ]
 
 ModelLike: TypeAlias = nn.Module | TorchModel | CallableModel | Any

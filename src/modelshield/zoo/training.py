@@ -2,10 +2,11 @@
 
 Determinism without touching the global RNG: initialisation comes from ``build(arch, seed=...)``
 (modules built on the meta device, then filled from a private generator), mini-batch order from
-``torch.randperm(..., generator=...)``, and the architectures have no dropout (which would draw
-from the global RNG). The optimiser (AdamW) and schedule (one-cycle) are deterministic. On the
-CPU, results are bit-identical for the same seed and the same number of threads; a recipe may
-fix the thread count (restored afterwards), otherwise the caller's setting is used.
+the private generator of ``modelshield.models.train_module`` (the one training loop), and the
+architectures have no dropout (which would draw from the global RNG). The optimiser (AdamW) and
+schedule (one-cycle) are deterministic. On the CPU, results are bit-identical for the same seed
+and the same number of threads; a recipe may fix the thread count (restored afterwards),
+otherwise the caller's setting is used.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["Progress", "Recipe", "evaluate", "fit", "torch_threads"]
 
 from modelshield._typing import Progress
 from modelshield.models.outputs import predict_labels
+from modelshield.models.training import Optimization, train_module
 
 """progress(done, total, message): called as training advances."""
 
@@ -62,10 +63,6 @@ class Recipe:
     bit-identical only for the same thread count, so fixing it makes them machine-independent."""
 
 
-def _batches(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)
-
-
 def fit(
     module: nn.Module,
     x: Tensor,
@@ -77,6 +74,9 @@ def fit(
 ) -> None:
     """Train module in place on (x, y) with cross-entropy; leave it in eval mode.
 
+    The loop is ``modelshield.models.train_module`` (AdamW, one-cycle schedule, batch order from
+    a generator seeded with ``recipe.seed + 1``).
+
     Args:
         module: the model; its parameters are updated in place.
         x: ``(N, *input_shape)`` float inputs; not modified.
@@ -87,44 +87,20 @@ def fit(
             ``done`` counts batches.
         progress_total: the ``total`` to report (defaults to the number of batches).
     """
-    n = int(x.shape[0])
-    per_epoch = _batches(n, recipe.batch_size)
-    steps = per_epoch * recipe.epochs
+    steps = math.ceil(int(x.shape[0]) / recipe.batch_size) * recipe.epochs
     total = steps if progress_total is None else progress_total
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(recipe.seed + 1)  # seed + 1: keep the order stream apart from the init stream
-    optimizer = torch.optim.AdamW(module.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=recipe.lr, total_steps=steps, pct_start=0.25
-    )
-    done = 0
     if progress is not None:  # before the first batches, which may take a while
         progress(0, total, f"epoch 1/{recipe.epochs}: training")
-    module.train()
+    optimization = Optimization(optimizer="adamw", lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                schedule="one_cycle", pct_start=0.25)
     try:
         with torch_threads(recipe.num_threads):
-            for epoch in range(recipe.epochs):
-                order = torch.randperm(n, generator=gen)
-                running, seen, tag = 0.0, 0, f"epoch {epoch + 1}/{recipe.epochs}"
-                for start in range(0, n, recipe.batch_size):
-                    idx = order[start : start + recipe.batch_size]
-                    loss = F.cross_entropy(module(x[idx]), y[idx])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is untyped in torch
-                    optimizer.step()
-                    schedule.step()
-                    done += 1
-                    running += float(loss.detach()) * len(idx)
-                    seen += len(idx)
-                    if progress is not None and done % 20 == 0 and start + recipe.batch_size < n:
-                        progress(done, total, f"{tag}: loss {running / seen:.4f}")
-                if progress is not None:
-                    progress(done, total, f"{tag} done: loss {running / seen:.4f}")
+            # seed + 1: keep the order stream apart from the init stream (build(arch, seed))
+            train_module(module, (x, y), epochs=recipe.epochs, batch_size=recipe.batch_size,
+                         optimization=optimization, seed=recipe.seed + 1, progress=progress,
+                         progress_total=total, owner="zoo.fit")
     finally:
         module.eval()
-        # Parameter .grad buffers are ours (the module is being trained here), but free them.
-        for p in module.parameters():
-            p.grad = None
 
 
 def evaluate(module: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1000) -> float:

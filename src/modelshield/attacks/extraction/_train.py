@@ -3,7 +3,8 @@
 Determinism without the global RNG: the default thief is built on the ``meta`` device and
 initialised from a private ``torch.Generator``; a factory's thief has its Linear/Conv weights
 re-drawn from that generator (``reinit=True``); mini-batch order comes from
-``torch.randperm(..., generator=...)``. Same seed, same thread count, CPU: same copy.
+``torch.randperm(..., generator=...)`` in ``modelshield.models.train_module``. Same seed, same
+thread count, CPU: same copy.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from modelshield.errors import (
     QueryBudgetExceeded,
 )
 from modelshield.models import CallableModel, TorchModel, predict_labels, probabilities
+from modelshield.models.training import Optimization, cross_entropy_loss, train_module
 
 __all__ = [
     "Evaluator",
@@ -135,6 +137,10 @@ def _soft_ce(logits: Tensor, target: Tensor) -> Tensor:
     return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
+def _distillation_loss(model: nn.Module, xb: Tensor, tb: Tensor, epoch: int, step: int) -> Tensor:
+    return _soft_ce(model(xb), tb)
+
+
 def fit_thief(
     net: nn.Module,
     x: Tensor,
@@ -150,24 +156,19 @@ def fit_thief(
 
     ``target`` is ``(N, C)`` probabilities (soft cross-entropy, i.e. distillation) or ``(N,)``
     labels (cross-entropy). Batch order comes from ``generator`` (CPU). Pass ``optimizer`` to
-    continue an earlier training run (Adam's moments are kept).
+    continue an earlier training run (Adam's moments are kept). The loop is
+    ``modelshield.models.train_module``.
     """
-    opt = optimizer if optimizer is not None else torch.optim.Adam(net.parameters(), lr=lr)
-    soft = target.dim() == 2
-    n = int(x.shape[0])
-    net.train()
     try:
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=generator).to(x.device)
-            for idx in torch.split(order, batch_size):
-                logits = net(x[idx])
-                loss = _soft_ce(logits, target[idx]) if soft else F.cross_entropy(logits, target[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is untyped in torch
-                opt.step()
+        result = train_module(
+            net, (x, target), epochs=epochs, batch_size=batch_size,
+            loss=_distillation_loss if target.dim() == 2 else cross_entropy_loss,
+            optimization=Optimization(optimizer="adam", lr=lr), optimizer=optimizer,
+            generator=generator, owner="fit_thief",
+        )
     finally:
         net.eval()
-    return opt
+    return result.optimizer
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from modelshield.defenses.backdoor._common import check_clean_set, check_xy
 from modelshield.defenses.backdoor.activations import torch_module
 from modelshield.defenses.backdoor.neural_cleanse import NeuralCleanseReport
 from modelshield.errors import InputError, ModelCapabilityError
+from modelshield.models.training import Optimization, train_module
 
 __all__ = ["FinePruning", "RemovalResult", "Unlearning", "retrain_without"]
 
@@ -76,9 +77,10 @@ def retrain_without(
 
 def _fine_tune(module: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float, batch_size: int,
                seed: int) -> None:
-    from modelshield.zoo.training import Recipe, fit
-
-    fit(module, x, y, Recipe(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.0, seed=seed))
+    """Cross-entropy fine-tuning with the zoo's recipe (AdamW, one-cycle, order seed + 1), no decay."""
+    train_module(module, (x, y), epochs=epochs, batch_size=batch_size, seed=seed + 1, owner="FinePruning",
+                 optimization=Optimization(optimizer="adamw", lr=lr, schedule="one_cycle", pct_start=0.25))
+    module.eval()
 
 
 def _last_conv(module: nn.Module) -> tuple[str, nn.Conv2d]:
@@ -289,28 +291,25 @@ class Unlearning:
         with torch.no_grad():
             teacher = torch.cat([F.softmax(module(x[i : i + 512]), 1) for i in range(0, n, 512)])
         gen = make_generator(self.seed, torch.device("cpu"))
-        optimizer = torch.optim.Adam(module.parameters(), lr=self.lr)
+        n_triggers = len(triggers)
+
+        def loss(model: nn.Module, xb: Tensor, b: Tensor, epoch: int, step: int) -> Tensor:
+            # The loop's "labels" are the row indices b, to look up labels and teacher outputs.
+            k = max(1, round(self.stamp_fraction * len(b)))
+            xs = xb[:k].clone()
+            for j, t in enumerate(triggers):
+                xs[j::n_triggers] = t.apply(xs[j::n_triggers]).to(x.dtype)
+            out = model(torch.cat([xb, xs]))
+            clean_out, stamped_out = out[: len(b)], out[len(b) :]
+            return F.cross_entropy(stamped_out, y[b[:k]]) + F.kl_div(
+                F.log_softmax(clean_out, 1), teacher[b], reduction="batchmean")
+
         try:
-            module.train()
-            for _ in range(self.epochs):
-                order = torch.randperm(n, generator=gen).to(x.device)
-                for start in range(0, n, self.batch_size):
-                    b = order[start : start + self.batch_size]
-                    k = max(1, round(self.stamp_fraction * len(b)))
-                    xs = x[b[:k]].clone()
-                    for j, t in enumerate(triggers):
-                        xs[j :: len(triggers)] = t.apply(xs[j :: len(triggers)]).to(x.dtype)
-                    out = module(torch.cat([x[b], xs]))
-                    clean_out, stamped_out = out[: len(b)], out[len(b) :]
-                    loss = F.cross_entropy(stamped_out, y[b[:k]]) + F.kl_div(
-                        F.log_softmax(clean_out, 1), teacher[b], reduction="batchmean")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is untyped in torch
-                    optimizer.step()
+            train_module(module, (x, torch.arange(n, device=x.device)), epochs=self.epochs,
+                         batch_size=self.batch_size, loss=loss, generator=gen, owner="Unlearning",
+                         optimization=Optimization(optimizer="adam", lr=self.lr))
         finally:
             module.eval()
-            for p in module.parameters():
-                p.grad = None
         return RemovalResult(
             method="Unlearning", params=attack_params(self), model=module, clean_accuracy_before=acc0,
             clean_accuracy_after=clean_accuracy(module, x, y),

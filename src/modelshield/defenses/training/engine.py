@@ -1,19 +1,16 @@
-"""The training loop shared by adversarial training, distillation and noise training.
+"""What adversarial training, distillation and noise training add to the one training loop.
 
-It owns what every trainer needs and what is easy to get subtly wrong: data checks (tensors or a
-DataLoader, device, bounds), deterministic shuffling from a private ``torch.Generator``, the
-optimiser and a learning-rate schedule that is a pure function of the step, train/eval flags
-restored afterwards, atomic per-epoch checkpoints and bit-identical resume.
+The loop (seeded shuffling, optimiser, schedule, flags restored) is ``modelshield.models.train_module``;
+this module owns the trainers' side: data checks (tensors or a DataLoader, device, bounds), the
+per-epoch records (clean/adversarial accuracy), atomic per-epoch checkpoints and bit-identical resume.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -27,6 +24,15 @@ from modelshield._typing import Progress
 from modelshield.defenses.mode import require_same_device
 from modelshield.errors import ConfigError, DataError, InputError
 from modelshield.models import parameter_device
+from modelshield.models.training import (
+    EpochDecision,
+    EpochInfo,
+    Optimization,
+    lr_at,
+    make_optimizer,
+    steps_per_epoch,
+    train_module,
+)
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -101,22 +107,6 @@ class LoopOutcome:
     checkpoint: str | None
 
 
-def lr_at(t: float, epochs: int, lr: float, schedule: Schedule) -> float:
-    """Learning rate at time t (in epochs, 0 <= t <= epochs).
-
-    ``cyclic``: linear 0 -> lr over the first 2/5 of training, then lr -> 0 (Wong et al., 2020);
-    ``cosine``: lr * (1 + cos(pi t / epochs)) / 2; ``constant``: lr.
-    """
-    if schedule == "constant":
-        return lr
-    if schedule == "cosine":
-        return lr * 0.5 * (1.0 + math.cos(math.pi * t / epochs))
-    peak = epochs * 2 / 5
-    if t <= peak:
-        return lr * t / peak
-    return lr * max(epochs - t, 0.0) / (epochs - peak)
-
-
 def check_train_data(
     data: object, *, owner: str, device: torch.device | None, bounds: tuple[float, float] | None,
     name: str = "train_data",
@@ -170,52 +160,6 @@ def check_batch_tensors(
             f"{owner}: {what} y must be ({x.shape[0]},) integer class indices; got dtype {y.dtype}, "
             f"shape {tuple(y.shape)}. Pass one class index per row (one-hot: y.argmax(1))."
         )
-
-
-def _steps_per_epoch(data: TrainData, batch_size: int, owner: str) -> int:
-    if isinstance(data, DataLoader):
-        try:
-            return len(data)
-        except TypeError as exc:
-            raise InputError(
-                f"{owner}: the DataLoader must have a length (a map-style dataset); got an iterable "
-                "dataset without __len__. Wrap the data in a TensorDataset or pass (x, y) tensors."
-            ) from exc
-    return math.ceil(int(data[0].shape[0]) / batch_size)
-
-
-def _batches(
-    data: TrainData, cfg: LoopConfig, gen: torch.Generator, device: torch.device | None,
-    bounds: tuple[float, float] | None,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    if isinstance(data, DataLoader):
-        for batch in data:
-            if not (isinstance(batch, tuple | list) and len(batch) >= 2):
-                raise InputError(
-                    f"{cfg.owner}: the DataLoader must yield (x, y) pairs; got "
-                    f"{type(batch).__name__}. Use a TensorDataset(x, y) or return (x, y) from it."
-                )
-            x, y = batch[0], batch[1]
-            check_batch_tensors(x, y, owner=cfg.owner, device=device, bounds=bounds, what="batch")
-            yield x, y.long()
-        return
-    x, y = data
-    order = torch.randperm(int(x.shape[0]), generator=gen).to(x.device)
-    for start in range(0, int(x.shape[0]), cfg.batch_size):
-        idx = order[start:start + cfg.batch_size]
-        yield x[idx], y[idx].long()
-
-
-def _make_optimizer(module: nn.Module, cfg: LoopConfig) -> torch.optim.Optimizer:
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError(
-            f"{cfg.owner}: the model must have trainable parameters; got none with requires_grad. "
-            "Unfreeze the parameters to train (p.requires_grad_(True))."
-        )
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _atomic_save(obj: dict[str, Any], path: Path) -> None:
@@ -273,17 +217,21 @@ def train_loop(
 ) -> LoopOutcome:
     """Train module in place with ``step(x, y, t, generator)``; ``t`` is the time in epochs.
 
-    The module is in training mode during ``step`` (which may switch to eval mode inside, e.g.
-    for an adversary); every submodule's flag is restored at the end, even on error. After each
-    epoch ``epoch_end(epoch, history)`` may add fields, stop, or roll the weights back to the
-    previous epoch; then the checkpoint is written (atomically) and ``progress`` is called.
+    The loop itself is ``modelshield.models.train_module``; this adds the trainers' records,
+    checkpoints and resume. The module is in training mode during ``step`` (which may switch to
+    eval mode inside, e.g. for an adversary); every submodule's flag is restored at the end, even
+    on error. ``step`` draws from the generator that shuffles the batches. After each epoch
+    ``epoch_end(epoch, history)`` may add fields, stop, or roll the weights back to the previous
+    epoch; then the checkpoint is written (atomically) and ``progress`` is called.
     """
     device = parameter_device(module)
-    per_epoch = _steps_per_epoch(data, cfg.batch_size, cfg.owner)
-    total = progress_total if progress_total is not None else per_epoch * cfg.epochs
+    loader = isinstance(data, DataLoader)
+    per_epoch = steps_per_epoch(data, cfg.batch_size, owner=cfg.owner)
     gen = torch.Generator(device="cpu")
     gen.manual_seed(cfg.seed)
-    optimizer = _make_optimizer(module, cfg)
+    optimization = Optimization(optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                schedule=cfg.schedule)
+    optimizer = make_optimizer(module, optimization, owner=cfg.owner)
     history: list[dict[str, Any]] = []
     start_epoch, stopped = 0, False
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -300,73 +248,53 @@ def train_loop(
         history = [dict(h) for h in state["history"]]
         start_epoch, stopped = int(state["epoch"]), bool(state["stopped"])
     resumed_from = start_epoch
+    counts = [0, 0]  # this epoch's clean and adversarial correct predictions
 
-    def save(epoch: int) -> None:
-        if path is None:
-            return
-        _atomic_save({
-            "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch,
-            "stopped": stopped, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
-            "generator": gen.get_state(), "history": history,
-        }, path)
+    def loss(model: nn.Module, xb: Tensor, yb: Tensor, epoch: int, i: int) -> Tensor:
+        if loader:
+            check_batch_tensors(xb, yb, owner=cfg.owner, device=device, bounds=bounds, what="batch")
+        out = step(xb, yb.long(), epoch + i / per_epoch, gen)
+        counts[0] += out.clean_correct
+        counts[1] += out.adv_correct
+        return out.loss
 
-    modes = [(m, m.training) for m in module.modules()]
-    started = time.perf_counter()
-    done = progress_offset + start_epoch * per_epoch
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            if stopped:
-                break
-            epoch_start = time.perf_counter()
-            before = (copy.deepcopy(module.state_dict()), copy.deepcopy(optimizer.state_dict()))
-            loss_sum, clean_sum, adv_sum, seen, lr = 0.0, 0, 0, 0, cfg.lr
-            module.train()
-            for i, (xb, yb) in enumerate(_batches(data, cfg, gen, device, bounds)):
-                t = epoch + i / per_epoch
-                lr = lr_at(epoch + (i + 1) / per_epoch, cfg.epochs, cfg.lr, cfg.schedule)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                out = step(xb, yb, t, gen)
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is untyped
-                optimizer.step()
-                n_b = int(xb.shape[0])
-                loss_sum += float(out.loss.detach()) * n_b
-                clean_sum += out.clean_correct
-                adv_sum += out.adv_correct
-                seen += n_b
-                done += 1
-                if progress is not None and done % 20 == 0 and i + 1 < per_epoch:
-                    progress(done, total, f"{phase}epoch {epoch + 1}/{cfg.epochs}: "
-                             f"loss {loss_sum / seen:.4f}")
-            record: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "loss": loss_sum / max(seen, 1),
-                "train_clean_accuracy": clean_sum / max(seen, 1),
-                "train_adv_accuracy": adv_sum / max(seen, 1),
-                "lr": lr,
-            }
-            end = epoch_end(epoch, history) if epoch_end is not None else EpochEnd()
-            record.update(end.extra)
-            if end.rollback:
-                module.load_state_dict(before[0])
-                optimizer.load_state_dict(before[1])
-                record["rolled_back"] = True
-            record["time_s"] = time.perf_counter() - epoch_start
-            history.append(record)
-            stopped = end.stop
-            save(epoch + 1)
-            if progress is not None:
-                val = "".join(f", {label} {record[key]:.3f}" for key, label in (
-                    ("val_clean_accuracy", "val clean"), ("val_robust_accuracy", "val robust"))
-                    if record.get(key) is not None)
-                progress(done, total, f"{phase}epoch {epoch + 1}/{cfg.epochs} done: "
-                         f"loss {record['loss']:.4f}, adv acc {record['train_adv_accuracy']:.3f}{val}")
-    finally:
-        for m, flag in modes:
-            m.training = flag
-        for p in module.parameters():
-            p.grad = None
+    def on_epoch(info: EpochInfo) -> EpochDecision:
+        nonlocal stopped
+        hook_start = time.perf_counter()
+        rows = max(info.rows, 1)
+        record: dict[str, Any] = {
+            "epoch": info.epoch + 1,
+            "loss": info.loss,
+            "train_clean_accuracy": counts[0] / rows,
+            "train_adv_accuracy": counts[1] / rows,
+            "lr": info.lr,
+        }
+        counts[:] = [0, 0]
+        end = epoch_end(info.epoch, history) if epoch_end is not None else EpochEnd()
+        record.update(end.extra)
+        if end.rollback:
+            info.roll_back()
+            record["rolled_back"] = True
+        record["time_s"] = info.time_s + time.perf_counter() - hook_start
+        history.append(record)
+        stopped = end.stop
+        if path is not None:
+            _atomic_save({
+                "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": info.epoch + 1,
+                "stopped": stopped, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": gen.get_state(), "history": history,
+            }, path)
+        val = "".join(f", {label} {record[key]:.3f}" for key, label in (
+            ("val_clean_accuracy", "val clean"), ("val_robust_accuracy", "val robust"))
+            if record.get(key) is not None)
+        return EpochDecision(stop=stopped,
+                             note=f", adv acc {record['train_adv_accuracy']:.3f}{val}")
+
+    result = train_module(
+        module, data, epochs=cfg.epochs, batch_size=cfg.batch_size, loss=loss,
+        optimization=optimization, optimizer=optimizer, generator=gen,
+        start_epoch=cfg.epochs if stopped else start_epoch, on_epoch=on_epoch, progress=progress,
+        progress_offset=progress_offset, progress_total=progress_total, label=phase, owner=cfg.owner,
+    )
     return LoopOutcome(history=history, resumed_from=resumed_from, stopped_early=stopped,
-                       time_s=time.perf_counter() - started,
-                       checkpoint=str(path) if path is not None else None)
+                       time_s=result.time_s, checkpoint=str(path) if path is not None else None)
