@@ -164,18 +164,35 @@ def test_sklearn_pipeline_saved_with_skops_on_csv(tmp_path: Path) -> None:
 
 def test_xgboost_model_on_csv(tmp_path: Path) -> None:
     xgb = pytest.importorskip("xgboost")
+    from modelshield.data import load_data
+
     xtr, ytr, xte, yte = _digits()
     binary_tr, binary_te = (ytr >= 5).astype(np.int64), (yte >= 5).astype(np.int64)
-    clf = xgb.XGBClassifier(n_estimators=20, max_depth=3, n_jobs=1).fit(xtr, binary_tr)
-    clf.save_model(tmp_path / "fraud.json")
     _write_csv(tmp_path / "rows.csv", np.concatenate([xtr, xte]), np.concatenate([binary_tr, binary_te]))
+    ud = load_data(str(tmp_path / "rows.csv"), kind="tabular", label_col="label")  # the split assess uses
+    # trained on the CSV's own training split, with parameters the JSON file does not keep (eta, depth)
+    clf = xgb.XGBClassifier(n_estimators=20, max_depth=3, learning_rate=0.2, n_jobs=1)
+    clf.fit(ud.x_train.numpy(), ud.y_train.numpy())
+    clf.save_model(tmp_path / "fraud.json")
     report = _assess(["--model", str(tmp_path / "fraud.json"), "--data", str(tmp_path / "rows.csv"),
                       "--label-col", "label"], tmp_path / "out")
     assert [s["id"] for s in report["sections"]] == ["tabular", "blackbox", "extraction", "poisoning"]
     _extraction_on_training_split(report)
-    poisoning = _section(report, "poisoning")  # refitted, or the training rows validated with the reason
-    assert not poisoning["metrics"].get("skipped")
-    assert "curve" in poisoning["metrics"] or "not measured" in " ".join(poisoning["findings"])
+    poisoning = _section(report, "poisoning")  # the booster's recipe rebuilt and refitted: a real sweep
+    m = poisoning["metrics"]
+    assert not m.get("skipped") and "not measured" not in " ".join(poisoning["findings"])
+    assert [row["rate"] for row in m["curve"]] == [0.0, 0.05, 0.1, 0.2]
+    assert m["curve"][2]["flipped"] > 0 and m["curve"][3]["flipped"] > m["curve"][2]["flipped"]
+    recipe = m["recipe"]
+    assert recipe["library"] == "xgboost" and recipe["rounds"] == 20
+    assert recipe["params"]["max_depth"] == 3 and recipe["params"]["eta"] == pytest.approx(0.2)
+    assert any("Training recipe rebuilt: xgboost" in f for f in poisoning["findings"])
+    # the refit on the clean training split reproduces the model: its accuracy on the same points
+    x_pts, y_pts = ud.x_test[:N].numpy(), ud.y_test[:N].numpy()
+    original = float((clf.predict(x_pts) == y_pts).mean())
+    assert m["curve"][0]["accuracy"] == pytest.approx(original, abs=0.03)
+    assert m["refit_agreement"] >= 0.97 and recipe["reproduction"]["label_agreement"] >= 0.99
+    assert m["curve"][3]["recall"] < m["curve"][0]["recall"]  # 20% of malicious labels flipped hurts
     assert report["model"]["format"] == "xgboost"
     assert report["model"]["modality"] == "tabular"
 
@@ -259,7 +276,14 @@ def test_text_callable_on_tsv(tmp_path: Path, user_dir: Path) -> None:
     shown = [row[5] for row in poisoning["tables"][0]["rows"]]  # the rows cleaning would drop
     assert len(shown) >= 3 and all(int(text.split()[-1]) >= 100 for text in shown), shown
     assert poisoning["metrics"]["label_issues"] == len(shown) and poisoning["severity"] != "none"
-    assert "text model" in _section(report, "extraction")["metrics"]["reason"]
+    extraction = _section(report, "extraction")  # a TF-IDF copy from the TSV's training texts
+    assert not extraction["metrics"].get("skipped"), extraction["summary"]
+    pool = extraction["metrics"]["pool"]
+    assert pool["kind"] == "train-split" and pool["sha256"] == report["data"]["sha256"]
+    for run in extraction["metrics"]["runs"].values():  # budgets capped at the training split's size
+        assert run["queries"] == pool["n"] == extraction["metrics"]["budget"]
+        assert run["eval_queries"] == extraction["metrics"]["n"]
+    assert extraction["metrics"]["extraction_fidelity"] > extraction["metrics"]["chance_fidelity"]
     evasion = _section(report, "text-evasion")
     assert not evasion["metrics"].get("skipped")
     assert report["model"]["format"] == "callable" and report["model"]["modality"] == "text"

@@ -57,8 +57,8 @@ _ATTACKS_DEFAULT = ",".join(DEFAULT_ATTACKS)
 _BUDGETS_DEFAULT = ",".join(str(b) for b in DEFAULT_BUDGETS)
 IMAGE_SECTIONS = ("evasion", "blackbox", "extraction")  # a black-box model: evasion says why it is skipped
 TABULAR_SECTIONS = ("tabular", "blackbox", "extraction")
-USER_TABULAR_SECTIONS = (*TABULAR_SECTIONS, "poisoning")  # validates the user's training rows
-TEXT_SECTIONS = ("poisoning", "text-evasion", "extraction")  # extraction says why it is skipped
+USER_TABULAR_SECTIONS = (*TABULAR_SECTIONS, "poisoning")  # refits the model on poisoned training rows
+TEXT_SECTIONS = ("poisoning", "text-evasion", "extraction")  # extraction: a TF-IDF copy from texts
 BLACK_BOX_IMAGE_SECTIONS = IMAGE_SECTIONS
 
 
@@ -66,10 +66,12 @@ def default_sections(target: Target) -> tuple[str, ...]:
     """The report sections that fit the target's modality (and, for tabular models, the data).
 
     Image: evasion (skipped with the reason for a black-box model), blackbox, extraction.
-    Tabular: tabular, blackbox, extraction, plus poisoning (validation of the training rows) on
-    the user's own data. Text: poisoning (the sweep on zoo models, validation of the training
-    file for a user's model), text-evasion, extraction (skipped with the reason). backdoor and
-    defenses are opt-in: slow, and defenses needs a defended model.
+    Tabular: tabular, blackbox, extraction (the thief queries rows of the training split), plus
+    poisoning on the user's own data (a label-flip sweep refitting the model's rebuilt recipe:
+    scikit-learn, XGBoost, LightGBM; else a validation of the training rows, saying why). Text:
+    poisoning (the sweep on zoo models, validation of the training file for a user's model),
+    text-evasion, extraction (a TF-IDF copy trained on the model's answers to training-split
+    texts). backdoor and defenses are opt-in: slow, and defenses needs a defended model.
     """
     if target.text:
         return TEXT_SECTIONS
@@ -155,7 +157,7 @@ def assess(
              "(image models), tabular, blackbox, extraction, poisoning (tabular models), poisoning, "
              "text-evasion, extraction (text models). Default: evasion,blackbox,extraction for image "
              "models (plus defenses with --defended), tabular,blackbox,extraction for tabular models "
-             "(plus poisoning, a validation of the training rows, on your own data), "
+             "(plus poisoning, a label-flip sweep refitting your model, on your own data), "
              "poisoning,text-evasion,extraction for text models (a section that cannot run on the "
              "model says why in the report). backdoor and defenses are opt-in: they are slow (a "
              "trigger search per class) or need a defended model (--defended).")] = None,
@@ -171,7 +173,8 @@ def assess(
         help="blackbox section: HopSkipJump query budgets per point (one run each).")] = "100,300,1000",
     extraction_budgets: Annotated[str | None, typer.Option(
         help="extraction section: the thief's query budgets (the largest drives the severity; "
-             "capped at the training split's size when the pool is your training data). "
+             "capped at the training split's size when the pool is your training data; for text "
+             "models, texts sent to the model). "
              "Default: the section's own, 100,300,1000.")] = None,
     extraction_epochs: Annotated[int | None, typer.Option(
         help="extraction section: thief training epochs at each budget. Default: the section's own, "

@@ -32,7 +32,8 @@ from modelshield.assess._section import (
     json_float,
     skipped_section,
 )
-from modelshield.attacks.extraction import KnockoffNets
+from modelshield.attacks.extraction import CurvePoint, KnockoffNets, TextExtraction, TextExtractionResult
+from modelshield.attacks.extraction.text import SURROGATE
 from modelshield.defenses.extraction import HARDENING_METHODS, PRADA
 from modelshield.errors import ConfigError, DataError
 from modelshield.experiments.extraction import (
@@ -148,19 +149,45 @@ def _train_pool(ctx: AssessmentContext) -> Pool | None:
                       "attacker holding same-distribution data, an upper bound on the threat."))
 
 
+def _zoo_tabular_pool(ctx: AssessmentContext, data_root: str | None) -> Pool | None:
+    """The training split of a built-in tabular data set (a zoo model's own), or None for other data.
+
+    The same attacker as for a user's data: same-distribution rows, an upper bound on the threat
+    from outside data (uniform noise over a tabular feature box says nothing about it).
+    """
+    from modelshield.data import TABULAR_DATASETS, load_tabular_dataset
+
+    name = str(ctx.data_info.get("name"))
+    if ctx.data_info.get("format") not in (None, "builtin") or name not in TABULAR_DATASETS:
+        return None
+    tab = load_tabular_dataset(name, data_root, deduplicate=bool(ctx.data_info.get("deduplicated", False)))
+    x = tab.x_train.detach().float().cpu()
+    if tuple(x.shape[1:]) != tuple(ctx.x.shape[1:]) or x.shape[0] == 0:
+        return None
+    lo, hi = ctx.bounds
+    x = x.clamp(lo, hi)
+    digest = hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()
+    return Pool(x=x.to(ctx.x.device), groups=None, name=f"{name} training split", kind="train-split",
+                relation="same-distribution", sha256=tab.sha256, points_sha256=digest,
+                note=(f"the {int(x.shape[0])} rows of the zoo model's own {name} training split "
+                      "(unlabelled): an attacker holding same-distribution data, an upper bound on the "
+                      "threat."))
+
+
 _LABELS = {"none": "probabilities (no defence)", "top1": "labels only (top1)", "round": "rounded (2 dp)",
            "noise": "noisy (std 0.05)", "reverse_sigmoid": "reverse sigmoid"}
+_TEXT_LABELS = {"proba": "probabilities", "labels": "labels only"}
 _COLORS = ("#d1242f", "#1f6feb", "#2da44e", "#8250df", "#bf8700", "#0a7d8c")
 
 
-def _curve_figure(runs: Mapping[str, ExtractionRun], chance: float) -> str:
+def _curve_figure(curves: Mapping[str, Sequence[CurvePoint]], chance: float) -> str:
     """Fidelity and accuracy against queries, one line per API answer type; base64 PNG."""
     fig = MplFigure(figsize=(8.4, 3.6), layout="constrained")
     axes = fig.subplots(1, 2, sharex=True)
-    for i, (key, run) in enumerate(runs.items()):
-        qs = [p.queries for p in run.result.curve]
+    for i, (key, curve) in enumerate(curves.items()):
+        qs = [p.queries for p in curve]
         for ax, metric in zip(axes, ("fidelity", "accuracy"), strict=True):
-            ax.plot(qs, [getattr(p, metric) for p in run.result.curve], marker="o", ms=4, lw=1.8,
+            ax.plot(qs, [getattr(p, metric) for p in curve], marker="o", ms=4, lw=1.8,
                     color=_COLORS[i % len(_COLORS)], label=_LABELS.get(key, key),
                     ls="-" if key in ("none", "top1") else "--")
     axes[0].axhline(chance, color="#57606a", ls=":", lw=1, label="constant guess")
@@ -197,8 +224,16 @@ class ExtractionSection:
 
     The pool: ``pool`` if given (see ``load_pool``), else ``DEFAULT_POOL`` for the model's data
     set; for the user's own data files (``ctx.train``) their training split (a same-distribution attacker;
-    budgets above its size are lowered to it, with a warning); else noise. When the default
+    budgets above its size are lowered to it, with a warning); for a tabular zoo model the training
+    split of its built-in data set (e.g. phishing-websites); else noise. When the default
     pool's files are missing, the model's own training split is used and the section says so.
+
+    Text models (a user's ``list[str] -> probabilities`` model with its data file, or a spam zoo
+    model) are stolen with ``TextExtraction`` instead: the thief queries the model on texts of
+    the training split (the user's, or sms-spam's) at each budget, with probabilities and with
+    labels only, trains a TF-IDF + logistic-regression copy on the answers and is measured on
+    the assessment texts, re-queried from the model (Tramèr et al. 2016; Krishna et al. 2020).
+    PRADA and the hardening comparison are not run for text (they work on numeric queries).
     Budgets and epochs come from ``ctx.plan.extraction`` (``ExtractionPlan``) when it sets them.
     The thief is a small CNN for images of at least 8x8 pixels, else an MLP (tabular rows).
 
@@ -218,7 +253,8 @@ class ExtractionSection:
 
     Reference: Orekondy, Schiele and Fritz, "Knockoff Nets", CVPR 2019; Juuti et al., "PRADA",
     EuroS&P 2019; Tramer et al., "Stealing Machine Learning Models via Prediction APIs", USENIX
-    Security 2016.
+    Security 2016; Krishna et al., "Thieves on Sesame Street! Model Extraction of BERT-based APIs",
+    ICLR 2020 (text).
     """
 
     id: str = "extraction"
@@ -261,6 +297,10 @@ class ExtractionSection:
             train = _train_pool(ctx)
             if train is not None:
                 return train
+        if self.pool is None and builtin:  # a tabular zoo model: its own training split, not noise
+            zoo_rows = _zoo_tabular_pool(ctx, self.data_root)
+            if zoo_rows is not None:
+                return zoo_rows
         spec = self.pool or DEFAULT_POOL.get(str(dataset), "noise")
         common: dict[str, Any] = {"input_shape": shape, "bounds": ctx.bounds, "victim_dataset": dataset,
                                   "data_root": self.data_root, "size": max(need, 1000), "seed": ctx.seed}
@@ -288,11 +328,7 @@ class ExtractionSection:
         if (budgets, epochs) != (self.budgets, self.epochs):
             return dataclasses.replace(self, budgets=budgets, epochs=epochs)(ctx, progress)
         if is_text_model(ctx):
-            return skipped_section(
-                self.id, "Model extraction",
-                "this is a text model: the extraction attacks train copies on tensor inputs from a "
-                "surrogate pool, which for a text model would be row indices rather than messages, "
-                "so the copy would not be a copy of the model.")
+            return self._run_text(ctx, progress)
         warnings: list[str] = []
         pool = self._pool(ctx, warnings)
         rows = int(pool.x.shape[0])
@@ -302,6 +338,125 @@ class ExtractionSection:
                             f"{max(self.budgets)}: the thief's budgets are {', '.join(map(str, fit))}.")
             return dataclasses.replace(self, budgets=fit)._run(ctx, progress, pool, warnings)
         return self._run(ctx, progress, pool, warnings)
+
+    def _text_setup(self, ctx: AssessmentContext) -> tuple[Any, list[str], list[str], dict[str, Any]] | str:
+        """(victim, pool texts, evaluation texts, pool info) for a text model, or why there are none."""
+        idx = ctx.x.reshape(ctx.x.shape[0], -1)[:, 0].long().tolist()
+        if ctx.text_model is not None and ctx.texts is not None:  # the user's own model and file
+            train = ctx.train
+            if train is None or isinstance(train[0], torch.Tensor) or not len(train[0]):
+                return ("no training split of texts was given to draw the thief's queries from; pass the "
+                        "model's data file (label<TAB>text) so that its training split serves as the pool.")
+            pool_texts = [str(t) for t in train[0]]
+            name = str(ctx.data_info.get("name") or "the data")
+            sha = str(ctx.data_info.get("sha256") or "")
+            return ctx.text_model, pool_texts, [ctx.texts[i] for i in idx], {
+                "name": f"{name} training split", "sha256": sha,
+                "note": (f"the {len(pool_texts)} texts of the user's own training split (unlabelled): an "
+                         "attacker holding same-distribution messages, an upper bound on the threat.")}
+        from modelshield.assess.sections.spam import spam_setup
+        from modelshield.zoo.spam import train_spam_model
+
+        try:
+            kind, ds = spam_setup(ctx, self.data_root, "ExtractionSection")
+        except ConfigError as exc:
+            return ("the text model is neither a user's model with its data file nor a spam zoo model "
+                    f"({exc}).")
+        victim = train_spam_model(kind, ds, seed=0)  # type: ignore[arg-type]  # checked in spam_setup; the zoo model's own recipe (fingerprint-checked)
+        return victim, list(ds.texts_train), [ds.texts_test[i] for i in idx], {
+            "name": f"{ds.name} training split", "sha256": ds.sha256,
+            "note": (f"the {len(ds.texts_train)} messages of the {ds.name} training split (unlabelled): an "
+                     "attacker holding same-distribution messages, an upper bound on the threat.")}
+
+    def _run_text(self, ctx: AssessmentContext, progress: Progress | None) -> Section:
+        """Text extraction (``TextExtraction``): probabilities and labels-only, at each budget."""
+        setup = self._text_setup(ctx)
+        if isinstance(setup, str):
+            return skipped_section(self.id, "Model extraction", setup)
+        victim, pool_texts, eval_texts, info = setup
+        warnings: list[str] = []
+        budgets = self.budgets
+        if len(pool_texts) < max(budgets):
+            budgets = (*(b for b in budgets if b < len(pool_texts)), len(pool_texts))
+            warnings.append(f"The training split holds {len(pool_texts)} texts, fewer than the largest "
+                            f"query budget {max(self.budgets)}: the thief's budgets are "
+                            f"{', '.join(map(str, budgets))}.")
+        top = max(budgets)
+        runs: dict[str, TextExtractionResult] = {}
+        outputs: tuple[Literal["proba", "labels"], ...] = ("proba", "labels")
+        for i, output in enumerate(outputs):
+            if progress is not None:
+                progress(i, len(outputs), f"extraction: text copy from {_TEXT_LABELS[output]}")
+            attack = TextExtraction(budget=top, checkpoints=tuple(b for b in budgets if b < top),
+                                    output=output, batch_size=max(int(ctx.batch_size), 1), seed=ctx.seed)
+            runs[output] = attack(victim, pool_texts, eval_data=(eval_texts, ctx.y))
+        if progress is not None:
+            progress(len(outputs), len(outputs), "extraction: done")
+        digest = hashlib.sha256("\n".join(pool_texts).encode()).hexdigest()
+        pool = {"name": info["name"], "kind": "train-split", "relation": "same-distribution",
+                "n": len(pool_texts), "shape": None, "sha256": info["sha256"] or digest,
+                "points_sha256": digest, "has_groups": False, "note": info["note"]}
+        return self._text_section(ctx, runs, pool, tuple(budgets), warnings)
+
+    def _text_section(self, ctx: AssessmentContext, runs: Mapping[str, TextExtractionResult],
+                      pool: dict[str, Any], budgets: tuple[int, ...], warnings: list[str]) -> Section:
+        top = max(budgets)
+        n = len(ctx.y)
+        first = next(iter(runs.values()))
+        victim_labels = (first.victim_labels if first.victim_labels is not None
+                         else torch.zeros(0, dtype=torch.long))
+        chance = float(torch.bincount(victim_labels).max()) / max(n, 1) if n else math.nan
+        best_key = max(runs, key=lambda k: runs[k].fidelity)
+        best = runs[best_key]
+        fid, acc = best.fidelity, best.accuracy
+        severity = extraction_severity(fid, chance)
+        table = Table(
+            title="Text copy fidelity by query budget (agreement with the model on the assessment texts)",
+            columns=("API answers", *(f"fidelity at {b}" for b in budgets),
+                     *(f"accuracy at {b}" for b in budgets), "victim queries", "verification queries"),
+            rows=tuple((_TEXT_LABELS[k], *(json_float(r.at(b).fidelity, 4) for b in budgets),
+                        *(json_float(r.at(b).accuracy, 4) for b in budgets), r.queries, r.eval_queries)
+                       for k, r in runs.items()))
+        figure = Figure(
+            title="Copy quality against query budget",
+            caption=(f"A {SURROGATE} copy trained on the model's answers to texts of the {pool['name']} "
+                     f"({pool['relation']}); fidelity is agreement with the model on {n} assessment texts, "
+                     "re-queried from the model. Higher is worse for the model owner."),
+            png_base64=_curve_figure({_TEXT_LABELS[k]: r.curve for k, r in runs.items()}, chance))
+        findings = [
+            f"With {top} queries of texts from the {pool['name']}, a copy agrees with the model on "
+            f"{100 * fid:.1f}% of {n} assessment texts ({_TEXT_LABELS[best_key]}); its own accuracy is "
+            f"{100 * acc:.1f}% (a constant guess matches {100 * chance:.1f}%): severity {severity}.",
+            *(f"{_TEXT_LABELS[k]}: fidelity " + ", ".join(f"{100 * p.fidelity:.1f}% at {p.queries}"
+                                                        for p in r.curve)
+              + f" queries ({r.queries} victim queries counted, plus {r.eval_queries} to verify on the "
+                "assessment texts)." for k, r in runs.items()),
+            f"The thief's copy is {SURROGATE}, trained on the answers (Tramèr et al., USENIX Security 2016; "
+            "Krishna et al., \"Thieves on Sesame Street!\", ICLR 2020); a fine-tuned language model would do "
+            "at least as well, so these numbers are a lower bound.",
+            "PRADA and output hardening are compared for image and tabular models only: PRADA watches the "
+            "distances between numeric queries, which texts do not have; answering labels only is the "
+            "labels-only run above.",
+        ]
+        headline = {"extraction_fidelity": json_float(fid), "extraction_copy_accuracy": json_float(acc)}
+        metrics = {
+            **headline, "budget": top, "chance_fidelity": json_float(chance), "best_api": best_key, "n": n,
+            "pool": pool, "surrogate": SURROGATE,
+            "runs": {k: {"curve": [p.to_dict() for p in r.curve], "queries": r.queries,
+                         "eval_queries": r.eval_queries, "time_s": round(r.time_s, 3)}
+                     for k, r in runs.items()},
+        }
+        summary = (f"{top} API queries with texts of the training split give a copy that agrees with the "
+                   f"model on {100 * fid:.1f}% of texts; answering labels only does not stop it.")
+        settings = {**self.settings(), "budgets": list(budgets), "defences": [], "jacobian": False}
+        return Section(
+            id=self.id, title="Model extraction", summary=summary, severity=severity,
+            atlas=atlas("AML.T0024.002", "AML.T0040"), recommendation=_RECOMMENDATION, metrics=metrics,
+            headline=headline, findings=tuple(findings), figures=(figure,), tables=(table,),
+            warnings=tuple(warnings),
+            provenance={"settings": settings, "pool": pool,
+                        "attacks": {f"extraction:text-{k}": r.params for k, r in runs.items()}},
+        )
 
     def _run(self, ctx: AssessmentContext, progress: Progress | None, pool: Pool,
              warnings: list[str]) -> Section:
@@ -392,7 +547,7 @@ class ExtractionSection:
                      f"{pool.relation}); fidelity is agreement with the model on {n} assessment points. "
                      "Solid: undefended API (probabilities, labels only); dashed: hardened outputs. "
                      "Higher is worse for the model owner."),
-            png_base64=_curve_figure(runs, chance),
+            png_base64=_curve_figure({k: r.result.curve for k, r in runs.items()}, chance),
         )]
         findings = [
             f"With {top} queries of {pool.name} data ({pool.relation}), a Knockoff copy agrees with "

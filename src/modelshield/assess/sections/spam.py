@@ -43,6 +43,7 @@ __all__ = [
     "PoisoningSection",
     "TextEvasionSection",
     "poisoning_severity",
+    "spam_setup",
     "text_evasion_severity",
 ]
 
@@ -90,7 +91,12 @@ def text_evasion_severity(success_rate: float) -> Severity:
     return "none"
 
 
-def _spam_setup(ctx: AssessmentContext, data_root: str | Path | None, owner: str) -> tuple[str, Any]:
+def spam_setup(ctx: AssessmentContext, data_root: str | Path | None, owner: str) -> tuple[str, Any]:
+    """``(recipe, sms-spam TextDataset)`` of a spam zoo model's context.
+
+    Raises:
+        ConfigError: the context is not a spam zoo model on sms-spam.
+    """
     from modelshield.data.sms_spam import load_sms_spam
     from modelshield.zoo.spam import SPAM_KINDS
 
@@ -163,7 +169,7 @@ class PoisoningSection:
                 self.id, ctx, progress,
                 why=("Poisoning impact was not measured: it retrains the model on poisoned data, which "
                      "needs its training recipe, and a user's model is run as given."))
-        kind, ds = _spam_setup(ctx, self.data_root, owner)
+        kind, ds = spam_setup(ctx, self.data_root, owner)
         from modelshield.zoo.spam import spam_metrics, train_spam_model
 
         base = spam_metrics(train_spam_model(kind, ds, seed=ctx.seed), ds.texts_test, ds.y_test)  # type: ignore[arg-type]
@@ -342,14 +348,14 @@ class TextEvasionSection:
             texts = [ctx.texts[i] for i in idx]
             model = ctx.text_model
         else:
-            kind, ds = _spam_setup(ctx, self.data_root, owner)
+            kind, ds = spam_setup(ctx, self.data_root, owner)
             texts = [ds.texts_test[i] for i in idx]
             if not torch.equal(y, ds.y_test[torch.as_tensor(idx, dtype=torch.long)]):
                 raise ConfigError(
                     f"{owner}: the assessment points must be row indices into the SMS test split with "
                     "their labels; got labels that do not match. Build the points with zoo.text_split."
                 )
-            model = train_spam_model(kind, ds, seed=0)  # type: ignore[arg-type]  # checked in _spam_setup; equal to the zoo model (fingerprint-checked recipe)
+            model = train_spam_model(kind, ds, seed=0)  # type: ignore[arg-type]  # checked in spam_setup; equal to the zoo model (fingerprint-checked recipe)
         runs = [(m, b) for m in self.methods for b in budgets]
         curve: list[dict[str, Any]] = []
         head_results: dict[str, Any] = {}

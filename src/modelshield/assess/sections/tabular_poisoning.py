@@ -1,11 +1,14 @@
 """Label-flip poisoning of a user's refittable tabular model, retrained on the user's own data.
 
-For a scikit-learn-compatible model (``sklearn.base.clone`` works and the clone has ``fit``),
-the user's training split is poisoned by flipping a share of the malicious class's labels to
-benign, a clone of the model is refitted on it, and the malicious recall on the assessment
-points is compared with a clone refitted on the clean split: the same sweep as the spam
-poisoning section, with the user's estimator and data instead of a zoo recipe. The clean
-training split is also validated (confident learning, conflicting duplicates).
+For a model whose training recipe can be rebuilt (``modelshield.models.refit.clone_for_refit``:
+scikit-learn estimators through ``sklearn.base.clone``, XGBoost and LightGBM boosters from the
+parameters and round count they keep), the user's training split is poisoned by flipping a share
+of the malicious class's labels to benign, a clone of the model is refitted on it, and the
+malicious recall on the assessment points is compared with a clone refitted on the clean split:
+the same sweep as the spam poisoning section, with the user's model and data instead of a zoo
+recipe. The section reports the recipe it rebuilt. The clean training split is also validated
+(confident learning, conflicting duplicates). A model whose recipe cannot be rebuilt (a plain
+callable) gets the validation alone, with the reason.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from modelshield.assess._section import (
 )
 from modelshield.assess.sections.data_validation import data_validation_section
 from modelshield.assess.sections.spam import poisoning_severity
+from modelshield.errors import ModelCapabilityError
+from modelshield.models.refit import RefitRecipe, clone_for_refit, refit_predict
 
 __all__ = ["TABULAR_POISON_RATES", "refit_problem", "tabular_poisoning_section"]
 
@@ -45,18 +50,16 @@ _RECOMMENDATION = (
 
 
 def refit_problem(estimator: Any) -> str | None:
-    """Why ``estimator`` cannot be refitted with ``sklearn.base.clone``, or None when it can."""
+    """Why ``estimator``'s training recipe cannot be rebuilt (``clone_for_refit``), or None when it can."""
     if estimator is None:
         return "the model object is not available to the section."
     try:
-        from sklearn.base import clone
-
-        fresh = clone(estimator)
-    except Exception as exc:  # a user's object: whatever clone raises means "not refittable"
-        return (f"the model cannot be cloned for refitting with sklearn.base.clone "
-                f"({type(exc).__name__}: {exception_head(exc, 120)}).")
-    if not callable(getattr(fresh, "fit", None)) or not callable(getattr(fresh, "predict", None)):
-        return f"the model ({type(estimator).__name__}) has no fit/predict methods to refit it with."
+        clone_for_refit(estimator)
+    except ModelCapabilityError as exc:
+        return f"the model cannot be cloned for refitting ({str(exc).split(': ', 1)[-1]})"
+    except Exception as exc:  # a user's object: whatever reading its recipe raises means "not refittable"
+        return (f"the model cannot be cloned for refitting ({type(exc).__name__}: "
+                f"{exception_head(exc, 120)}).")
     return None
 
 
@@ -73,8 +76,6 @@ def tabular_poisoning_section(section_id: str, ctx: AssessmentContext, progress:
     Falls back to the validation of the training split alone (``data_validation_section``),
     saying why, when the model cannot be refitted or there is no training split.
     """
-    from sklearn.base import clone
-
     from modelshield.attacks.poisoning.label_flip import RandomLabelFlip
     from modelshield.experiments.poisoning import class_rate
 
@@ -87,6 +88,13 @@ def tabular_poisoning_section(section_id: str, ctx: AssessmentContext, progress:
                                        why=f"Poisoning impact was not measured: {problem}")
     x_tr = train[0].detach().cpu().numpy()
     y_tr = train[1].detach().cpu().numpy().astype(np.int64)
+    try:  # with the training rows: parameters a model file does not keep are matched to the model
+        recipe: RefitRecipe = clone_for_refit(estimator, x=x_tr, y=y_tr)
+    except Exception as exc:  # the user's model: a failed reconstruction is a reason, not a crash
+        return data_validation_section(
+            section_id, ctx, progress,
+            why=(f"Poisoning impact was not measured: rebuilding the model's training recipe failed "
+                 f"({type(exc).__name__}: {exception_head(exc, 120)})."))
     x_ev, y_ev = ctx.x.detach().cpu().numpy(), ctx.y.detach().cpu().numpy().astype(np.int64)
     mal = int(getattr(getattr(ctx.plan, "tabular", None), "malicious_class", 1))
     classes = np.unique(y_tr)
@@ -110,8 +118,7 @@ def tabular_poisoning_section(section_id: str, ctx: AssessmentContext, progress:
         else:
             y_fit, flipped = y_tr, 0
         try:
-            model = clone(estimator).fit(x_tr, y_fit)
-            pred = np.asarray(model.predict(x_ev)).astype(np.int64).reshape(-1)
+            pred = refit_predict(recipe.fit(x_tr, y_fit), x_ev)
         except Exception as exc:  # the user's estimator: a failed refit is a reason, not a crash
             return data_validation_section(
                 section_id, ctx, progress,
@@ -133,11 +140,12 @@ def tabular_poisoning_section(section_id: str, ctx: AssessmentContext, progress:
             f"A clone refitted on the clean training split agrees with the given model on only "
             f"{100 * agreement:.1f}% of the assessment points: the model was trained with another "
             "recipe or other data, so the sweep measures a stand-in retrained the same way.")
-    has_proba = callable(getattr(estimator, "predict_proba", None))  # confident learning needs it
+    has_proba = callable(getattr(recipe.estimator, "predict_proba", None))  # confident learning needs it
     validation = data_validation_section(
-        section_id, ctx, None, model_factory=(lambda: clone(estimator)) if has_proba else None,
+        section_id, ctx, None, model_factory=recipe.fresh if has_proba else None,
         why="The clean training split was also validated (what a poisoner's flips would look like).")
     findings = [
+        f"Training recipe rebuilt: {recipe.describe()}.",
         f"Refitting a clone of the model on the training split ({len(y_tr)} rows) gives malicious "
         f"(class {mal}) recall {100 * clean['recall']:.1f}% on {len(y_ev)} assessment points; it "
         f"agrees with the given model on {100 * agreement:.1f}% of them.",
@@ -160,6 +168,7 @@ def tabular_poisoning_section(section_id: str, ctx: AssessmentContext, progress:
         "headline_rate": float(headline_rate),
         "curve": [{k: json_float(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
         "training_data": dict(validation.metrics),
+        "recipe": recipe.to_dict(),
     }
     return Section(
         id=section_id,
@@ -177,5 +186,6 @@ def tabular_poisoning_section(section_id: str, ctx: AssessmentContext, progress:
         warnings=tuple(warnings),
         provenance={"attacks": {"poisoning:label-flip": {"rates": grid, "seed": ctx.seed,
                                                          "malicious_class": mal, "target_class": benign}},
-                    "estimator": type(estimator).__name__, "validation": dict(validation.provenance)},
+                    "estimator": type(estimator).__name__, "recipe": recipe.to_dict(),
+                    "validation": dict(validation.provenance)},
     )

@@ -4,6 +4,9 @@ Every attack follows the extraction call convention ``attack(victim, x_pool, y=N
 eval_data=None, ...) -> ExtractionResult``: the victim is anything ``as_model`` accepts and is
 used only through ``scores``/``predict`` (queries counted, budgets enforced).
 
+``TextExtraction`` steals a text classifier (``list[str] -> probabilities``) from a pool of
+texts instead, with a TF-IDF + logistic-regression surrogate.
+
 Scenarios (pools, output hardening, PRADA replay: ``run_extraction``, ``load_pool``, ``QueryLog``)
 live one layer up, in ``modelshield.experiments.extraction``.
 """
@@ -15,6 +18,7 @@ from modelshield.attacks.extraction.jacobian import JacobianAugmentation
 from modelshield.attacks.extraction.knockoff import KnockoffNets
 from modelshield.attacks.extraction.metrics import accuracy, fidelity, transferability
 from modelshield.attacks.extraction.results import CurvePoint, ExtractionResult
+from modelshield.attacks.extraction.text import TextCopy, TextExtraction, TextExtractionResult
 
 __all__ = [
     "CurvePoint",
@@ -23,6 +27,9 @@ __all__ = [
     "JacobianAugmentation",
     "KnockoffNets",
     "LinearCopy",
+    "TextCopy",
+    "TextExtraction",
+    "TextExtractionResult",
     "accuracy",
     "fidelity",
     "transferability",
