@@ -23,7 +23,7 @@ from modelshield.errors import ConfigError
 def test_registered_and_default_for_text_models() -> None:
     from modelshield.cli.assess import TEXT_SECTIONS
 
-    assert TEXT_SECTIONS == ("poisoning", "text-evasion", "extraction")  # extraction says why it is skipped
+    assert TEXT_SECTIONS == ("poisoning", "text-evasion", "extraction")  # extraction: a TF-IDF copy
     assert isinstance(SECTIONS["poisoning"], PoisoningSection)
     assert isinstance(SECTIONS["text-evasion"], TextEvasionSection)
     assert SECTIONS["poisoning"].rates == (0.0, 0.05, 0.1, 0.2, 0.4)
