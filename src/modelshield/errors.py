@@ -5,6 +5,7 @@
     ├── InputError(ValueError)              bad tensors: shape, dtype, NaN, bounds, labels, device
     ├── DataError(ValueError)               a data set that cannot be read or is malformed
     │   └── MissingDataError(FileNotFoundError)
+    ├── IntegrityError(ValueError)          a signature, manifest or trust-policy check failed
     ├── ModelCapabilityError(TypeError)     the model cannot do what the caller needs
     ├── QueryBudgetExceeded(RuntimeError)   a query budget ran out
     └── NotFittedError(ValueError, AttributeError)
@@ -22,6 +23,7 @@ __all__ = [
     "DataError",
     "EvaluationWarning",
     "InputError",
+    "IntegrityError",
     "MissingDataError",
     "ModelCapabilityError",
     "ModelShieldError",
@@ -48,6 +50,10 @@ class DataError(ModelShieldError, ValueError):
 
 class MissingDataError(DataError, FileNotFoundError):
     """A data file or folder does not exist."""
+
+
+class IntegrityError(ModelShieldError, ValueError):
+    """A signature, dataset manifest or trust-policy check failed: an artifact may have been tampered with."""
 
 
 class ModelCapabilityError(ModelShieldError, TypeError):
