@@ -12,10 +12,13 @@ from modelshield.cli import _render as render
 from modelshield.cli._target import torch_threads
 from modelshield.cli.assess import assess, demo
 from modelshield.cli.attack import attack_app
+from modelshield.cli.audit import audit_app
 from modelshield.cli.backdoor import backdoor_app
 from modelshield.cli.data import poison, validate_data
 from modelshield.cli.defend import certify, defend_app
 from modelshield.cli.extract import extract
+from modelshield.cli.scan import scan
+from modelshield.cli.secure import manifest_app, sign, verify
 from modelshield.cli.zoo import zoo_app
 from modelshield.errors import ModelShieldError
 
@@ -76,6 +79,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(attack_app, name="attack")
+app.add_typer(audit_app, name="audit")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(defend_app, name="defend")
 app.add_typer(backdoor_app, name="backdoor")
@@ -85,6 +89,10 @@ app.command("demo")(demo)
 app.command("extract")(extract)
 app.command("poison")(poison)
 app.command("validate-data")(validate_data)
+app.command("scan")(scan)
+app.add_typer(manifest_app, name="manifest")
+app.command("sign")(sign)
+app.command("verify")(verify)
 
 
 def _version(value: bool) -> None:

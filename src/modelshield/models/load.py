@@ -26,7 +26,7 @@ import pickle
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from modelshield.errors import ConfigError, DataError, MissingDataError, ModelCa
 __all__ = [
     "FORMAT",
     "UnsafeModelFileError",
+    "check_before_load",
     "file_sha256",
     "is_torchscript",
     "load_model",
@@ -62,6 +63,70 @@ class UnsafeModelFileError(DataError, ModelCapabilityError):
     It is both a DataError (the file cannot be read safely) and a ModelCapabilityError (the model
     is not in a form that can be loaded safely), so either ``except`` clause catches it.
     """
+
+
+MAX_LISTED = 3
+"""Other finding codes named in the refusal; ``modelshield scan PATH`` lists every finding."""
+
+
+def _trust_fix(blocking: Sequence[Any]) -> str:
+    """How to load anyway, for the kinds of finding that block."""
+    types = sorted({f.callable for f in blocking if f.code == "skops.type.denied" and f.callable})
+    if types and len(types) == len(blocking):
+        return (f"if you trust these types, pass skops_trusted={types!r} (CLI: --skops-trust "
+                f"{','.join(types)})")
+    return ("load it only if you trust its source: trust_pickle=True (CLI: --trust-pickle), or "
+            "trust_torchscript / trust_export for those formats")
+
+
+def check_before_load(path: Path, *, owner: str, trusted: bool = False,
+                     allow: Sequence[str] = ()) -> dict[str, Any]:
+    """The gate every model file passes before anything reads it: the trust policy, then the scan.
+
+    When a trust policy is configured (``$MODELSHIELD_TRUST_POLICY``, see
+    ``modelshield.secure.policy``) and requires signatures, the file must verify against a
+    trusted key first (``IntegrityError`` otherwise; no opt-in loads an unsigned file). Then the
+    file is scanned statically (``modelshield.secure.scan``).
+
+    A file with blocking findings (a pickle importing a callable outside the allow-list, an
+    archive anomaly, a Keras Lambda layer, ONNX external data leaving the folder, ...) is refused
+    unless ``trusted``: the caller's explicit opt-in for files that run code by design
+    (``trust_pickle``, ``trust_torchscript``, ``trust_export``). ``allow`` names callables or
+    types the user trusts explicitly (``skops_trusted``): findings about exactly those do not
+    block. Returns the summary for the model's provenance: ``{"blocked", "findings", "formats",
+    "seconds", "signature", "allowed"}`` (signature: ``check_trusted``'s answer).
+
+    Raises:
+        IntegrityError: the trust policy requires a signature and the file's does not verify.
+        UnsafeModelFileError: the scan blocks the file and ``trusted`` is False; the message
+            quotes the first findings and names ``modelshield scan`` for the rest.
+    """
+    from modelshield.secure.policy import TrustPolicy, check_trusted
+    from modelshield.secure.scan import scan_path
+
+    policy = TrustPolicy.from_env()
+    signature = check_trusted(path, policy)
+    report = scan_path(path)
+    allowed = set(allow)
+    blocking = [f for f in report.findings if f.blocking and f.callable not in allowed]
+    summary: dict[str, Any] = {
+        "blocked": bool(blocking), "findings": len(report.findings), "formats": dict(report.formats),
+        "seconds": round(report.seconds, 4), "signature": signature,
+        "allowed": sorted({f.callable for f in report.findings if f.blocking and f.callable in allowed}),
+    }
+    if blocking and not trusted:
+        first = blocking[0]
+        where = ("!".join(first.location.members) + " " if first.location.members else "") + (
+            f"at byte {first.offset}" if first.offset is not None else "")
+        others = sorted({f.code for f in blocking[1:]} - {first.code})[:MAX_LISTED]
+        also = f"; also {', '.join(others)}" if others else ""
+        raise UnsafeModelFileError(
+            f"{owner}: {str(path)!r} must pass the static scan before it is loaded; the scanner blocks "
+            f"it ({len(blocking)} finding{'s' if len(blocking) > 1 else ''}): {first.message} "
+            f"[{first.code}{' ' + where.strip() if where.strip() else ''}]{also}. Run `modelshield scan "
+            f"{path}` for every finding; {_trust_fix(blocking)}."
+        )
+    return summary
 
 
 def file_sha256(path: str | Path) -> str:
@@ -271,6 +336,7 @@ def load_model(
     arch: str | None = None,
     trust_torchscript: bool = False,
     into: nn.Module | None = None,
+    scan: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Load a model file without running code from it.
 
@@ -298,6 +364,9 @@ def load_model(
             to fill with a bare state dict instead of a zoo architecture; ``arch`` is then only
             the label recorded in the metadata. Refused for modelshield-v1 files (they name
             their architecture).
+        scan: scan the file statically first (``check_before_load``) and refuse it on blocking
+            findings unless ``trust_torchscript``; False only when the caller has just scanned
+            this very file.
 
     Returns:
         ``(module, meta)``: the module on the CPU in eval mode, and the stored metadata plus
@@ -328,11 +397,15 @@ def load_model(
             f"load_model: 'trust_torchscript' must be a bool; got {trust_torchscript!r}. Pass "
             "True only for TorchScript files from a source you trust."
         )
+    torchscript = is_torchscript(p)  # decided from the zip's table of contents, before torch reads it
+    if torchscript and not trust_torchscript:
+        raise _refuse_torchscript(p)
+    scanned = check_before_load(p, owner="load_model", trusted=trust_torchscript) if scan else None
     digest = file_sha256(p)
     base_meta: dict[str, Any] = {"sha256": digest, "path": str(p.resolve())}
-    if is_torchscript(p):  # decided from the zip's table of contents, before torch reads it
-        if not trust_torchscript:
-            raise _refuse_torchscript(p)
+    if scanned is not None:
+        base_meta["scan"] = scanned
+    if torchscript:
         module = _load_torchscript(p)
         return module.eval(), {**base_meta, "format": "torchscript", "arch": None}
 
@@ -448,5 +521,6 @@ def read_checkpoint(path: str | Path, *, owner: str) -> tuple[dict[str, Tensor],
         )
     if is_torchscript(p):
         raise _refuse_torchscript(p)
+    check_before_load(p, owner=owner)
     state, arch, _, _ = _read_weights(p, owner=owner)
     return state, arch

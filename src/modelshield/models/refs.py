@@ -42,7 +42,13 @@ from torch import nn
 
 from modelshield._checks import check_bounds, exception_head
 from modelshield.errors import ConfigError, DataError, MissingDataError, ModelCapabilityError
-from modelshield.models.load import UnsafeModelFileError, file_sha256, is_torchscript, load_model
+from modelshield.models.load import (
+    UnsafeModelFileError,
+    check_before_load,
+    file_sha256,
+    is_torchscript,
+    load_model,
+)
 from modelshield.models.safetensors import is_safetensors
 
 if TYPE_CHECKING:
@@ -87,6 +93,8 @@ class ModelProvenance:
         sha256: the file's SHA-256, or None for a callable.
         format: the detected format.
         runtime: versions of the libraries that load and run the model, e.g. ``{"torch": "2.13.0"}``.
+        scan: the static scan's summary (``blocked``, ``findings``, ``formats``, ``seconds``), or
+            None for a callable.
     """
 
     ref: str
@@ -94,11 +102,12 @@ class ModelProvenance:
     sha256: str | None
     format: ModelFormat
     runtime: Mapping[str, str]
+    scan: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy."""
         return {"ref": self.ref, "path": self.path, "sha256": self.sha256, "format": self.format,
-                "runtime": dict(self.runtime)}
+                "runtime": dict(self.runtime), "scan": None if self.scan is None else dict(self.scan)}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -374,7 +383,7 @@ def load_model_ref(
     digest = file_sha256(path) if made.fmt != "callable" else None
     provenance = ModelProvenance(
         ref=text, path=None if made.fmt == "callable" else str(path.resolve()), sha256=digest,
-        format=made.fmt, runtime=_versions("modelshield", "numpy", *made.libraries),
+        format=made.fmt, runtime=_versions("modelshield", "numpy", *made.libraries), scan=made.scan,
     )
     return ModelRef(
         model=made.model, access=made.access, format=made.fmt,
@@ -398,9 +407,32 @@ class _Loaded:
     input_shape: tuple[int, ...] | None = None
     oracle: Any | None = None
     notes: list[str] = field(default_factory=list)
+    scan: dict[str, Any] | None = None
 
 
 def _load_file(
+    path: Path, *, arch: str | None, trust_torchscript: bool, trust_export: bool, trust_pickle: bool,
+    skops_trusted: tuple[str, ...], bounds: tuple[float, float] | None, onnx_white_box: bool,
+) -> _Loaded:
+    kind = _detect(path)
+    # The format's own refusal first (it names the opt-in), then the static scan of everything else.
+    if kind == "torchscript" and not trust_torchscript:
+        load_model(path, scan=False)  # raises load_model's refusal of untrusted TorchScript
+    if kind == "torch.export" and not trust_export:
+        raise _refuse_export(path)
+    if kind in ("pickle", "compressed") and not trust_pickle:
+        raise _refuse_pickle(path, "a pickle (pickle.dump / joblib.dump)" if kind == "pickle"
+                             else "a compressed (joblib) pickle")
+    scanned = check_before_load(path, owner=_OWNER, trusted=trust_pickle or trust_torchscript or trust_export,
+                               allow=skops_trusted)
+    loaded = _load_format(path, arch=arch, trust_torchscript=trust_torchscript, trust_export=trust_export,
+                          trust_pickle=trust_pickle, skops_trusted=skops_trusted, bounds=bounds,
+                          onnx_white_box=onnx_white_box)
+    loaded.scan = scanned
+    return loaded
+
+
+def _load_format(
     path: Path, *, arch: str | None, trust_torchscript: bool, trust_export: bool, trust_pickle: bool,
     skops_trusted: tuple[str, ...], bounds: tuple[float, float] | None, onnx_white_box: bool,
 ) -> _Loaded:
@@ -442,7 +474,8 @@ def _module_n_classes(module: nn.Module) -> int | None:
 def _load_torch(path: Path, *, arch: str | None, trust_torchscript: bool, trust_pickle: bool) -> _Loaded:
     into = _build_arch(arch) if arch is not None and ":" in arch else None
     try:
-        module, meta = load_model(path, arch=arch, trust_torchscript=trust_torchscript, into=into)
+        module, meta = load_model(path, arch=arch, trust_torchscript=trust_torchscript, into=into,
+                                  scan=False)  # _load_file has just scanned it
     except UnsafeModelFileError as exc:
         if is_torchscript(path):
             raise
@@ -454,16 +487,20 @@ def _load_torch(path: Path, *, arch: str | None, trust_torchscript: bool, trust_
                    n_classes=None if into is None else _module_n_classes(module))
 
 
+def _refuse_export(path: Path) -> UnsafeModelFileError:
+    return UnsafeModelFileError(
+        f"{_OWNER}: {str(path)!r} must be a weights file unless torch.export archives are "
+        "trusted; it is a torch.export archive, and torch.export.load unpickles parts of it with "
+        "weights_only=False (pickled weights, constants and custom objects), which can run code "
+        "from the file. Save a state dict instead (torch.save(model.state_dict(), path)) and "
+        "pass arch='package.module:function', or, only if you trust where the file came from, "
+        "pass trust_export=True (CLI: --trust-export)."
+    )
+
+
 def _load_export(path: Path, *, trust_export: bool) -> _Loaded:
     if not trust_export:
-        raise UnsafeModelFileError(
-            f"{_OWNER}: {str(path)!r} must be a weights file unless torch.export archives are "
-            "trusted; it is a torch.export archive, and torch.export.load unpickles parts of it with "
-            "weights_only=False (pickled weights, constants and custom objects), which can run code "
-            "from the file. Save a state dict instead (torch.save(model.state_dict(), path)) and "
-            "pass arch='package.module:function', or, only if you trust where the file came from, "
-            "pass trust_export=True (CLI: --trust-export)."
-        )
+        raise _refuse_export(path)
     try:
         program = torch.export.load(str(path))
     except (RuntimeError, OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:

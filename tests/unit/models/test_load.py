@@ -118,7 +118,7 @@ def test_torchscript_round_trip(tmp_path: Path, net: nn.Module) -> None:
 def test_refuses_pickled_module(tmp_path: Path, net: nn.Module) -> None:
     path = tmp_path / "full.pt"
     torch.save(net, path)
-    expected = r"pickled Python objects.*refuses to unpickle.*save_model"
+    expected = r"static scan.*'modelshield\.models\.archs\.Cnn8x8', which is not on the allow-list"
     with pytest.raises(DataError, match=expected):
         load_model(path)
     with pytest.raises(ModelCapabilityError):
@@ -139,8 +139,11 @@ def test_malicious_pickle_runs_no_code(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     path.write_bytes(pickle.dumps(_Payload(marker), protocol=2))  # torch.save uses 2
-    with pytest.raises(UnsafeModelFileError, match="refuses to unpickle"):
+    with pytest.raises(UnsafeModelFileError, match=r"static scan.*mkdir'.*code-execution primitive"):
         load_model(path, arch="cnn-8x8")
+    assert not marker.exists()
+    with pytest.raises(UnsafeModelFileError, match="refuses to unpickle"):  # weights_only, behind it
+        load_model(path, arch="cnn-8x8", scan=False)
     assert not marker.exists()
 
 
@@ -151,8 +154,10 @@ def test_missing_and_corrupt_files(tmp_path: Path, net: nn.Module) -> None:
     save_model(net, path, arch="cnn-8x8")
     cut = tmp_path / "cut.pt"
     cut.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(DataError, match=r"cut\.pt.*cannot be read"):
+    with pytest.raises(DataError, match=r"cut\.pt.*static scan.*truncated"):
         load_model(cut)
+    with pytest.raises(DataError, match=r"cut\.pt.*cannot be read"):
+        load_model(cut, scan=False)
     tensor_file = tmp_path / "tensor.pt"
     torch.save(torch.zeros(3), tensor_file)
     with pytest.raises(DataError, match=r"state dict of tensors; got Tensor"):
