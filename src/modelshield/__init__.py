@@ -2,26 +2,8 @@
 
 from __future__ import annotations
 
-from modelshield.attacks import (
-    APGD,
-    APGDT,
-    FGSM,
-    PGD,
-    CarliniWagnerL2,
-    DeepFool,
-    Ensemble,
-    EvasionResult,
-    HopSkipJump,
-    SimBA,
-    Square,
-    Transfer,
-    build_attack,
-    sweep,
-)
+from typing import TYPE_CHECKING, Any
 
-# Importing the training defences registers the zoo's adversarial trainer (the zoo, a lower
-# layer, cannot import it): zoo.load("digits-cnn-at") works after any modelshield import.
-from modelshield.defenses import training as _training  # noqa: F401  (imported for registration)
 from modelshield.errors import (
     ConfigError,
     DataError,
@@ -33,7 +15,50 @@ from modelshield.errors import (
     NotFittedError,
     QueryBudgetExceeded,
 )
-from modelshield.models import as_model
+
+if TYPE_CHECKING:
+    from modelshield.attacks import (
+        APGD,
+        APGDT,
+        FGSM,
+        PGD,
+        CarliniWagnerL2,
+        DeepFool,
+        Ensemble,
+        EvasionResult,
+        HopSkipJump,
+        SimBA,
+        Square,
+        Transfer,
+        build_attack,
+        sweep,
+    )
+    from modelshield.models import as_model
+
+_LAZY = {
+    **dict.fromkeys(("APGD", "APGDT", "FGSM", "PGD", "CarliniWagnerL2", "DeepFool", "Ensemble",
+                     "EvasionResult", "HopSkipJump", "SimBA", "Square", "Transfer", "build_attack", "sweep"),
+                    "modelshield.attacks"),
+    "as_model": "modelshield.models",
+}
+"""Re-exports imported on first use (PEP 562), so that ``import modelshield`` and the commands
+that need no model (``modelshield scan``, ``sign``, ``audit``) start without importing torch."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modelshield' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from typing import Any
 
 import typer
@@ -9,20 +12,47 @@ from typer.core import TyperGroup
 
 from modelshield import __version__
 from modelshield.cli import _render as render
-from modelshield.cli._target import torch_threads
-from modelshield.cli.assess import assess, demo
-from modelshield.cli.attack import attack_app
-from modelshield.cli.audit import audit_app
-from modelshield.cli.backdoor import backdoor_app
-from modelshield.cli.data import poison, validate_data
-from modelshield.cli.defend import certify, defend_app
-from modelshield.cli.extract import extract
-from modelshield.cli.scan import scan
-from modelshield.cli.secure import manifest_app, sign, verify
-from modelshield.cli.zoo import zoo_app
 from modelshield.errors import ModelShieldError
 
 __all__ = ["app", "main"]
+
+EXIT_SIGPIPE = 141
+"""Exit status when stdout's reader went away (128 + SIGPIPE), as shells report for ``cat``."""
+
+
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "attack": ("modelshield.cli.attack", "attack_app"),
+    "audit": ("modelshield.cli.audit", "audit_app"),
+    "zoo": ("modelshield.cli.zoo", "zoo_app"),
+    "defend": ("modelshield.cli.defend", "defend_app"),
+    "backdoor": ("modelshield.cli.backdoor", "backdoor_app"),
+    "assess": ("modelshield.cli.assess", "assess"),
+    "certify": ("modelshield.cli.defend", "certify"),
+    "demo": ("modelshield.cli.assess", "demo"),
+    "extract": ("modelshield.cli.extract", "extract"),
+    "poison": ("modelshield.cli.data", "poison"),
+    "validate-data": ("modelshield.cli.data", "validate_data"),
+    "scan": ("modelshield.cli.scan", "scan"),
+    "manifest": ("modelshield.cli.secure", "manifest_app"),
+    "sign": ("modelshield.cli.secure", "sign"),
+    "verify": ("modelshield.cli.secure", "verify"),
+}
+"""Every command: ``name -> (module, attribute)``, a typer function or a typer sub-app. A command's
+module is imported only when that command runs (or ``--help`` lists them all), so ``modelshield
+scan`` starts without importing torch or the attacks."""
+
+
+def _load_command(name: str) -> Any:
+    """The click command for ``name``, built from its module (imported now)."""
+    module_name, attribute = _COMMANDS[name]
+    obj = getattr(importlib.import_module(module_name), attribute)
+    if isinstance(obj, typer.Typer):
+        group = typer.main.get_group(obj)
+        group.name = name
+        return group
+    single = typer.Typer(add_completion=False)
+    single.command(name)(obj)
+    return typer.main.get_command(single)
 
 
 class _ShieldGroup(TyperGroup):
@@ -34,10 +64,20 @@ class _ShieldGroup(TyperGroup):
     traceback (or typer's usage panel) shows.
     """
 
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in _COMMANDS if n not in self.commands)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in _COMMANDS:
+            command = _load_command(cmd_name)
+            self.add_command(command, cmd_name)
+        return command
+
     def invoke(self, ctx: Any) -> Any:  # typer's vendored click.Context
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort):
+        except (typer.Exit, typer.Abort, BrokenPipeError):
             raise
         except ModelShieldError as exc:
             if _debug(ctx):
@@ -78,23 +118,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-app.add_typer(attack_app, name="attack")
-app.add_typer(audit_app, name="audit")
-app.add_typer(zoo_app, name="zoo")
-app.add_typer(defend_app, name="defend")
-app.add_typer(backdoor_app, name="backdoor")
-app.command("assess")(assess)
-app.command("certify")(certify)
-app.command("demo")(demo)
-app.command("extract")(extract)
-app.command("poison")(poison)
-app.command("validate-data")(validate_data)
-app.command("scan")(scan)
-app.add_typer(manifest_app, name="manifest")
-app.command("sign")(sign)
-app.command("verify")(verify)
-
-
 def _version(value: bool) -> None:
     if value:
         render.say(f"modelshield {__version__}")
@@ -121,9 +144,21 @@ def root(
     130 interrupted (Ctrl-C)
     """
     ctx.obj = {"debug": debug}
-    ctx.with_resource(torch_threads(threads))  # restored when the command ends
+    if threads is not None:  # torch is imported only by the commands that run a model
+        from modelshield.zoo.training import torch_threads
+
+        ctx.with_resource(torch_threads(threads))  # restored when the command ends
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    A reader that closes the pipe early (``modelshield scan dir --json | head``) ends the command
+    quietly, as ``cat`` does, with the shell's code for SIGPIPE (141), instead of a crash report.
+    """
+    try:
+        app()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout at exit: let that go nowhere
+        sys.exit(EXIT_SIGPIPE)

@@ -22,6 +22,7 @@ is caught instead of silently giving other numbers.
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import json
 import time
 from dataclasses import asdict
@@ -179,12 +180,18 @@ class AdversarialTrainer(Protocol):
 _ADVERSARIAL_TRAINERS: list[AdversarialTrainer] = []
 
 
+TRAINER_PROVIDER = "modelshield.defenses.training"
+"""The module that registers the adversarial trainer when imported; loaded by name the first time
+an adversarially trained entry is built and no trainer is registered yet (a plugin lookup: the
+zoo sits below the defences in the package layers and never imports their code directly)."""
+
+
 def register_adversarial_trainer(fn: AdversarialTrainer) -> None:
     """Install the function that trains the adversarially trained entries.
 
     The zoo sits below attacks and defences in the package layers, so it does not import the
-    trainer; ``modelshield.defenses.training`` registers it when imported (and importing
-    ``modelshield`` imports it). The last registration wins.
+    trainer; ``modelshield.defenses.training`` registers it when imported (``TRAINER_PROVIDER``
+    is loaded on first need). The last registration wins.
     """
     _ADVERSARIAL_TRAINERS.append(fn)
 
@@ -197,6 +204,8 @@ def _train_adversarial(
     threads = recipe.pop("num_threads", None)
     if s.eps is None:
         raise RuntimeError("unreachable: adversarial zoo entries have eps")
+    if not _ADVERSARIAL_TRAINERS:
+        importlib.import_module(TRAINER_PROVIDER)  # registers the trainer
     if not _ADVERSARIAL_TRAINERS:
         raise ConfigError(
             f"zoo.train: {s.name!r} needs the adversarial trainer, which must be registered; got none. "
