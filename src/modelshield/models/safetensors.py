@@ -124,5 +124,5 @@ def convert_to_safetensors(source: str | Path, out: str | Path, *, force: bool =
             f"{owner}: the safetensors copy of {str(src)!r} must hold the same tensors; {len(bad)} differ "
             f"(e.g. {bad[:3]}). Nothing was kept; report this with the source file's digest."
         )
-    return ConversionResult(source=str(src), source_sha256=hash_file(src), out=str(dst),
-                            sha256=hash_file(dst), tensors=len(state), bytes=len(data))
+    return ConversionResult(source=str(src), source_sha256=hash_file(src).hexdigest(), out=str(dst),
+                            sha256=hash_file(dst).hexdigest(), tensors=len(state), bytes=len(data))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -33,6 +34,9 @@ def test_convert_keeps_every_tensor_and_the_architecture(tmp_path: Path, net: nn
     result = convert_to_safetensors(src, tmp_path / "net.safetensors")
     out = Path(result.out)
     assert is_safetensors(out) and not is_safetensors(src)
+    assert result.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert result.source_sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert result.to_dict()["bytes"] == out.stat().st_size
     tensors, meta = read_safetensors(out, owner="test")
     assert meta == {"format": "modelshield-v1", "arch": "cnn-8x8"}
     assert set(tensors) == set(net.state_dict()) and result.tensors == len(tensors)
