@@ -93,4 +93,21 @@ def write_report(
     html = render_html(data)
     write_json(json_path, data, overwrite=True)
     write_atomic(html_path, html, force=True)
+    _audit(json_path, data)
     return json_path, html_path
+
+
+def _audit(json_path: Path, data: Mapping[str, Any]) -> None:
+    """An ``assess`` record in the configured audit log: the report's digest, the model's and the
+    data's identity, the severity and the sections (nothing is written without a log)."""
+    from modelshield.secure.audit import log_event
+
+    model, dataset = data.get("model") or {}, data.get("data") or {}
+    summary = data.get("summary") or {}
+    details = {
+        "model": {k: model.get(k) for k in ("name", "sha256", "weights_sha256", "path") if model.get(k)},
+        "data": {k: dataset.get(k) for k in ("name", "sha256") if dataset.get(k)},
+        "severity": summary.get("severity"),
+        "sections": [r.get("section") for r in summary.get("risks") or [] if isinstance(r, Mapping)],
+    }
+    log_event(action="assess", artifact=json_path, details=details)

@@ -17,6 +17,7 @@ from rich.markup import escape
 from modelshield._io import check_output_paths, write_atomic
 from modelshield.cli import _render as render
 from modelshield.errors import ConfigError
+from modelshield.secure.audit import log_event
 from modelshield.secure.manifest import Manifest, create_manifest, verify_manifest
 from modelshield.secure.signing import sign_model, verify_model
 
@@ -70,6 +71,8 @@ def manifest_create(
     for r in manifest.refused:
         render.say(f"[yellow]refused[/] {escape(r.path)}: {escape(r.reason)}")
     render.say(f"Manifest written to {escape(str(out))}")
+    log_event(action="manifest", artifact=out, details={"root": manifest.root, "data": str(root),
+                                                       "files": len(manifest.files), "rows": n_rows})
 
 
 @manifest_app.command("verify")
@@ -122,6 +125,8 @@ def sign(
                         ignore_paths=ignore or (), force=force)
     render.say(f"Signed {len(result.files)} file(s) of {escape(result.path)} ({result.method}); "
                f"bundle written to {escape(result.bundle)}")
+    log_event(action="sign", artifact=path if path.is_file() else str(path),
+              details={"bundle": result.bundle, "method": result.method, "files": len(result.files)})
 
 
 def verify(

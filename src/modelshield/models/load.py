@@ -210,6 +210,10 @@ def save_model(
         meta: JSON-like metadata stored in the file (accuracy, provenance, ...).
         overwrite: replace an existing file; otherwise an existing file is an error.
 
+    When an audit log is configured (``$MODELSHIELD_AUDIT_LOG``), a ``save-model`` record names
+    the file's digest, the architecture and meta (the training recipe and data digests the
+    callers store there).
+
     Returns:
         The SHA-256 hex digest of the written file.
 
@@ -247,7 +251,18 @@ def save_model(
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    return file_sha256(target)
+    digest = file_sha256(target)
+    from modelshield.secure.audit import Artifact, log_event
+
+    log_event(action="save-model", artifact=Artifact(name=str(target.resolve()), sha256=digest),
+              details={"arch": arch, "format": FORMAT, "meta": plain_meta, "code": _code_version()})
+    return digest
+
+
+def _code_version() -> str:
+    from modelshield import __version__
+
+    return f"modelshield {__version__}"
 
 
 def is_torchscript(path: Path) -> bool:
