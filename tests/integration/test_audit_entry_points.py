@@ -42,11 +42,13 @@ def test_save_model_and_assessment_are_recorded(audit_log: Path, tmp_path: Path)
     x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     y = torch.randint(0, 10, (12,), generator=torch.Generator().manual_seed(1))
     result = run(net, x, y, plan=AssessmentPlan(sections=("evasion",), n=12),
-                 model_info={"name": "net.pt", "sha256": digest}, data_info={"name": "random", "sha256": "ab"})
+                 model_info={"name": "net.pt", "sha256": digest},
+                 data_info={"name": "random", "sha256": "ab"})
     json_path, _ = write_report(result, tmp_path / "report")
     saved, assessed = _records(audit_log)
     assert saved.action == "save-model" and saved.artifact.sha256 == digest == file_sha256(weights)
-    assert saved.details["meta"]["recipe"] == {"epochs": 3} and saved.details["code"].startswith("modelshield")
+    assert saved.details["meta"]["recipe"] == {"epochs": 3}
+    assert saved.details["code"].startswith("modelshield")
     assert assessed.action == "assess" and assessed.artifact.sha256 == file_sha256(json_path)
     assert assessed.details["model"]["sha256"] == digest and assessed.details["sections"] == ["evasion"]
 
@@ -55,7 +57,8 @@ def test_manifest_and_sign_commands_are_recorded(audit_log: Path, tmp_path: Path
     data = tmp_path / "data"
     data.mkdir()
     (data / "train.csv").write_text("a,b\n1,2\n3,4\n")
-    assert runner.invoke(app, ["manifest", "create", str(data), "--out", str(tmp_path / "m.json")]).exit_code == 0
+    created = runner.invoke(app, ["manifest", "create", str(data), "--out", str(tmp_path / "m.json")])
+    assert created.exit_code == 0, created.output
     model = tmp_path / "model.bin"
     model.write_bytes(b"weights")
     keys = generate_keypair(tmp_path / "keys")
