@@ -2,7 +2,8 @@
 
 Each case writes a model in a user format and data in a user format, runs the one command, and
 checks that the report's sections match the model's kind (image: evasion, blackbox, extraction;
-tabular: tabular, blackbox, extraction, poisoning; text: poisoning, text-evasion, extraction), that
+tabular: tabular, blackbox, extraction, poisoning; text: poisoning, text-evasion, extraction; plus
+supply-chain for a model file), that
 each either ran on the user's model and data or says why not, that the numbers are the model's own
 (clean accuracy recomputed here on the same points) and that the provenance names the files.
 """
@@ -118,7 +119,7 @@ def test_pytorch_state_dict_with_user_arch_on_npz(tmp_path: Path, user_dir: Path
              x_test=xte.reshape(-1, 1, 8, 8), y_test=yte)
     report = _assess(["--model", str(tmp_path / "weights.pt"), "--arch", "userbits_nets:make_model",
                       "--data", str(tmp_path / "digits.npz")], tmp_path / "out")
-    assert [s["id"] for s in report["sections"]] == ["evasion", "blackbox", "extraction"]
+    assert [s["id"] for s in report["sections"]] == ["evasion", "blackbox", "extraction", "supply-chain"]
     evasion = _section(report, "evasion")
     with torch.no_grad():
         clean = float((net(torch.from_numpy(xte[:N])).argmax(1).numpy() == yte[:N]).mean())
@@ -146,7 +147,8 @@ def test_sklearn_pipeline_saved_with_skops_on_csv(tmp_path: Path) -> None:
     _write_csv(tmp_path / "rows.csv", np.concatenate([xtr, xte]), np.concatenate([binary_tr, binary_te]))
     report = _assess(["--model", str(tmp_path / "pipe.skops"), "--data", str(tmp_path / "rows.csv"),
                       "--label-col", "label"], tmp_path / "out")
-    assert [s["id"] for s in report["sections"]] == ["tabular", "blackbox", "extraction", "poisoning"]
+    assert [s["id"] for s in report["sections"]] == ["tabular", "blackbox", "extraction", "poisoning",
+                                                     "supply-chain"]
     tab = _section(report, "tabular")
     assert not tab["metrics"].get("skipped")
     assert any("Tabular rows" in w for w in _section(report, "blackbox")["warnings"])
@@ -176,7 +178,8 @@ def test_xgboost_model_on_csv(tmp_path: Path) -> None:
     clf.save_model(tmp_path / "fraud.json")
     report = _assess(["--model", str(tmp_path / "fraud.json"), "--data", str(tmp_path / "rows.csv"),
                       "--label-col", "label"], tmp_path / "out")
-    assert [s["id"] for s in report["sections"]] == ["tabular", "blackbox", "extraction", "poisoning"]
+    assert [s["id"] for s in report["sections"]] == ["tabular", "blackbox", "extraction", "poisoning",
+                                                     "supply-chain"]
     _extraction_on_training_split(report)
     poisoning = _section(report, "poisoning")  # the booster's recipe rebuilt and refitted: a real sweep
     m = poisoning["metrics"]
@@ -238,7 +241,7 @@ def test_onnx_model_on_an_image_folder(tmp_path: Path) -> None:
     assert report["model"]["format"] == "onnx"
     assert report["data"]["format"] == "image-folder"
     ids = [s["id"] for s in report["sections"]]
-    assert ids == ["evasion", "blackbox", "extraction"]
+    assert ids == ["evasion", "blackbox", "extraction", "supply-chain"]
     if report["model"]["access"] == "white-box":  # converted and checked against onnxruntime
         assert 0.0 <= _section(report, "evasion")["metrics"]["robust_accuracy"] <= 1.0
     else:

@@ -48,6 +48,10 @@ ATLAS: dict[str, str] = {
     "AML.T0043.002": "Black-Box Transfer",
     "AML.T0020": "Poison Training Data",
     "AML.T0018": "Backdoor ML Model",
+    "AML.T0010": "AI Supply Chain Compromise",
+    "AML.T0010.002": "AI Supply Chain Compromise: Data",
+    "AML.T0010.003": "AI Supply Chain Compromise: Model",
+    "AML.T0011.000": "User Execution: Unsafe AI Artifacts",
 }
 """MITRE ATLAS techniques (https://atlas.mitre.org) that sections cite, by id; sections that
 cite another technique add it here before calling ``atlas()``."""

@@ -24,6 +24,7 @@ __all__ = [
     "DefensesPlan",
     "EvasionPlan",
     "ExtractionPlan",
+    "SupplyChainPlan",
     "TabularPlan",
 ]
 
@@ -322,6 +323,92 @@ class ExtractionPlan:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SupplyChainPlan:
+    """The supply-chain part of an assessment (section ``"supply-chain"``): what to check the model
+    file and the data against. Nothing here is required; each unset field is reported as missing.
+
+    Args:
+        bundle: the model's signature bundle; None uses ``<model file>.sig`` (the trust policy's
+            suffix) when that file exists.
+        public_keys: PEM public keys the signature may verify with; () uses the trust policy's
+            (``$MODELSHIELD_TRUST_POLICY``).
+        manifest: a data manifest (``modelshield manifest create``) to verify the data against.
+        data_root: the folder (or file) the manifest describes; None uses the data file's folder
+            (the file itself when the manifest lists only that file).
+        audit_log: the audit log (a file path or a ``postgresql://`` URL) to read the model's
+            provenance from; None uses ``$MODELSHIELD_AUDIT_LOG``.
+
+    Raises:
+        ConfigError: a path that does not exist (or is not a file / folder as needed), or an
+            empty audit-log reference.
+    """
+
+    bundle: Path | None = None
+    public_keys: tuple[Path, ...] = ()
+    manifest: Path | None = None
+    data_root: Path | None = None
+    audit_log: str | None = None
+
+    def __post_init__(self) -> None:
+        own = "SupplyChainPlan"
+        for name, fix in (("bundle", "Sign the model ('modelshield sign') or drop the option"),
+                          ("manifest", "Create it with 'modelshield manifest create DATA'")):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _existing(value, name=name, owner=own, fix=fix, folder=False))
+        keys = (self.public_keys,) if isinstance(self.public_keys, str | Path) else tuple(self.public_keys)
+        object.__setattr__(self, "public_keys", tuple(
+            _existing(k, name="public_keys", owner=own, folder=False,
+                      fix="Give the PEM public key that matches the signing key") for k in keys))
+        if self.data_root is not None:
+            object.__setattr__(self, "data_root", _existing(self.data_root, name="data_root", owner=own,
+                                                            folder=None, fix="Give the data folder"))
+        if self.audit_log is not None:
+            log = self.audit_log
+            if not isinstance(log, str | Path) or not str(log).strip():
+                raise ConfigError(f"{own}: 'audit_log' must be a log file path or a postgresql:// URL; got "
+                                  f"{log!r}. Pass e.g. audit_log='audit.db', or None for "
+                                  "$MODELSHIELD_AUDIT_LOG.")
+            text = str(log).strip()
+            if "://" not in text:
+                _existing(text, name="audit_log", owner=own, folder=False,
+                          fix="Create the log with 'modelshield audit init' or pass its URL")
+            elif not text.startswith(("postgresql://", "postgres://")):
+                raise ConfigError(f"{own}: 'audit_log' must be a file path or a postgresql:// URL; got "
+                                  f"{text!r}. Pass e.g. postgresql://user@host/db.")
+            object.__setattr__(self, "audit_log", text)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"bundle": None if self.bundle is None else str(self.bundle),
+                "public_keys": [str(k) for k in self.public_keys],
+                "manifest": None if self.manifest is None else str(self.manifest),
+                "data_root": None if self.data_root is None else str(self.data_root),
+                "audit_log": _redact_url(self.audit_log)}
+
+
+def _existing(value: object, *, name: str, owner: str, fix: str, folder: bool | None) -> Path:
+    """value as an existing Path (a file when folder is False, a folder when True, either for None)."""
+    if not isinstance(value, str | Path) or not str(value):
+        raise ConfigError(f"{owner}: {name!r} must be a path; got {value!r}. {fix}.")
+    path = Path(value).expanduser()
+    ok = path.is_dir() if folder else path.is_file() if folder is False else path.exists()
+    if not ok:
+        what = "an existing " + ("folder" if folder else "file" if folder is False else "path")
+        raise ConfigError(f"{owner}: {name!r} must be {what}; got {str(path)!r}. {fix}.")
+    return path
+
+
+def _redact_url(value: str | None) -> str | None:
+    """A log reference safe to print: the password of a URL is replaced by ``***``."""
+    if value is None or "://" not in value or "@" not in value:
+        return value
+    scheme, rest = value.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}{':***' if ':' in creds else ''}@{host}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AssessmentPlan:
     """Which sections to run, on how many points, and each section's sub-plan.
 
@@ -335,6 +422,7 @@ class AssessmentPlan:
         tabular: the sub-plan of the ``"tabular"`` section (tabular models).
         defenses: the sub-plan of the ``"defenses"`` section (defended vs undefended model).
         extraction: overrides for the ``"extraction"`` section (query budgets, thief epochs).
+        supply_chain: the sub-plan of the ``"supply-chain"`` section (signature, manifest, audit log).
 
     Raises:
         ConfigError: bad n, batch_size or seed, or an empty section list.
@@ -352,6 +440,7 @@ class AssessmentPlan:
     tabular: TabularPlan = field(default_factory=TabularPlan)
     defenses: DefensesPlan = field(default_factory=DefensesPlan)
     extraction: ExtractionPlan = field(default_factory=ExtractionPlan)
+    supply_chain: SupplyChainPlan = field(default_factory=SupplyChainPlan)
 
     def __post_init__(self) -> None:
         sections = tuple(self.sections)
@@ -378,6 +467,7 @@ class AssessmentPlan:
             **({"tabular": self.tabular.to_dict()} if "tabular" in self.sections else {}),
             **({"defenses": self.defenses.to_dict()} if "defenses" in self.sections else {}),
             **({"extraction": self.extraction.to_dict()} if "extraction" in self.sections else {}),
+            **({"supply_chain": self.supply_chain.to_dict()} if "supply-chain" in self.sections else {}),
         }
 
 

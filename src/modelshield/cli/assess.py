@@ -22,7 +22,14 @@ from modelshield.assess import (
     run,
     write_report,
 )
-from modelshield.assess.plan import DEFAULT_ATTACKS, DEFAULT_BUDGETS, DEFAULT_EPS, DefensesPlan, parse_floats
+from modelshield.assess.plan import (
+    DEFAULT_ATTACKS,
+    DEFAULT_BUDGETS,
+    DEFAULT_EPS,
+    DefensesPlan,
+    SupplyChainPlan,
+    parse_floats,
+)
 from modelshield.cli import _render as render
 from modelshield.cli._target import Target, check_model_fits, load_target, parse_norm, torch_threads
 from modelshield.cli.attack import (
@@ -72,12 +79,25 @@ def default_sections(target: Target) -> tuple[str, ...]:
     poisoning (the sweep on zoo models, validation of the training file for a user's model),
     text-evasion, extraction (a TF-IDF copy trained on the model's answers to training-split
     texts). backdoor and defenses are opt-in: slow, and defenses needs a defended model.
+    supply-chain (a static scan of the model file, its signature, the data manifest, the audit
+    log; takes about as long as hashing the file) is added for a model given as a file.
     """
+    chosen: tuple[str, ...]
     if target.text:
-        return TEXT_SECTIONS
-    if target.tabular:
-        return USER_TABULAR_SECTIONS if target.data is not None else TABULAR_SECTIONS
-    return IMAGE_SECTIONS
+        chosen = TEXT_SECTIONS
+    elif target.tabular:
+        chosen = USER_TABULAR_SECTIONS if target.data is not None else TABULAR_SECTIONS
+    else:
+        chosen = IMAGE_SECTIONS
+    return (*chosen, "supply-chain") if target.model_info.get("source") == "file" else chosen
+
+
+def _supply_chain_plan(public_key: list[str] | None, *, bundle: Path | None, manifest: Path | None,
+                       audit_log: str | None) -> SupplyChainPlan:
+    """The supply-chain sub-plan from ``--public-key`` (repeatable, comma-separated), ``--bundle``,
+    ``--manifest`` and ``--audit-log``."""
+    keys = tuple(Path(k.strip()) for item in public_key or [] for k in item.split(",") if k.strip())
+    return SupplyChainPlan(bundle=bundle, public_keys=keys, manifest=manifest, audit_log=audit_log)
 
 
 def _parse_ints(text: str, *, name: str) -> tuple[int, ...]:
@@ -159,8 +179,10 @@ def assess(
              "models (plus defenses with --defended), tabular,blackbox,extraction for tabular models "
              "(plus poisoning, a label-flip sweep refitting your model, on your own data), "
              "poisoning,text-evasion,extraction for text models (a section that cannot run on the "
-             "model says why in the report). backdoor and defenses are opt-in: they are slow (a "
-             "trigger search per class) or need a defended model (--defended).")] = None,
+             "model says why in the report, and the others still run); plus supply-chain (scan of the "
+             "model file, signature, data manifest, audit-log provenance; any model) when --model is a "
+             "file or a supply-chain option is given. backdoor and defenses are opt-in: they are slow "
+             "(a trigger search per class) or need a defended model (--defended).")] = None,
     defended: Annotated[str | None, typer.Option(
         "--defended", help="defenses section: the defended model compared with --model, a model file "
         "(loaded like --model; a bare state dict uses --arch) or a zoo name. Default: the zoo's "
@@ -182,17 +204,36 @@ def assess(
     max_changes: Annotated[str, typer.Option(
         help="tabular section: L0 budgets (most features changed per row).")] = "1,2,3,5",
     constraints: Annotated[Path | None, typer.Option(
-        help="tabular section: constraint spec (YAML/JSON; default: the shipped phishing spec).")] = None,
+        help="tabular section: constraint spec (YAML/JSON). Default: the shipped phishing spec for the "
+             "built-in phishing-websites data; for your own rows, a spec inferred from the assessment "
+             "rows (every feature mutable; the report flags it).")] = None,
     fail_under: Annotated[list[str] | None, typer.Option(
         "--fail-under", metavar="METRIC=VALUE", help="Exit 1 when a summary metric is below VALUE "
         "(repeatable), e.g. robust_accuracy=0.6; METRIC<=VALUE caps a metric instead.")] = None,
+    public_key: Annotated[list[str] | None, typer.Option(
+        "--public-key", help="supply-chain section: PEM public key(s) the model's signature must verify "
+        "with (repeatable or comma-separated). Default: the trust policy's "
+        "($MODELSHIELD_TRUST_POLICY).")] = None,
+    bundle: Annotated[Path | None, typer.Option(
+        "--bundle", help="supply-chain section: the model's signature bundle. Default: <model>.sig.")] = None,
+    manifest: Annotated[Path | None, typer.Option(
+        "--manifest", help="supply-chain section: a data manifest ('modelshield manifest create') to verify "
+        "the --data files against (the data file's folder, or the file when the manifest lists only "
+        "it).")] = None,
+    audit_log: Annotated[str | None, typer.Option(
+        "--audit-log", help="supply-chain section: the audit log (file or postgresql:// URL) holding the "
+        "model's provenance. Default: $MODELSHIELD_AUDIT_LOG.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing report files.")] = False,
     device: DeviceOption = "cpu",
 ) -> None:
     """Run the threat suite on a model (evasion, black-box, tabular, extraction, poisoning, text
     evasion: the sections that fit it); write report.json and report.html.
 
-    Exits with 1 when a --fail-under threshold is missed, 2 on bad input.
+    A section that cannot run on this model or data (bad input for it, a capability the model
+    lacks) is reported as failed with the reason, and the other sections still run.
+
+    Exits with 1 when a --fail-under threshold is missed, 2 on bad input, 3 on an internal error (a
+    modelshield bug: the message names the crash file holding the traceback; --debug prints it).
     """
     resolve_device(device, owner="modelshield assess")  # a bad --device fails before any work
     thresholds = [parse_threshold(t) for t in fail_under or []]
@@ -209,6 +250,7 @@ def assess(
     changes = _parse_ints(max_changes, name="--max-changes")
     tabular = TabularPlan(max_changes=changes, headline_changes=3 if 3 in changes else max(changes),
                           constraints=constraints)
+    supply_chain = _supply_chain_plan(public_key, bundle=bundle, manifest=manifest, audit_log=audit_log)
     check_new_files([out / "report.json", out / "report.html"], overwrite=force, owner="modelshield assess")
     with render.progress_bar("loading model") as progress, render.show_warnings():
         target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress,
@@ -226,6 +268,14 @@ def assess(
                 f"{sections!r} without it. Add defenses, e.g. --sections {sections},defenses."
             )
         chosen = (*chosen, "defenses")
+    if supply_chain != SupplyChainPlan() and "supply-chain" not in chosen:
+        if sections is not None:
+            raise ConfigError(
+                f"modelshield assess: '--public-key', '--bundle', '--manifest' and '--audit-log' are used by "
+                f"the supply-chain section; got --sections {sections!r} without it. Add it, e.g. --sections "
+                f"{sections},supply-chain."
+            )
+        chosen = (*chosen, "supply-chain")
     check_threshold_metrics(thresholds, chosen)  # a misspelt metric fails now, not after the run
     defenses = _defenses_plan(defended, arch=arch, trust_torchscript=trust_torchscript)
     if isinstance(defenses.defended, nn.Module):  # a --defended file must fit the data before any section
@@ -234,7 +284,8 @@ def assess(
                          model=str(defenses.name), data=str(target.data_info.get("name")),
                          fix="Pass to --defended a defended version of --model (same inputs and classes)")
     plan = AssessmentPlan(sections=chosen, n=n, batch_size=batch_size, seed=seed, evasion=evasion,
-                          blackbox=blackbox, tabular=tabular, defenses=defenses, extraction=extraction)
+                          blackbox=blackbox, tabular=tabular, defenses=defenses, extraction=extraction,
+                          supply_chain=supply_chain)
     _assess_and_write(target, plan, out, force=force, thresholds=thresholds)
 
 

@@ -8,6 +8,10 @@ clean accuracy, attack success rate, provenance), ``poison_rows.npz`` (the chang
 ``scan`` inspects a model with Neural Cleanse (Wang et al., 2019), calibrates STRIP (Gao et al.,
 2019) at 5% false rejection and, given a ``plant`` folder, runs activation clustering (Chen et al.,
 2019) and spectral signatures (Tran et al., 2018) on its poisoned training set.
+
+Both take ``--device``: ``plant`` trains there (poisoning and the test metrics stay on the CPU, and
+the saved model is a CPU state dict); ``scan`` moves the model, its clean images and the poisoned
+training set there.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,9 +37,10 @@ from modelshield.assess.suite import jsonable
 from modelshield.attacks.backdoor import BackdoorResult, BadNets, attack_success_rate, make_train_fn
 from modelshield.cli import _render as render
 from modelshield.cli._target import load_target
-from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, MODEL_HELP, TrustTorchScriptOption
+from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, MODEL_HELP, DeviceOption, TrustTorchScriptOption
 from modelshield.errors import ConfigError, DataError
 from modelshield.experiments.backdoor import IMAGE_BACKDOOR_ATTACKS, build_backdoor_attack, plant_backdoor
+from modelshield.models import resolve_device
 
 __all__ = ["backdoor_app", "plant", "scan"]
 
@@ -83,6 +89,22 @@ def _load_data(name: str, data_dir: Path | None, owner: str) -> Any:
     return load_dataset(name, root=data_dir)
 
 
+def _train_on(device: torch.device, arch: str, *, epochs: int, batch_size: int,
+              seed: int) -> Callable[[Tensor, Tensor], nn.Module]:
+    """``make_train_fn(arch, ...)`` training on ``device``: the module is built from ``seed`` on the
+    CPU as the zoo builds it, moved with its training rows to ``device``, trained there and handed
+    back on the CPU (where plant poisons, measures and saves)."""
+    from modelshield.models.archs import build
+
+    fit = make_train_fn(lambda: build(arch, seed=seed).to(device), epochs=epochs, batch_size=batch_size,
+                        seed=seed)
+
+    def train(x: Tensor, y: Tensor) -> nn.Module:
+        return fit(x.to(device), y.to(device)).cpu()
+
+    return train
+
+
 def _build_attack(name: str, *, target: int, rate: float, patch_size: int, alpha: float,
                   bounds: tuple[float, float], seed: int) -> Any:
     check_choice("--attack", name, ATTACKS, owner=OWNER_PLANT)
@@ -104,11 +126,13 @@ def plant(
     seed: Annotated[int, typer.Option(help="Seed (poisoned rows, trigger, training).")] = 0,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
+    device: DeviceOption = "cpu",
 ) -> None:
-    """Poison a training set, train the zoo architecture on it and save the backdoored model;
-    prints clean accuracy and attack success rate; exits 2 on bad input."""
+    """Poison a training set, train the zoo architecture on it (on --device) and save the backdoored
+    model; prints clean accuracy and attack success rate; exits 2 on bad input."""
     from modelshield.models.load import save_model, weights_sha256
 
+    dev = resolve_device(device, owner=OWNER_PLANT)  # a bad --device fails before any work
     files = [out / "model.pt", out / "poison.json", out / "poison_rows.npz", out / "trigger.png"]
     check_new_files(files, overwrite=force, owner=OWNER_PLANT)
     ds = _load_data(data, data_dir, OWNER_PLANT)
@@ -125,7 +149,7 @@ def plant(
     atk = _build_attack(attack, target=target, rate=rate, patch_size=patch_size, alpha=alpha,
                         bounds=ds.bounds, seed=seed)
     x, y = ds.x_train[:size].float(), ds.y_train[:size].long()
-    train = make_train_fn(arch, epochs=n_epochs, batch_size=batch_size, seed=seed)
+    train = _train_on(dev, arch, epochs=n_epochs, batch_size=batch_size, seed=seed)
     x_test, y_test = ds.x_test.float(), ds.y_test.long()
     with render.progress_bar("poisoning") as progress, render.show_warnings():
         planted = plant_backdoor(atk, train, x, y, x_test, y_test, progress=progress)
@@ -133,7 +157,7 @@ def plant(
     acc, asr = planted.clean_accuracy, planted.attack_success_rate
     settings = {"data": data, "attack": attack, "rate": rate, "target": target, "patch_size": patch_size,
                 "alpha": alpha, "epochs": n_epochs, "batch_size": batch_size, "train_size": size,
-                "seed": seed, "arch": arch}
+                "seed": seed, "arch": arch, "device": str(dev)}
     data_info = {"name": ds.name, "sha256": ds.sha256, "split": "train", "n_train": size,
                  "n_test": int(y_test.numel())}
     model_info = {"name": "model.pt", "source": "modelshield backdoor plant", "arch": arch,
@@ -283,11 +307,13 @@ def scan(
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
     trust_torchscript: TrustTorchScriptOption = False,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Scan a model for a backdoor (Neural Cleanse, STRIP calibration, and training-set detectors
-    with --train-set) and print a verdict per class; exits 2 on bad input."""
+    with --train-set) on --device and print a verdict per class; exits 2 on bad input."""
     from modelshield.defenses.backdoor import STRIP, NeuralCleanse, scan_model
 
+    resolve_device(device, owner=OWNER_SCAN)  # a bad --device fails before any work
     if json_out is not None:
         check_new_files([json_out, *_trigger_pngs(json_out)], overwrite=force, owner=OWNER_SCAN)
     check_range("--clean-n", clean_n, owner=OWNER_SCAN, low=MIN_CLEAN, integer=True,
@@ -299,15 +325,15 @@ def scan(
     poisoned = load_poisoned_set(train_set, data_dir=data_dir) if train_set is not None else None
     with render.progress_bar("loading model") as progress, render.show_warnings():
         tgt = load_target(model, data=data, data_dir=data_dir, arch=arch, n=None, progress=progress,
-                          trust_torchscript=trust_torchscript)
+                          trust_torchscript=trust_torchscript, device=device)
         if tgt.tabular or tgt.text or not isinstance(tgt.module, nn.Module):
             raise ConfigError(f"{OWNER_SCAN}: '--model' must be an image classifier (a torch model); got "
                               f"{model!r}. Pick e.g. --model digits-cnn or a plant folder's model.pt.")
-        module: nn.Module = tgt.module
+        module: nn.Module = tgt.module  # on --device, with tgt.x and tgt.y
         xc, yc, x_rest, y_rest = tgt.x[:clean_n], tgt.y[:clean_n], tgt.x[clean_n:], tgt.y[clean_n:]
         report = scan_model(
-            module, xc, yc, x_train=None if poisoned is None else poisoned[0],
-            y_train=None if poisoned is None else poisoned[1],
+            module, xc, yc, x_train=None if poisoned is None else poisoned[0].to(tgt.x.device),
+            y_train=None if poisoned is None else poisoned[1].to(tgt.x.device),
             poisoned_indices=None if poisoned is None else poisoned[2],
             neural_cleanse=NeuralCleanse(steps=nc_steps, bounds=tgt.bounds, seed=seed),
             strip=STRIP(frr=0.05, bounds=tgt.bounds, seed=seed), bounds=tgt.bounds, progress=progress)

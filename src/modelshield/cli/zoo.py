@@ -10,7 +10,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from modelshield.cli import _render as render
-from modelshield.cli.attack import DATA_DIR_HELP
+from modelshield.cli.attack import DATA_DIR_HELP, DeviceOption
+from modelshield.errors import ConfigError
+from modelshield.models import resolve_device
 
 __all__ = ["zoo_app"]
 
@@ -51,10 +53,23 @@ def train(
     name: Annotated[str, typer.Argument(help="Zoo model to train (see 'modelshield zoo list').")],
     force: Annotated[bool, typer.Option("--force", help="Retrain even if the model is cached.")] = False,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    device: DeviceOption = "cpu",
 ) -> None:
-    """Train a zoo model (deterministic, CPU) and cache its weights."""
+    """Train a zoo model (deterministic, CPU) and cache its weights.
+
+    --device is checked like every command's (a typo or a device this machine lacks exits 2), but
+    zoo models train on the CPU only: their recorded weights digest and accuracy are the CPU run's.
+    """
     from modelshield import zoo
 
+    owner = "modelshield zoo train"
+    dev = resolve_device(device, owner=owner)  # a bad --device fails before any work
+    if dev.type != "cpu":
+        raise ConfigError(
+            f"{owner}: '--device' must be cpu; got {device!r} ({dev}), but zoo models train on the CPU "
+            "only, so that their recorded weights digest and accuracy can be reproduced. Use --device "
+            "cpu (attacks, assess and defend run a trained zoo model on any device)."
+        )
     zoo.spec(name)
     with render.progress_bar(f"training {name}") as progress, render.show_warnings():
         zm = zoo.train(name, data_root=data_dir, force=force, progress=progress)

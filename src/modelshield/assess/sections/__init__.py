@@ -9,6 +9,7 @@ from modelshield.assess.sections.defenses import DefensesSection
 from modelshield.assess.sections.evasion import SEVERITY_THRESHOLDS, EvasionSection, evasion_severity
 from modelshield.assess.sections.extraction import ExtractionSection
 from modelshield.assess.sections.spam import PoisoningSection, TextEvasionSection
+from modelshield.assess.sections.supply_chain import SupplyChainSection
 
 __all__ = [
     "SEVERITY_THRESHOLDS",
@@ -18,6 +19,7 @@ __all__ = [
     "EvasionSection",
     "ExtractionSection",
     "PoisoningSection",
+    "SupplyChainSection",
     "TabularSection",
     "TextEvasionSection",
     "evasion_severity",
@@ -39,3 +41,5 @@ if "backdoor" not in SECTIONS:
     register_section(BackdoorSection())
 if "defenses" not in SECTIONS:
     register_section(DefensesSection())
+if "supply-chain" not in SECTIONS:
+    register_section(SupplyChainSection())
