@@ -34,6 +34,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "validate-data": ("modelshield.cli.data", "validate_data"),
     "scan": ("modelshield.cli.scan", "scan"),
     "manifest": ("modelshield.cli.secure", "manifest_app"),
+    "keygen": ("modelshield.cli.secure", "keygen"),
     "sign": ("modelshield.cli.secure", "sign"),
     "verify": ("modelshield.cli.secure", "verify"),
 }

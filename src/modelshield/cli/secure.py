@@ -21,7 +21,7 @@ from modelshield.secure.audit import log_event
 from modelshield.secure.manifest import Manifest, create_manifest, verify_manifest
 from modelshield.secure.signing import sign_model, verify_model
 
-__all__ = ["manifest_app", "sign", "verify"]
+__all__ = ["keygen", "manifest_app", "sign", "verify"]
 
 manifest_app = typer.Typer(
     help="Dataset integrity: a manifest of every file (SHA-256, size, rows) under a Merkle root.",
@@ -94,6 +94,19 @@ def manifest_verify(
     for line in diff.problems():
         render.say(f"[red]mismatch[/] {escape(line)}")
     raise typer.Exit(render.EXIT_FINDING)
+
+
+def keygen(
+    out: Annotated[Path, typer.Option("--out", help="Folder for <name>.key (mode 0600) and <name>.pub.")],
+    name: Annotated[str, typer.Option("--name", help="The key files' stem.")] = "signing",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing key files.")] = False,
+) -> None:
+    """Make an EC P-256 signing key pair for 'modelshield sign' (and 'model_signing sign key')."""
+    from modelshield.secure.signing import generate_keypair
+
+    pair = generate_keypair(out, name=name, force=force)
+    render.say(f"private key {escape(str(pair.private_key))} (keep it secret), public key "
+               f"{escape(str(pair.public_key))}")
 
 
 def sign(

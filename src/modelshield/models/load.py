@@ -260,9 +260,12 @@ def save_model(
 
 
 def _code_version() -> str:
-    from modelshield import __version__
+    from importlib import metadata
 
-    return f"modelshield {__version__}"
+    try:
+        return f"modelshield {metadata.version('modelshield')}"
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "modelshield (not installed)"
 
 
 def is_torchscript(path: Path) -> bool:
