@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -25,7 +25,18 @@ from torch import Tensor, nn
 from modelshield._checks import exception_head
 from modelshield._typing import Progress
 from modelshield.errors import ConfigError, DataError, InputError, ModelCapabilityError, ModelShieldError
-from modelshield.models import CallableModel, TorchModel, as_black_box, as_model, eval_mode, resolve_device
+from modelshield.models import (
+    CallableModel,
+    TextAnswers,
+    TorchModel,
+    as_black_box,
+    as_model,
+    eval_mode,
+    resolve_device,
+)
+
+if TYPE_CHECKING:
+    from modelshield.data import DataProvenance, UserData
 
 __all__ = [
     "Target",
@@ -33,7 +44,9 @@ __all__ = [
     "as_query_model",
     "check_model_answers",
     "check_model_fits",
+    "check_text_model_answers",
     "load_target",
+    "model_class_names",
 ]
 
 
@@ -70,6 +83,10 @@ class Target:
     ``texts`` the test messages, and ``x`` their ``(N, 1)`` row indices into the test split
     (float32), so the tensor-based assessment runner can carry them; ``adapted()`` maps index
     rows to the pipeline's probabilities.
+
+    ``n_outputs`` is the width of a black-box model's probability answer, seen by the probe at
+    load time (None for torch modules and label-only models); with ``class_names`` it gives the
+    class count a black box is adapted with (``n_classes``).
     """
 
     module: Any
@@ -84,6 +101,7 @@ class Target:
     access: str = "white-box"
     class_names: tuple[str, ...] | None = None
     data: Any = None
+    n_outputs: int | None = None
 
     @property
     def image(self) -> bool:
@@ -105,20 +123,35 @@ class Target:
         """True for text models (inputs are strings; ``x`` holds row indices)."""
         return self.kind == "text"
 
-    def adapted(self) -> TorchModel | CallableModel:
-        """The model adapted with its bounds (white-box for torch, black-box for estimators;
-        for text models a black box over ``(N, 1)`` row indices into ``texts``)."""
-        if self.text and self.texts is not None:
-            texts, est = self.texts, self.module
+    @property
+    def n_classes(self) -> int | None:
+        """The class count a black box is adapted with: the largest of the data's class count, the
+        model's declared classes (``classes_``) and its probe answer's width; None if none is known."""
+        counts = [len(self.class_names)] if self.class_names else []
+        if self.n_outputs is not None:
+            counts.append(self.n_outputs)
+        declared = getattr(self.module, "classes_", None)
+        if declared is not None:
+            counts.append(len(declared))
+        return max(counts) if counts else None
 
-            answer = est.predict_proba if callable(getattr(est, "predict_proba", None)) else est
+    def adapted(self) -> TorchModel | CallableModel:
+        """The model adapted with its bounds (white-box for torch, black-box for estimators and
+        callables, with the class count ``n_classes``; for text models a black box over ``(N, 1)``
+        row indices into ``texts``, label answers read as one-hot over ``class_names``)."""
+        if self.text and self.texts is not None:
+            texts, n_classes = self.texts, self.n_classes or 2
+            answer = TextAnswers(self.module, class_names=self.class_names, n_classes=n_classes)
 
             def over_rows(rows: np.ndarray) -> np.ndarray:
                 picked = [texts[round(float(i))] for i in np.asarray(rows).reshape(len(rows), -1)[:, 0]]
-                return np.asarray(answer(picked), dtype=np.float64)
+                return answer(picked)
 
-            return CallableModel(over_rows, bounds=self.bounds, output="proba", n_classes=2)
-        return as_model(self.module, bounds=self.bounds)
+            return CallableModel(over_rows, bounds=self.bounds, output="proba", n_classes=n_classes)
+        if isinstance(self.module, nn.Module):
+            return as_model(self.module, bounds=self.bounds)
+        return as_model(self.module, bounds=self.bounds, n_classes=self.n_classes,
+                        class_names=self.class_names)
 
 
 def as_query_model(target: Target, *, labels_only: bool = False) -> CallableModel:
@@ -129,9 +162,8 @@ def as_query_model(target: Target, *, labels_only: bool = False) -> CallableMode
     logits. Estimators are wrapped through ``predict_proba`` (``predict`` with labels_only).
     """
     output: Literal["proba", "labels"] = "labels" if labels_only else "proba"
-    if target.kind == "sklearn":
-        est = target.module
-        return as_black_box(est, bounds=target.bounds, output=output, n_classes=len(est.classes_))
+    if not isinstance(target.module, nn.Module):  # estimators and callables (label answers read by name)
+        return as_black_box(target.adapted(), bounds=target.bounds, output=output, n_classes=target.n_classes)
     white = TorchModel(target.module, bounds=target.bounds)
     probe = target.x[:1] if white.device is None else target.x[:1].to(white.device)
     with torch.no_grad(), eval_mode(white):  # one probe row: the exact class count
@@ -289,6 +321,7 @@ def _user_target(model: str, *, data: str | None, data_dir: Path | None, arch: s
             f"got {ud.kind} data {str(data)!r}. Pass the data the model was trained on."
         )
     name = path.name if ref.format != "callable" else model
+    ud, reordered = _unsort_test_split(_align_classes(ud, model_class_names(ref.model), model=name))
     model_info: dict[str, Any] = {
         "name": name, "source": "callable" if ref.format == "callable" else "file",
         "path": ref.provenance.path, "format": ref.format, "access": ref.access, "modality": ud.kind,
@@ -300,45 +333,179 @@ def _user_target(model: str, *, data: str | None, data_dir: Path | None, arch: s
     data_info: dict[str, Any] = {
         "name": ud.name, "sha256": prov.sha256, "split": "test", "classes": list(ud.class_names),
         "source": prov.ref, "format": prov.format, "path": prov.path, "split_rule": prov.split,
+        "labels": prov.labels, "test_order": _test_order(prov, reordered),
     }
     y = ud.y_test[:n].to(torch.long)
     if ud.kind == "text":
         texts = tuple(ud.x_test[:n])  # text data holds strings
         data_info["points"] = "row indices into the test split"
+        module, width, output = check_text_model_answers(ref.model, texts, class_names=ud.class_names,
+                                                         model=name, data=ud.name)
         return Target(
-            module=ref.model, x=torch.arange(len(texts), dtype=torch.float32).unsqueeze(1), y=y,
+            module=module, x=torch.arange(len(texts), dtype=torch.float32).unsqueeze(1), y=y,
             bounds=(0.0, float(max(len(texts) - 1, 1))), kind="text", texts=texts,
-            model_info={**model_info, "kind": "text"}, data_info=data_info, access="black-box",
-            class_names=ud.class_names, data=ud,
+            model_info={**model_info, "kind": "text", "output": output}, data_info=data_info,
+            access="black-box", class_names=ud.class_names, data=ud, n_outputs=width,
         )
     if ud.bounds is None:
         raise DataError(f"modelshield: the data {ud.name!r} must have bounds; got none.")
     x = ud.x_test[:n].to(torch.float32)  # type: ignore[union-attr]  # image and tabular data are tensors
     check_model_fits(ref.model, x, y, bounds=ud.bounds, model=name, data=ud.name)
-    check_model_answers(ref.model, x, bounds=ud.bounds, n_classes=ud.n_classes, model=name, data=ud.name)
+    width = check_model_answers(ref.model, x, bounds=ud.bounds, n_classes=ud.n_classes, model=name,
+                                data=ud.name, class_names=ud.class_names)
+    if not isinstance(ref.model, nn.Module):
+        model_info["output"] = "proba" if width is not None else "labels"
     if ud.kind == "tabular":
         data_info["feature_names"] = list(ud.feature_names)
         return Target(
             module=ref.model, x=x, y=y, bounds=ud.bounds, kind="sklearn", feature_names=ud.feature_names,
             model_info={**model_info, "kind": "tabular"}, data_info=data_info, access=ref.access,
-            class_names=ud.class_names, data=ud,
+            class_names=ud.class_names, data=ud, n_outputs=width,
         )
     return Target(module=ref.model, x=x, y=y, bounds=ud.bounds, model_info=model_info, data_info=data_info,
-                  access=ref.access, class_names=ud.class_names, data=ud)
+                  access=ref.access, class_names=ud.class_names, data=ud, n_outputs=width)
+
+
+def model_class_names(module: Any) -> tuple[str, ...] | None:
+    """The class names a model declares (a scikit-learn ``classes_``, as strings), or None.
+
+    None for models without ``classes_`` (torch modules, callables, ONNX) and for ``classes_``
+    that are just the indices ``0..C-1`` or ``False, True`` (XGBoost / LightGBM boosters, or an
+    estimator fitted on class indices): those say nothing about which name each index stands for.
+    """
+    if isinstance(module, nn.Module):
+        return None
+    classes = getattr(module, "classes_", None)
+    if classes is None:
+        return None
+    values = np.asarray(classes)
+    if values.ndim != 1 or len(values) == 0:
+        return None
+    if values.dtype == np.bool_ or (np.issubdtype(values.dtype, np.integer)
+                                    and np.array_equal(values, np.arange(len(values)))):
+        return None  # False/True or 0..C-1: indices, not names
+    return tuple(str(v) for v in values.tolist())
+
+
+def _align_classes(ud: UserData, model_names: tuple[str, ...] | None, *, model: str) -> UserData:
+    """The data with their labels encoded in the model's class order (``classes_``).
+
+    A model fitted on names answers column i for ``classes_[i]``; the data's own encoding (sorted
+    names) agrees only when both orders happen to be the same. Every label the data use must be
+    one of the model's classes (the data may lack some of them).
+
+    Raises:
+        InputError: the data use a label the model does not know.
+    """
+    data_names = tuple(ud.class_names)
+    if model_names is None or data_names == model_names:
+        return ud
+    used = sorted({int(v) for part in (ud.y_train, ud.y_test) for v in torch.unique(part).tolist()})
+    unknown = [data_names[i] for i in used if data_names[i] not in model_names]
+    if unknown:
+        raise InputError(
+            f"modelshield: the data's labels must be among the classes of the model {model!r} "
+            f"{list(model_names)!r}; got {[data_names[i] for i in used]!r} ({_few(unknown)} unknown to the "
+            "model). Pass the data the model was trained on, or relabel it with the model's class names."
+        )
+    lookup = torch.tensor([model_names.index(c) if c in model_names else -1 for c in data_names],
+                          dtype=torch.long)
+    prov = replace(ud.provenance, labels=f"{ud.provenance.labels}, mapped to the model's classes_ order")
+    return replace(ud, y_train=lookup[ud.y_train], y_test=lookup[ud.y_test], class_names=model_names,
+                   provenance=prov)
+
+
+def _few(values: list[str], n: int = 5) -> str:
+    shown = ", ".join(repr(v) for v in values[:n])
+    return shown + (", ..." if len(values) > n else "")
+
+
+def _unsort_test_split(ud: UserData) -> tuple[UserData, bool]:
+    """The data with a test split given by the file in class order (``test/`` image folders are
+    read class by class) put in a seeded class-interleaved order, so that the first n points hold
+    every class; (data, whether reordered). A split in any other order is the user's and is kept;
+    a split made by ``load_data`` is interleaved already, and built-in data sets keep their own."""
+    from modelshield.data.refs import interleaved_order
+
+    y = ud.y_test
+    if (ud.provenance.split != "from the file" or len(y) < 2 or len(torch.unique(y)) < 2
+            or not bool((y[1:] >= y[:-1]).all())):
+        return ud, False
+    order = torch.from_numpy(interleaved_order(y, 0))
+    x_test = tuple(ud.x_test[i] for i in order.tolist()) if isinstance(ud.x_test, tuple) else ud.x_test[order]
+    return replace(ud, x_test=x_test, y_test=y[order]), True
+
+
+def _test_order(prov: DataProvenance, reordered: bool) -> str:
+    if prov.split == "from the file":
+        return ("the file's test split, sorted by class, in a seeded class-interleaved order (seed 0)"
+                if reordered else "the file's own test split, in file order")
+    if prov.format == "builtin":
+        return "the built-in data set's own"
+    return f"seeded class-interleaved (seed {prov.seed})"
+
+
+def check_text_model_answers(module: Any, texts: tuple[str, ...], *, class_names: tuple[str, ...], model: str,
+                             data: str) -> tuple[Any, int | None, str]:
+    """One probe query of a text model on two texts, before any section runs.
+
+    The model may answer probabilities or labels (names or indices, read one-hot over the
+    class names through ``TextAnswers``).
+
+    Returns:
+        (the model to assess: itself, or its ``TextAnswers`` when it answers labels or has no
+        ``predict_proba``; the width of its probability answer, None for labels;
+        ``"proba"`` or ``"labels"``).
+
+    Raises:
+        ModelCapabilityError: the model answers something that is neither probabilities nor labels.
+        InputError: the model fails on the texts, or answers fewer columns than the data's classes.
+    """
+    answers = TextAnswers(module, class_names=class_names)
+    probe = list(texts[:2])
+    if not probe:
+        return module, None, "proba"
+    try:
+        out = answers(probe)
+    except (ModelCapabilityError, InputError):
+        raise
+    except Exception as exc:  # foreign code: any failure on the data's texts means "wrong data"
+        raise InputError(
+            f"modelshield: the text model {model!r} must accept a list of texts of {data}; got "
+            f"{type(exc).__name__} on two of them ({exception_head(exc)}). Pass a model over raw strings "
+            "(list[str] -> probabilities or labels) and the data it was trained on."
+        ) from exc
+    if answers.output == "labels":
+        return answers, None, "labels"
+    width = int(out.shape[1])
+    if width < len(class_names):
+        raise InputError(
+            f"modelshield: the text model {model!r} must answer a score for each of the {len(class_names)} "
+            f"classes of {data} {list(class_names)!r}; got {width} columns. Pass the data the model was "
+            "trained on."
+        )
+    plain = callable(getattr(module, "predict_proba", None)) or callable(module)
+    return (module if plain else answers), width, "proba"
 
 
 def check_model_answers(module: Any, x: Tensor, *, bounds: tuple[float, float], n_classes: int, model: str,
-                        data: str) -> None:
-    """One probe query of a black-box model on x[:2]: it must answer (N, C) scores or (N,) labels.
+                        data: str, class_names: tuple[str, ...] | None = None) -> int | None:
+    """One probe query of a black-box model on x[:2]: it must answer (N, C) scores with C >=
+    n_classes, or (N,) labels (indices, or names looked up in the model's ``classes_`` or in
+    ``class_names``).
+
+    Returns:
+        The width C of a probability answer; None for labels (and for torch modules, which
+        ``check_model_fits`` probes).
 
     Raises:
         InputError: the model fails on the data's rows, or answers in another shape.
     """
     if isinstance(module, nn.Module) or x.shape[0] == 0:
-        return
-    probe = as_model(module, bounds=bounds, n_classes=n_classes)
+        return None
+    probe = as_model(module, bounds=bounds, class_names=class_names)
     try:
-        out = probe.predict(x[:2])
+        out = probe.outputs(x[:2])
     except (ModelCapabilityError, InputError):
         raise
     except Exception as exc:  # the user's model is foreign code: any failure means "wrong data"
@@ -351,6 +518,20 @@ def check_model_answers(module: Any, x: Tensor, *, bounds: tuple[float, float], 
         raise InputError(
             f"modelshield: the model {model!r} must answer one label per row; got {tuple(out.shape)}."
         )
+    if out.dim() == 1:
+        if bool((out >= n_classes).any()) or bool((out < 0).any()):
+            raise InputError(
+                f"modelshield: the model {model!r} must answer labels of the {n_classes} classes of {data} "
+                f"(indices 0..{n_classes - 1} or class names); got {out.tolist()!r} on two rows. Pass the "
+                "data the model was trained on."
+            )
+        return None
+    if out.shape[1] < n_classes:
+        raise InputError(
+            f"modelshield: the model {model!r} must answer a score for each of the {n_classes} classes of "
+            f"{data}; got {int(out.shape[1])} columns. Pass the data the model was trained on."
+        )
+    return int(out.shape[1])
 
 
 def check_model_fits(module: Any, x: Tensor, y: Tensor, *, bounds: tuple[float, float], model: str,

@@ -42,6 +42,7 @@ __all__ = [
     "DataKind",
     "DataProvenance",
     "UserData",
+    "interleaved_order",
     "load_data",
 ]
 
@@ -702,7 +703,8 @@ def _stratified_split(
     locate: Callable[[int], str],
     where: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) row indices in file order: ``fraction`` of each class held out, at least one each."""
+    """(train, test) row indices: ``fraction`` of each class held out, at least one each; train rows
+    in file order, test rows in a seeded class-interleaved order (``interleaved_order``)."""
     rng = np.random.default_rng(seed)
     train: list[np.ndarray] = []
     test: list[np.ndarray] = []
@@ -724,7 +726,29 @@ def _stratified_split(
         n_test = min(max(round(len(rows) * fraction), 1), len(rows) - 1)
         test.append(perm[:n_test])
         train.append(perm[n_test:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+    held = np.sort(np.concatenate(test))  # the held-out rows; their order comes next
+    return np.sort(np.concatenate(train)), held[interleaved_order(y[held], seed)]
+
+
+def interleaved_order(y: np.ndarray | Tensor, seed: int) -> np.ndarray:
+    """A seeded order of the rows of labels y in which every prefix is close to stratified.
+
+    Each class's rows are shuffled and spread evenly over [0, 1) (row j of a class of n_c rows
+    at ``(j + u_c) / n_c``, u_c a random phase); sorting those keys interleaves the classes, so
+    the first n rows hold about ``n * n_c / N`` rows of each class, give or take one (a class-sorted file
+    no longer gives one class first). The same y and seed give the same order.
+
+    Returns:
+        ``(N,)`` int64 row positions into y.
+    """
+    labels = y.detach().cpu().numpy() if isinstance(y, Tensor) else np.asarray(y)
+    rng = np.random.default_rng([int(seed), 0x5EED])  # its own stream: the split's draws stay as they were
+    keys = np.zeros(len(labels), dtype=np.float64)
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        keys[rng.permutation(rows)] = (np.arange(len(rows)) + rng.random()) / len(rows)
+    order: np.ndarray = np.lexsort((rng.random(len(labels)), keys)).astype(np.int64)
+    return order
 
 
 def _check_finite(x: np.ndarray, locate: Callable[[int], str], features: tuple[str, ...], where: str) -> None:

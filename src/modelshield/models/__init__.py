@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 from torch import nn
@@ -9,14 +10,14 @@ from torch import nn
 from modelshield._checks import check_bounds
 from modelshield.errors import ModelCapabilityError
 from modelshield.models._budget import QueryCounter
-from modelshield.models._callable import CallableModel, OutputKind
+from modelshield.models._callable import CallableModel, OutputKind, label_indices
 from modelshield.models._protocol import GradientModel, Model
 from modelshield.models._torch import TorchModel, eval_mode, infer_n_classes
 from modelshield.models.black_box import BlackBoxOutput, as_black_box, black_box_answers, probabilities
 from modelshield.models.device import module_device, parameter_device, resolve_device
 from modelshield.models.outputs import evaluating, predict_labels
 from modelshield.models.refs import ModelFormat, ModelProvenance, ModelRef, load_model_ref
-from modelshield.models.text import TextModel, as_text_model
+from modelshield.models.text import TextAnswers, TextModel, as_text_model
 from modelshield.models.training import (
     EpochDecision,
     EpochInfo,
@@ -40,6 +41,7 @@ __all__ = [
     "ModelRef",
     "Optimization",
     "QueryCounter",
+    "TextAnswers",
     "TextModel",
     "TorchModel",
     "TrainResult",
@@ -52,6 +54,7 @@ __all__ = [
     "eval_mode",
     "evaluating",
     "infer_n_classes",
+    "label_indices",
     "load_model_ref",
     "make_optimizer",
     "module_device",
@@ -74,17 +77,21 @@ def as_model(
     output: OutputKind = "auto",
     n_classes: int | None = None,
     budget: int | None = None,
+    class_names: Sequence[Any] | None = None,
 ) -> TorchModel | CallableModel:
     """Wrap a torch module, a predict_proba object or a plain callable; Models pass through.
 
     Args:
         obj: a ``torch.nn.Module`` returning logits (white-box), an object with
-            ``predict_proba`` (e.g. a fitted scikit-learn classifier), or a callable
-            ``x -> probabilities (N, C)`` or ``x -> labels (N,)`` (black-box).
+            ``predict_proba`` (e.g. a fitted scikit-learn classifier), an estimator with only
+            ``predict`` (label-only black box), or a callable ``x -> probabilities (N, C)`` or
+            ``x -> labels (N,)`` (black-box).
         bounds: the natural input range; inputs outside it are rejected.
         output: for callables, ``"proba"``, ``"labels"`` or ``"auto"`` (decide on first call).
         n_classes: number of classes, when it cannot be inferred.
         budget: maximum number of forward queries (input rows), or None for no limit.
+        class_names: the class names by index, to read a black box's label answers by name
+            (``"spam"`` -> its index); an estimator's own ``classes_`` come first.
 
     Raises:
         ModelCapabilityError: obj is none of the above.
@@ -99,7 +106,8 @@ def as_model(
     lo_hi = check_bounds(bounds, owner="as_model")
     if isinstance(obj, nn.Module):
         return TorchModel(obj, bounds=lo_hi, n_classes=n_classes, budget=budget)
-    return CallableModel(obj, bounds=lo_hi, output=output, n_classes=n_classes, budget=budget)
+    return CallableModel(obj, bounds=lo_hi, output=output, n_classes=n_classes, budget=budget,
+                         class_names=class_names)
 
 
 def as_gradient_model(obj: ModelLike, *, caller: str) -> TorchModel:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -13,9 +13,56 @@ from modelshield.errors import ModelCapabilityError
 from modelshield.models._budget import QueryCounter
 from modelshield.models.outputs import labels_and_errors, safe_argmax
 
-__all__ = ["CallableModel", "OutputKind"]
+__all__ = ["CallableModel", "OutputKind", "label_indices"]
 
 OutputKind = Literal["auto", "proba", "labels"]
+
+
+def label_indices(labels: np.ndarray, *, classes: Sequence[Any] | None, owner: str) -> np.ndarray:
+    """(N,) int64 class indices of a model's 1-D label answer.
+
+    ``classes`` are the class values by index (an estimator's ``classes_``, or the data's class
+    names): every answer is looked up among them (by value, else by its string form), so a
+    scikit-learn model trained on names ("ham", "spam") or on labels 1..3 answers indices.
+    Without ``classes``, integer answers are taken as indices as they are.
+
+    Raises:
+        ModelCapabilityError: an answer that is not one of ``classes`` (or, without classes, not
+            an integer).
+    """
+    arr = np.asarray(labels)
+    if classes is None:
+        if np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_):
+            return arr.astype(np.int64)
+        if np.issubdtype(arr.dtype, np.floating) and np.isfinite(arr).all() and (arr == np.round(arr)).all():
+            return arr.astype(np.int64)
+        first = arr.ravel()[0] if arr.size else None
+        raise ModelCapabilityError(
+            f"{owner}: a model answering labels must answer class indices when the class names are "
+            f"unknown; got {first!r} ({arr.dtype}). Return indices 0..C-1, or give the class names."
+        )
+    values = [c.item() if isinstance(c, np.generic) else c for c in classes]
+    if np.issubdtype(arr.dtype, np.integer) and values == list(range(len(values))):  # indices already
+        inside = (arr >= 0) & (arr < len(values))
+        if inside.all():
+            return arr.astype(np.int64)
+    exact: dict[Any, int] = {}
+    for i, c in enumerate(values):
+        exact.setdefault(c, i)
+    by_name = {str(c): i for i, c in enumerate(values)}
+    out = np.empty(arr.shape[0], dtype=np.int64)
+    for k, v in enumerate(arr.tolist()):
+        hit = exact.get(v)
+        if hit is None:
+            hit = by_name.get(str(v))
+        if hit is None:
+            raise ModelCapabilityError(
+                f"{owner}: every label the model answers must be one of its classes "
+                f"{[str(c) for c in values]!r}; got {v!r} for input {k}. Answer one of those labels "
+                "(or class indices), or pass the data the model was trained on."
+            )
+        out[k] = hit
+    return out
 
 
 class CallableModel:
@@ -37,6 +84,7 @@ class CallableModel:
         output: OutputKind = "auto",
         n_classes: int | None = None,
         budget: int | None = None,
+        class_names: Sequence[Any] | None = None,
     ) -> None:
         self.bounds = bounds
         self.queries = QueryCounter(budget=budget)
@@ -49,6 +97,11 @@ class CallableModel:
             self._output = "proba"
         elif output == "labels" and callable(getattr(obj, "predict", None)):
             self._fn = obj.predict
+        elif callable(getattr(obj, "predict", None)) and not callable(obj):
+            # an estimator without predict_proba (LinearSVC, SVC(probability=False), ...): a
+            # label-only black box, which decision-based attacks (HopSkipJump) still apply to
+            self._fn = obj.predict
+            self._output = "labels"
         elif callable(obj):
             self._fn = obj
         else:
@@ -60,6 +113,11 @@ class CallableModel:
         classes = getattr(obj, "classes_", None)
         self._n_classes = n_classes if n_classes is not None else (
             len(classes) if classes is not None else None
+        )
+        # what 1-D label answers are looked up in: the estimator's own classes_, else the names given
+        self._classes: Sequence[Any] | None = (
+            list(np.asarray(classes).tolist()) if classes is not None else
+            (list(class_names) if class_names is not None else None)
         )
 
     def __repr__(self) -> str:
@@ -86,11 +144,12 @@ class CallableModel:
         self.queries.add_forward(x.shape[0])
         out = self._fn(x.detach().cpu().numpy())
         arr = out.detach().cpu().numpy() if isinstance(out, Tensor) else np.asarray(out)
-        if arr.ndim == 1 and self._output in ("auto", "labels") and (
-            np.issubdtype(arr.dtype, np.integer) or self._output == "labels"
+        if arr.ndim == 1 and arr.shape[0] == x.shape[0] and self._output in ("auto", "labels") and (
+            self._output == "labels" or not np.issubdtype(arr.dtype, np.floating)
         ):
             self._output = "labels"
-            return torch.as_tensor(arr.astype(np.int64), device=x.device)
+            idx = label_indices(arr, classes=self._classes, owner="CallableModel")
+            return torch.as_tensor(idx, device=x.device)
         if arr.ndim != 2 or arr.shape[0] != x.shape[0]:
             raise ModelCapabilityError(
                 f"CallableModel: the model must return probabilities of shape (N, C) or labels "
@@ -101,7 +160,7 @@ class CallableModel:
             self._output = "proba"
         if self._n_classes is None:
             self._n_classes = int(arr.shape[1])
-        return torch.as_tensor(arr, dtype=torch.float32, device=x.device)
+        return torch.as_tensor(np.ascontiguousarray(arr), dtype=torch.float32, device=x.device)
 
     def scores(self, x: Tensor) -> Tensor:
         """(N, C) probabilities; counts N queries. Raises for label-only models."""

@@ -1,4 +1,10 @@
-"""Black-box adapter for text classifiers: ``list[str] -> (N, C)`` probabilities, with query counting."""
+"""Black-box adapter for text classifiers: ``list[str] -> (N, C)`` probabilities, with query counting.
+
+A text model may answer probabilities (``predict_proba``, or a callable returning ``(N, C)``) or
+labels only (``predict``, or a callable returning ``(N,)`` names or indices, e.g. a TF-IDF +
+LinearSVC pipeline or a remote API answering "spam" / "ham"): label answers are read as one-hot
+probabilities over the class names, so decision-based use (text evasion, extraction) still works.
+"""
 
 from __future__ import annotations
 
@@ -11,32 +17,56 @@ from torch import Tensor
 
 from modelshield.errors import ModelCapabilityError
 from modelshield.models._budget import QueryCounter
+from modelshield.models._callable import label_indices
 
-__all__ = ["TextModel", "as_text_model"]
+__all__ = ["TextAnswers", "TextModel", "as_text_model"]
+
+
+def _answer_fn(obj: Any) -> Callable[[list[str]], Any]:
+    proba = getattr(obj, "predict_proba", None)
+    if callable(proba):
+        fn: Callable[[list[str]], Any] = proba
+        return fn
+    predict = getattr(obj, "predict", None)
+    if callable(predict) and not callable(obj):  # an estimator without probabilities: labels only
+        fn = predict
+        return fn
+    if callable(obj):
+        fn = obj
+        return fn
+    raise ModelCapabilityError(
+        f"TextModel: expected an object with predict_proba or predict over strings, or a callable "
+        f"list[str] -> probabilities (N, C) or labels (N,); got {type(obj).__name__}. Pass a fitted "
+        "text pipeline or such a function."
+    )
 
 
 class TextModel:
     """A text classifier seen as a black box: ``list[str] -> (N, C)`` probabilities, with query counting.
 
-    Wraps an object with ``predict_proba`` over raw strings (a scikit-learn Pipeline) or a
-    callable ``list[str] -> probabilities (N, C)`` (numpy or tensor). Every text scored is one
-    forward query; ``budget`` caps them (QueryBudgetExceeded is raised before the call).
+    Wraps an object with ``predict_proba`` over raw strings (a scikit-learn Pipeline), an object
+    with only ``predict`` (labels), or a callable ``list[str] -> probabilities (N, C)`` or
+    ``-> labels (N,)`` (numpy, list or tensor). Label answers are looked up in the model's own
+    ``classes_``, else in ``class_names`` (names, e.g. "spam"; integers are class indices), and
+    returned one-hot over ``n_classes`` (default: the number of classes); ``output`` then reads
+    ``"labels"``. Every text scored is one forward query; ``budget`` caps them
+    (QueryBudgetExceeded is raised before the call).
     """
 
-    def __init__(self, obj: Any, *, budget: int | None = None) -> None:
-        proba = getattr(obj, "predict_proba", None)
-        if callable(proba):
-            self._fn: Callable[[list[str]], Any] = proba
-        elif callable(obj):
-            self._fn = obj
-        else:
-            raise ModelCapabilityError(
-                f"TextModel: expected an object with predict_proba over strings or a callable "
-                f"list[str] -> probabilities; got {type(obj).__name__}. Wrap your model in a function."
-            )
+    def __init__(self, obj: Any, *, budget: int | None = None, class_names: Sequence[str] | None = None,
+                 n_classes: int | None = None) -> None:
+        self._fn = _answer_fn(obj)
         self._obj = obj
         self.queries = QueryCounter(budget=budget)
+        classes = getattr(obj, "classes_", None)
+        self._classes: list[Any] | None = (
+            list(np.asarray(classes).tolist()) if classes is not None
+            else (list(class_names) if class_names is not None else None)
+        )
+        self._width = n_classes if n_classes is not None else (
+            len(self._classes) if self._classes is not None else None)
         self._n_classes: int | None = None
+        self.output = "proba"
 
     def __repr__(self) -> str:
         return f"TextModel({type(self._obj).__name__})"
@@ -47,25 +77,78 @@ class TextModel:
             raise ModelCapabilityError("TextModel: the number of classes is unknown until the first query.")
         return self._n_classes
 
+    def _one_hot(self, arr: np.ndarray) -> np.ndarray:
+        idx = label_indices(arr, classes=self._classes, owner="TextModel")
+        width = self._width if self._width is not None else max(int(idx.max(initial=1)) + 1, 2)
+        if idx.size and (idx.min() < 0 or idx.max() >= width):
+            bad = int(idx[(idx < 0) | (idx >= width)][0])
+            raise ModelCapabilityError(
+                f"TextModel: a label the model answers must be a class index in [0, {width - 1}]; got "
+                f"{bad}. Answer class names or indices of the data's {width} classes."
+            )
+        out = np.zeros((len(idx), width), dtype=np.float32)
+        out[np.arange(len(idx)), idx] = 1.0
+        return out
+
     def scores(self, texts: Sequence[str]) -> Tensor:
-        """(N, C) float32 probabilities; counts N queries."""
+        """(N, C) float32 probabilities (one-hot for a label-only model); counts N queries."""
         batch = list(texts)
         self.queries.add_forward(len(batch))
         if not batch:
-            return torch.zeros(0, self._n_classes or 2)
+            return torch.zeros(0, self._n_classes or self._width or 2)
         out = self._fn(batch)
         arr = out.detach().cpu().numpy() if isinstance(out, Tensor) else np.asarray(out)
-        if arr.ndim != 2 or arr.shape[0] != len(batch) or not np.isfinite(arr).all():
+        if arr.ndim == 1 and arr.shape[0] == len(batch) and (
+            self.output == "labels" or not np.issubdtype(arr.dtype, np.floating)
+        ):
+            self.output = "labels"
+            arr = self._one_hot(arr)
+        if arr.ndim != 2 or arr.shape[0] != len(batch) or not np.issubdtype(arr.dtype, np.number):
             raise ModelCapabilityError(
-                f"TextModel: the model must return finite probabilities of shape (N, C) for N={len(batch)} "
-                f"texts; got shape {arr.shape}. Return one row of class probabilities per text."
+                f"TextModel: the model must return probabilities of shape (N, C) or labels of shape (N,) "
+                f"for N={len(batch)} texts; got shape {arr.shape} ({arr.dtype}). Return one row of class "
+                "probabilities, or one label, per text."
+            )
+        finite = np.isfinite(arr).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise ModelCapabilityError(
+                f"TextModel: the model must return finite probabilities; got NaN or inf in {len(bad)} of "
+                f"{len(batch)} rows (first: text {int(bad[0])}). Return finite class probabilities for every "
+                "text."
             )
         self._n_classes = int(arr.shape[1])
-        return torch.as_tensor(arr, dtype=torch.float32)
+        return torch.as_tensor(np.ascontiguousarray(arr), dtype=torch.float32)
 
     def predict(self, texts: Sequence[str]) -> Tensor:
         """(N,) int64 labels; counts N queries."""
         return self.scores(texts).argmax(1)
+
+
+class TextAnswers:
+    """A text model's answers as a plain function ``list[str] -> (N, C)`` float64 probabilities.
+
+    The same reading as ``TextModel`` (label answers one-hot over the class names), without query
+    counting: what a text attack or the assessment receives as "the model" when the user's model
+    answers labels. ``model`` is the object as given.
+    """
+
+    def __init__(self, obj: Any, *, class_names: Sequence[str] | None = None,
+                 n_classes: int | None = None) -> None:
+        self.model = obj
+        self._reader = TextModel(obj, class_names=class_names, n_classes=n_classes)
+
+    def __repr__(self) -> str:
+        return f"TextAnswers({type(self.model).__name__})"
+
+    @property
+    def output(self) -> str:
+        """``"labels"`` once the model has answered labels, else ``"proba"``."""
+        return self._reader.output
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        out: np.ndarray = self._reader.scores(texts).double().numpy()
+        return out
 
 
 def as_text_model(obj: Any, *, budget: int | None = None) -> TextModel:
