@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import math
@@ -16,12 +17,23 @@ from typing import Any
 from torch import Tensor
 
 from modelshield._checks import check_choice
-from modelshield.assess._section import SECTIONS, AssessmentContext, Progress, Section, Severity, max_severity
+from modelshield.assess._section import (
+    SECTIONS,
+    AssessmentContext,
+    Progress,
+    Section,
+    SectionRunner,
+    Severity,
+    max_severity,
+    skipped_section,
+)
 from modelshield.assess.plan import AssessmentPlan
 from modelshield.attacks.verify import check_batch
+from modelshield.errors import IntegrityError, ModelShieldError
 from modelshield.models import ModelLike, TorchModel, as_model
 
-__all__ = ["SCHEMA_VERSION", "Assessment", "jsonable", "package_versions", "provenance", "run"]
+__all__ = ["SCHEMA_VERSION", "Assessment", "failed_section", "jsonable", "package_versions", "provenance",
+           "run", "run_section"]
 
 SCHEMA_VERSION = 1
 """Version of the report JSON layout; bumped on any incompatible change."""
@@ -86,6 +98,39 @@ def provenance(
         "attacks": dict(attacks),
     })
     return out
+
+
+def failed_section(section_id: str, exc: ModelShieldError) -> Section:
+    """The Section standing in for one that raised ``exc``: not run, severity ``"none"``, with the reason.
+
+    Like ``skipped_section`` (``metrics["skipped"]`` is True), plus ``metrics["failed"]``, the error
+    type, and a warning so the report cannot read as "no risk found" without saying why.
+    """
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    base = skipped_section(section_id, f"{section_id} (not run: the section failed)", reason)
+    return dataclasses.replace(
+        base,
+        summary=f"Failed: {reason}",
+        metrics={**base.metrics, "failed": True, "error": type(exc).__name__},
+        warnings=(f"This section failed and its threat was not assessed ({type(exc).__name__}: {reason}); "
+                  "its severity 'none' says nothing about the risk.",),
+        provenance={**base.provenance, "failed": True, "error": type(exc).__name__},
+    )
+
+
+def run_section(runner: SectionRunner, ctx: AssessmentContext, progress: Progress | None) -> Section:
+    """``runner(ctx, progress)``; a ``ModelShieldError`` it raises becomes ``failed_section`` instead.
+
+    An error modelshield raises on purpose (bad input for this section, a capability the model
+    lacks) costs that section only, so one section cannot discard the others' results. An
+    ``IntegrityError`` (a tampered artifact) and any unexpected exception (a bug) still propagate.
+    """
+    try:
+        return runner(ctx, progress)
+    except IntegrityError:
+        raise
+    except ModelShieldError as exc:
+        return failed_section(runner.id, exc)
 
 
 def _points_sha256(x: Tensor, y: Tensor) -> str:
@@ -193,6 +238,10 @@ def run(
     Returns:
         The Assessment; ``to_dict()`` is the report JSON, ``write_report`` writes it with HTML.
 
+    A section that raises a ``ModelShieldError`` (other than ``IntegrityError``) is reported as
+    failed (``failed_section``: severity "none", the one-line reason, a warning) and the run goes
+    on; any other exception propagates.
+
     Raises:
         ConfigError: an unknown section id. InputError: malformed x or y.
 
@@ -223,7 +272,7 @@ def run(
                             bounds=m.bounds, seed=plan.seed, batch_size=plan.batch_size,
                             texts=texts, text_model=text_model, train=train,
                             user_model=user_model)
-    sections = tuple(SECTIONS[sid](ctx, progress) for sid in plan.sections)
+    sections = tuple(run_section(SECTIONS[sid], ctx, progress) for sid in plan.sections)
     return Assessment(
         plan=plan, model_info=info, data_info=data, sections=sections,
         generated_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

@@ -95,9 +95,10 @@ class XGBoostRefit(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # skl
 
         arr = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
         labels = np.asarray(y).astype(np.int64).reshape(-1)
+        classes = _fitted_classes(labels, int(self.n_classes))
         self.booster_ = xgboost.train(dict(self.params or {}), xgboost.DMatrix(arr, label=labels),
                                       num_boost_round=int(self.num_boost_round))
-        self.classes_ = np.arange(int(self.n_classes))
+        self.classes_ = classes
         return self
 
     def margin(self, x: Any) -> np.ndarray:
@@ -108,12 +109,12 @@ class XGBoostRefit(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # skl
         return np.asarray(self.booster_.predict(xgboost.DMatrix(arr), output_margin=True), dtype=np.float64)
 
     def predict_proba(self, x: Any) -> np.ndarray:
-        """``(N, C)`` class probabilities."""
-        return _proba_from_margin(self.margin(x), int(self.n_classes))
+        """``(N, len(classes_))`` probabilities of the classes fitted on (columns in ``classes_`` order)."""
+        return _fitted_columns(_proba_from_margin(self.margin(x), int(self.n_classes)), self.classes_)
 
     def predict(self, x: Any) -> np.ndarray:
-        """``(N,)`` labels."""
-        return np.asarray(self.predict_proba(x).argmax(1), dtype=np.int64)
+        """``(N,)`` labels (members of ``classes_``)."""
+        return np.asarray(self.classes_[self.predict_proba(x).argmax(1)], dtype=np.int64)
 
 
 class LightGBMRefit(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # sklearn ships no types
@@ -134,20 +135,45 @@ class LightGBMRefit(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # sk
 
         arr = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         labels = np.asarray(y).astype(np.int64).reshape(-1)
+        classes = _fitted_classes(labels, int(self.n_classes))
         params = {**dict(self.params or {}), "verbosity": -1, "num_threads": 1}
         self.booster_ = lightgbm.train(params, lightgbm.Dataset(arr, label=labels),
                                        num_boost_round=int(self.num_boost_round))
-        self.classes_ = np.arange(int(self.n_classes))
+        self.classes_ = classes
         return self
 
     def predict_proba(self, x: Any) -> np.ndarray:
-        """``(N, C)`` class probabilities."""
+        """``(N, len(classes_))`` probabilities of the classes fitted on (columns in ``classes_`` order)."""
         out = np.asarray(self.booster_.predict(np.asarray(x, dtype=np.float64).reshape(len(x), -1)))
-        return np.stack([1.0 - out, out], axis=1) if out.ndim == 1 else out
+        full = np.stack([1.0 - out, out], axis=1) if out.ndim == 1 else out
+        return _fitted_columns(full, self.classes_)
 
     def predict(self, x: Any) -> np.ndarray:
-        """``(N,)`` labels."""
-        return np.asarray(self.predict_proba(x).argmax(1), dtype=np.int64)
+        """``(N,)`` labels (members of ``classes_``)."""
+        return np.asarray(self.classes_[self.predict_proba(x).argmax(1)], dtype=np.int64)
+
+
+def _fitted_classes(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """The classes a refit saw (sorted), as scikit-learn sets ``classes_``: not the model's output count.
+
+    A 3-output recipe fitted on labels {0, 1} must report ``classes_ = [0, 1]``; scikit-learn's
+    cross-validation lines probability columns up with ``classes_`` and fails on a mismatch.
+    """
+    present = np.unique(labels)
+    if present.size and (present.min() < 0 or present.max() >= n_classes):
+        raise ModelCapabilityError(
+            f"{_OWNER}: labels must be class indices in [0, {n_classes - 1}] (the model has {n_classes} "
+            f"outputs); got {present.tolist()}. Encode the labels as indices of the model's classes.")
+    return np.asarray(present, dtype=np.int64)
+
+
+def _fitted_columns(proba: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The probability columns of the fitted classes, renormalised (the other outputs get no labels)."""
+    if proba.shape[1] == classes.size:
+        return proba
+    part = proba[:, classes]
+    total = part.sum(1, keepdims=True)
+    return np.asarray(np.where(total > 0, part / np.where(total > 0, total, 1.0), 1.0 / classes.size))
 
 
 def _proba_from_margin(margin: np.ndarray, n_classes: int) -> np.ndarray:
@@ -213,12 +239,43 @@ class RefitRecipe:
 
 
 def refit_predict(model: Any, x: Any) -> np.ndarray:
-    """``(N,)`` int64 labels of a fitted model: ``predict``, else the argmax of ``predict_proba``."""
+    """``(N,)`` int64 class indices of a fitted model: ``predict``, else the argmax of ``predict_proba``.
+
+    Integer answers are taken as class indices (a refitted clone is fitted on indices). Other
+    answers (a model fitted on string labels predicts names, e.g. ``"phish"``) are mapped to their
+    position in the model's ``classes_``, the order the assessed data's labels are encoded in.
+
+    Raises:
+        ModelCapabilityError: non-integer answers and no ``classes_`` to map them through, or an
+            answer that is not one of ``classes_``.
+    """
     if callable(getattr(model, "predict", None)):
-        return np.asarray(model.predict(x)).astype(np.int64).reshape(-1)
-    proba = np.asarray(model.predict_proba(x))
-    classes = np.asarray(getattr(model, "classes_", np.arange(proba.shape[1])))
-    return np.asarray(classes[proba.argmax(1)]).astype(np.int64)
+        pred = np.asarray(model.predict(x)).reshape(-1)
+    else:
+        proba = np.asarray(model.predict_proba(x))
+        classes = np.asarray(getattr(model, "classes_", np.arange(proba.shape[1])))
+        pred = np.asarray(classes[proba.argmax(1)]).reshape(-1)
+    if pred.dtype.kind in "iub" or (pred.dtype.kind == "f" and bool(np.all(pred == np.round(pred)))):
+        return pred.astype(np.int64)
+    return _label_positions(model, pred)
+
+
+def _label_positions(model: Any, pred: np.ndarray) -> np.ndarray:
+    """Positions in ``model.classes_`` of the labels ``pred`` (e.g. names a string-label model predicts)."""
+    raw = getattr(model, "classes_", None)
+    if raw is None:
+        raise ModelCapabilityError(
+            f"{_OWNER}: the model's predictions must be class indices, or it must have classes_ to map "
+            f"them to indices; got {type(model).__name__} predicting {pred[:3].tolist()} without classes_. "
+            "Fit it on integer labels or give it a classes_ attribute.")
+    classes = np.asarray(raw)
+    index = {str(c): i for i, c in enumerate(classes.tolist())}
+    unknown = sorted({str(p) for p in pred.tolist()} - index.keys())
+    if unknown:
+        raise ModelCapabilityError(
+            f"{_OWNER}: the model's predictions must be among its classes_ {classes.tolist()}; got "
+            f"{unknown[:3]}. Check that the model's classes_ describe what it predicts.")
+    return np.asarray([index[str(p)] for p in pred.tolist()], dtype=np.int64)
 
 
 def _booster(model: Any, library: str) -> Any | None:

@@ -41,7 +41,8 @@ from modelshield.attacks.evasion.tabular import ConstraintSpec, TabularSearch, c
 from modelshield.attacks.results import EvasionResult
 from modelshield.errors import ConfigError
 
-__all__ = ["BlackBoxSection", "TabularSection", "budget_curve", "changes_curve", "load_spec"]
+__all__ = ["BlackBoxSection", "TabularSection", "budget_curve", "changes_curve", "load_spec",
+           "runner_up_target"]
 
 ATLAS.setdefault("AML.T0040", "ML Model Inference API Access")
 
@@ -318,7 +319,9 @@ class TabularSection:
     ``TabularSearch`` (scores only) on the detected malicious rows, read at each L0 budget of
     ``ctx.plan.tabular``; every returned row is re-checked against the constraint spec (valid
     rows must be 100%). Severity from the share of detected malicious rows that still get
-    caught at the headline budget (see ``evasion_severity``).
+    caught at the headline budget (see ``evasion_severity``). A binary model's rows are pushed
+    toward the other class; with more than two classes, toward each row's runner-up class
+    (``runner_up_target``), "benign" then meaning "not the malicious class".
     """
 
     id: str = "tabular"
@@ -331,7 +334,8 @@ class TabularSection:
                                malicious_class=plan.malicious_class, seed=ctx.seed)
         if progress is not None:
             progress(0, 1, f"tabular search, up to {top} changes")
-        res = attack(ctx.model, ctx.x, ctx.y, constraints=spec)
+        target = runner_up_target(ctx.model, ctx.x, plan.malicious_class, batch_size=ctx.batch_size)
+        res = attack(ctx.model, ctx.x, ctx.y, constraints=spec, target=target)
         if progress is not None:
             progress(1, 1, f"tabular search, up to {top} changes")
         x = ctx.x
@@ -363,6 +367,12 @@ class TabularSection:
         ]
         if q.numel():
             findings.append(f"Median {float(q.median()):g} model queries per attacked row.")
+        if target is not None:
+            findings.append(
+                "The model has more than two classes: each detected malicious "
+                f"(class {plan.malicious_class}) row was pushed toward its runner-up class (the other "
+                "class with the highest clean score) and counts as passed when the model gives it "
+                "that class; an attacker content with any other class does at least as well.")
         warnings: list[str] = []
         if source.startswith("inferred"):
             warnings.append("The constraint spec was inferred from the data (every feature mutable): "
@@ -412,5 +422,24 @@ class TabularSection:
             tables=tuple(tables),
             warnings=tuple(warnings),
             provenance={"plan": plan.to_dict(), "constraints": source,
+                        "target": "runner-up class" if target is not None else "the other class",
                         "attacks": {"tabular": {"class": res.attack, **res.params}}},
         )
+
+
+def runner_up_target(model: Any, x: Tensor, malicious_class: int, *, batch_size: int) -> Tensor | None:
+    """Per-row target class for a model with more than two classes, else None (binary: the other class).
+
+    ``TabularSearch`` is targeted; with C > 2 classes there is no single benign class, so each row
+    is pushed toward its runner-up: the class other than ``malicious_class`` with the highest clean
+    score (the nearest way out of the malicious class, costing one query per row). An untargeted
+    attacker, content with any other class, succeeds at least as often.
+    """
+    with torch.no_grad():
+        scores = torch.cat([model.scores(chunk) for chunk in torch.split(x, max(1, batch_size))])
+    if scores.dim() != 2 or scores.shape[1] <= 2:
+        return None
+    masked = scores.detach().clone().double()
+    if 0 <= malicious_class < masked.shape[1]:
+        masked[:, malicious_class] = -math.inf
+    return masked.argmax(1).to(x.device)

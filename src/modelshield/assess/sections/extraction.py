@@ -32,7 +32,13 @@ from modelshield.assess._section import (
     json_float,
     skipped_section,
 )
-from modelshield.attacks.extraction import CurvePoint, KnockoffNets, TextExtraction, TextExtractionResult
+from modelshield.attacks.extraction import (
+    CurvePoint,
+    KnockoffNets,
+    TextExtraction,
+    TextExtractionResult,
+    is_unscaled,
+)
 from modelshield.attacks.extraction.text import SURROGATE
 from modelshield.defenses.extraction import HARDENING_METHODS, PRADA
 from modelshield.errors import ConfigError, DataError
@@ -235,7 +241,9 @@ class ExtractionSection:
     the assessment texts, re-queried from the model (Tramèr et al. 2016; Krishna et al. 2020).
     PRADA and the hardening comparison are not run for text (they work on numeric queries).
     Budgets and epochs come from ``ctx.plan.extraction`` (``ExtractionPlan``) when it sets them.
-    The thief is a small CNN for images of at least 8x8 pixels, else an MLP (tabular rows).
+    The thief is a small CNN for images of at least 8x8 pixels, else an MLP; on unscaled rows (a
+    value beyond +-10) it standardises its inputs with the query pool's own per-feature mean and
+    std, as an attacker holding the pool would do.
 
     Cost on the digits-cnn zoo model with the defaults: about 15-30 s on two CPU cores (thieves
     are small CNNs trained for ``epochs`` on at most ``max(budgets)`` answers); on MNIST-sized
@@ -555,6 +563,11 @@ class ExtractionSection:
             f"its own test accuracy is {100 * acc:.1f}% (a constant guess matches {100 * chance:.1f}%): "
             f"severity {severity}.",
         ]
+        shape = tuple(ctx.x.shape[1:])
+        if not (len(shape) == 3 and min(shape[1:]) >= 8) and is_unscaled(pool.x):  # an MLP thief
+            findings.append(
+                "The features are unscaled: the thief (an MLP) standardises its inputs with its own query "
+                "pool's per-feature mean and std, as an attacker holding the pool would do.")
         if "top1" in runs and "none" in runs:
             findings.append(
                 f"Answering labels only lowers the copy's fidelity at {top} queries from "

@@ -63,6 +63,18 @@ def refit_problem(estimator: Any) -> str | None:
     return None
 
 
+def _output_count(estimator: Any, recipe: RefitRecipe) -> int | None:
+    """How many classes the given model outputs (its ``classes_`` or the boosted recipe's), if known."""
+    classes = getattr(estimator, "classes_", None)
+    if classes is not None:
+        try:
+            return len(classes)
+        except TypeError:  # a user's object with an odd classes_: unknown
+            return None
+    n = getattr(recipe.estimator, "n_classes", None)
+    return int(n) if isinstance(n, int) else None
+
+
 def _recall(pred: np.ndarray, y: np.ndarray, cls: int) -> float:
     rows = y == cls
     return float((pred[rows] == cls).mean()) if rows.any() else float("nan")
@@ -140,6 +152,12 @@ def tabular_poisoning_section(section_id: str, ctx: AssessmentContext, progress:
             f"A clone refitted on the clean training split agrees with the given model on only "
             f"{100 * agreement:.1f}% of the assessment points: the model was trained with another "
             "recipe or other data, so the sweep measures a stand-in retrained the same way.")
+    n_out = _output_count(estimator, recipe)
+    if n_out is not None and n_out > classes.size:
+        warnings.append(
+            f"The model has {n_out} outputs but the training split holds labels of only {classes.size} "
+            f"classes ({classes.tolist()}): check that the data are the ones the model was trained on; "
+            "the refits are trained on the classes present.")
     has_proba = callable(getattr(recipe.estimator, "predict_proba", None))  # confident learning needs it
     validation = data_validation_section(
         section_id, ctx, None, model_factory=recipe.fresh if has_proba else None,

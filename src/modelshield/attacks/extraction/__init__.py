@@ -13,6 +13,7 @@ live one layer up, in ``modelshield.experiments.extraction``.
 
 from __future__ import annotations
 
+from modelshield.attacks.extraction._train import Standardise, is_unscaled
 from modelshield.attacks.extraction.equation_solving import EquationSolving, LinearCopy
 from modelshield.attacks.extraction.jacobian import JacobianAugmentation
 from modelshield.attacks.extraction.knockoff import KnockoffNets
@@ -27,10 +28,12 @@ __all__ = [
     "JacobianAugmentation",
     "KnockoffNets",
     "LinearCopy",
+    "Standardise",
     "TextCopy",
     "TextExtraction",
     "TextExtractionResult",
     "accuracy",
     "fidelity",
+    "is_unscaled",
     "transferability",
 ]

@@ -32,8 +32,10 @@ from modelshield.models import CallableModel, TorchModel, predict_labels, probab
 from modelshield.models.training import Optimization, cross_entropy_loss, train_module
 
 __all__ = [
+    "UNSCALED_ABOVE",
     "Evaluator",
     "OutputMode",
+    "Standardise",
     "build_thief",
     "check_checkpoints",
     "check_pool",
@@ -43,6 +45,8 @@ __all__ = [
     "extraction_params",
     "fit_thief",
     "init_parameters",
+    "is_unscaled",
+    "pool_statistics",
     "predict_labels",
     "query_in_chunks",
     "query_victim",
@@ -68,14 +72,65 @@ def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
     return module
 
 
+class Standardise(nn.Module):
+    """``(x.flatten(1) - mean) / std`` with fixed per-feature statistics (buffers, not trained).
+
+    The default tabular thief's first layer: features on very different scales (wine rows run
+    from 0.1 to 1,680) leave an MLP on raw inputs at chance after a few hundred answers, while
+    the same answers train a standardised one to near-perfect agreement. The statistics come
+    from the attacker's own query pool (``pool_statistics``), which the attacker holds without
+    querying the victim; this is the usual preprocessing of any tabular learner.
+    """
+
+    def __init__(self, mean: Tensor, std: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.detach().clone().reshape(1, -1))
+        self.register_buffer("std", std.detach().clone().reshape(1, -1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean, std = self.mean, self.std
+        if not isinstance(mean, Tensor) or not isinstance(std, Tensor):  # registered as tensors above
+            raise RuntimeError("internal: Standardise buffers are not tensors")
+        return (x.flatten(1) - mean) / std
+
+
+UNSCALED_ABOVE = 10.0
+"""A tabular pool with any value beyond +-UNSCALED_ABOVE is taken as unscaled and standardised."""
+
+
+def pool_statistics(x_pool: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and std ``(D,)`` of pool rows (std 1 where a feature is constant)."""
+    flat = x_pool.detach().flatten(1).float()
+    mean = flat.mean(0)
+    std = flat.std(0, unbiased=False) if flat.shape[0] > 1 else torch.ones_like(mean)
+    return mean, torch.where(std > 1e-6 * (1.0 + mean.abs()), std, torch.ones_like(std))
+
+
+def is_unscaled(x_pool: Tensor) -> bool:
+    """True when pool rows hold a value beyond +-``UNSCALED_ABOVE`` (raw units, e.g. wine's 1,680).
+
+    Rows already on a unit scale (pixels, 0/1 flags, the phishing data's -1/0/1) are fed to the
+    thief as they are: standardising them would only blow up near-constant features (the border
+    pixels of flattened digits), which a copy then leans on and its adversarial examples stop
+    transferring.
+    """
+    return bool(x_pool.numel()) and float(x_pool.detach().abs().max()) > UNSCALED_ABOVE
+
+
+def _is_image(input_shape: tuple[int, ...]) -> bool:
+    return len(input_shape) == 3 and min(input_shape[1:]) >= 8
+
+
 def default_thief(input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """The thief used when no factory is given (built on the meta device: no random draws).
 
     Images ``(C, H, W)`` with H, W >= 8 get a small CNN (two 3x3 convs, 32/64 channels, pooled to
-    4x4, a 128-unit hidden layer); anything else an MLP with one 128-unit hidden layer.
+    4x4, a 128-unit hidden layer); anything else an MLP with one 128-unit hidden layer
+    (``build_thief`` puts a ``Standardise`` layer with the pool's statistics in front of it when
+    the pool is unscaled, ``is_unscaled``).
     """
     with torch.device("meta"):
-        if len(input_shape) == 3 and min(input_shape[1:]) >= 8:
+        if _is_image(input_shape):
             return nn.Sequential(
                 nn.Conv2d(input_shape[0], 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                 nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
@@ -96,15 +151,24 @@ def build_thief(
     reinit: bool,
     owner: str,
 ) -> nn.Module:
-    """A fresh thief on x's device, initialised from seed, checked to map x to (N, n_classes) logits."""
+    """A fresh thief on x's device, initialised from seed, checked to map x to (N, n_classes) logits.
+
+    ``x_example`` is the attacker's query pool: the default tabular thief standardises unscaled
+    rows (``is_unscaled``) with the pool's per-feature mean and std (``Standardise``), which cost
+    no victim queries.
+    """
     gen = torch.Generator(device="cpu")
     if seed is None:
         gen.seed()
     else:
         gen.manual_seed(seed)
     if factory is None:
-        net = default_thief(tuple(x_example.shape[1:]), n_classes).to_empty(device=x_example.device)
+        in_shape = tuple(x_example.shape[1:])
+        net = default_thief(in_shape, n_classes).to_empty(device=x_example.device)
         init_parameters(net, gen)
+        if not _is_image(in_shape) and is_unscaled(x_example):  # with the attacker's own pool's statistics
+            mean, std = pool_statistics(x_example)
+            net = nn.Sequential(Standardise(mean, std), net).to(x_example.device)
     else:
         net = factory()
         if not isinstance(net, nn.Module):
