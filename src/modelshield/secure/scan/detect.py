@@ -74,8 +74,8 @@ def sniff(data: bytes | memoryview) -> str:
             return "torch-legacy"
         return "pickle"
     sniff_st = _helper("safetensors", "sniff_safetensors")
-    if sniff_st is not None and sniff_st(head, len(data)):
-        return "safetensors"
+    if (sniff_st is not None and sniff_st(head, len(data))) or (len(head) >= 9 and head[8:9] == b"{"):
+        return "safetensors"  # also with an impossible header length: the scanner then says so
     if len(head) >= 2 and head[0] == 0x78 and head[1] in _ZLIB_SECOND and (head[0] * 256 + head[1]) % 31 == 0:
         return "zlib"
     sniff_onnx = _helper("onnx", "sniff_onnx")
@@ -160,7 +160,21 @@ def scan_content(data: bytes | memoryview, where: Location, budget: Budget, dept
     found, is_pickle = scan_pickle(data, where=where, limits=limits, deadline=budget.deadline, probe=True)
     if is_pickle and formats is not None:
         formats[str(where)] = "pickle"
+    name = where.members[-1] if where.members else where.path
+    suffix = name.rsplit(".", 1)[-1].lower() if "." in name.rsplit("/", 1)[-1] else ""
+    if not is_pickle and not found and suffix in MODEL_SUFFIXES:
+        found.append(Finding(
+            severity="medium", code="format.unrecognised",
+            message=f"the name says a .{suffix} model file, but the content matches no format modelshield "
+                    "reads (corrupt, truncated, or disguised); it cannot be verified",
+            location=where))
     return found
+
+
+MODEL_SUFFIXES = frozenset({"pt", "pth", "pt2", "ckpt", "pkl", "pickle", "joblib", "onnx", "safetensors",
+                            "keras", "h5", "hdf5", "npy", "npz", "skops"})
+"""Names that promise a model format: content matching none of the formats is a (blocking) finding
+there, where in any other file (a CSV, a README) it is simply not a model."""
 
 
 _ARCHIVES = frozenset({"zip", "tar", "gzip", "xz", "bz2", "lzma", "zlib", "zip-polyglot"})
