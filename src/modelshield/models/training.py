@@ -43,6 +43,8 @@ __all__ = [
     "cross_entropy_loss",
     "lr_at",
     "make_optimizer",
+    "one_cycle_fits",
+    "short_cycle_lr",
     "steps_per_epoch",
     "train_module",
 ]
@@ -71,7 +73,8 @@ class Optimization:
         schedule: ``"constant"``; ``"step"`` (times ``gamma`` every ``step_epochs`` epochs);
             ``"cosine"`` (lr (1 + cos(pi t / epochs)) / 2); ``"cyclic"`` (linear 0 -> lr over the
             first 2/5 of training, then lr -> 0; Wong et al., 2020); ``"one_cycle"`` (torch's
-            ``OneCycleLR``, warm-up over ``pct_start`` of the steps, momentum cycled too).
+            ``OneCycleLR``, warm-up over ``pct_start`` of the steps, momentum cycled too; a run
+            too short for it, see ``one_cycle_fits``, uses ``short_cycle_lr`` instead).
             ``t`` is the time in epochs at the end of each step.
         step_epochs, gamma: the ``step`` schedule's period (epochs) and factor.
         pct_start: the ``one_cycle`` schedule's share of warm-up steps.
@@ -202,6 +205,35 @@ def lr_at(t: float, epochs: int, lr: float, schedule: ScheduleName, *, step_epoc
     if t <= peak:
         return lr * t / peak
     return lr * max(epochs - t, 0.0) / (epochs - peak)
+
+
+def one_cycle_fits(total_steps: int, pct_start: float) -> bool:
+    """Whether torch's ``OneCycleLR`` is defined for a run of total_steps optimiser steps.
+
+    ``OneCycleLR`` ends its warm-up at step ``pct_start * total_steps - 1`` and interpolates each
+    phase over its length in steps; it divides by zero when the warm-up ends at step 0 (e.g. 4
+    steps with ``pct_start=0.25``) or the decay has no length (``pct_start=1``), and skips the
+    warm-up when it would end before step 0 (fewer than ``1 / pct_start`` steps). It fits when
+    the warm-up ends after step 0 and before the last step; the formula is torch's own.
+    """
+    warm_end = float(pct_start * total_steps) - 1  # OneCycleLR's first phase end_step
+    return warm_end > 0 and (total_steps - 1) - warm_end > 0
+
+
+def short_cycle_lr(step: int, total_steps: int, lr: float, pct_start: float) -> float:
+    """Learning rate of optimiser step ``step`` (0-based) of a one-cycle run too short for torch's.
+
+    The triangular one-cycle (Smith and Topin, 2017): linear warm-up 0 -> lr over the first
+    ``pct_start`` of training, then linear decay lr -> 0, sampled at the step's midpoint
+    ``s = (step + 1/2) / total_steps``: ``lr s / pct_start`` while ``s <= pct_start``, else
+    ``lr (1 - s) / (1 - pct_start)``. Defined, positive and at most lr for every
+    ``total_steps >= 1`` (a single step trains at ``lr / (2 max(pct_start, 1 - pct_start))``);
+    momentum is not cycled. ``train_module`` uses it when ``one_cycle_fits`` is False.
+    """
+    s = (step + 0.5) / total_steps
+    if s <= pct_start:
+        return lr * s / pct_start
+    return lr * (1.0 - s) / (1.0 - pct_start)
 
 
 def make_optimizer(module: nn.Module, optimization: Optimization, *, owner: str) -> torch.optim.Optimizer:
@@ -365,12 +397,16 @@ def train_module(
     opt = optimizer if optimizer is not None else make_optimizer(module, optimization, owner=owner)
     o = optimization
     scheduler: torch.optim.lr_scheduler.OneCycleLR | None = None
+    short_cycle = False
     if o.schedule == "one_cycle" and start_epoch < epochs:
         if start_epoch:
             raise ConfigError(f"{owner}: 'start_epoch' must be 0 with a one_cycle schedule; got "
                               f"{start_epoch}. Use a cosine or cyclic schedule to resume training.")
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=o.lr, total_steps=per_epoch * epochs, pct_start=o.pct_start)
+        if one_cycle_fits(per_epoch * epochs, o.pct_start):
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=o.lr, total_steps=per_epoch * epochs, pct_start=o.pct_start)
+        else:  # too few steps for torch's OneCycleLR (it would divide by zero): the triangle
+            short_cycle = True
     stepwise = o.schedule not in ("constant", "one_cycle")
     total = progress_total if progress_total is not None else per_epoch * epochs
     done = progress_offset + start_epoch * per_epoch
@@ -389,6 +425,9 @@ def train_module(
                 if stepwise:
                     lr = lr_at(epoch + (i + 1) / per_epoch, epochs, o.lr, o.schedule,
                                step_epochs=o.step_epochs, gamma=o.gamma)
+                if short_cycle:
+                    lr = short_cycle_lr(epoch * per_epoch + i, per_epoch * epochs, o.lr, o.pct_start)
+                if stepwise or short_cycle:
                     for group in opt.param_groups:
                         group["lr"] = lr
                 value = loss(module, xb, yb, epoch, i)

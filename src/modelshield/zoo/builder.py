@@ -1,7 +1,8 @@
-"""The zoo's builder: training an entry on the CPU with a fixed seed, and loading one.
+"""The zoo's builder: training an entry with a fixed seed (on the CPU, or a GPU), and loading one.
 
 ``train(name)`` builds the entry's model from its spec and recipe (``modelshield.zoo.catalog``),
-trains it deterministically (``modelshield.zoo.training``; the global RNG is never touched),
+trains it deterministically (``modelshield.zoo.training``; the global RNG is never touched;
+``device=`` trains a torch entry on a GPU instead, not bit-reproducibly),
 checks its clean test accuracy (and, for adversarially trained entries, its PGD robust accuracy)
 against the spec's floors, and only then caches it (``modelshield.zoo.cache``), recording its
 provenance: weights and data SHA-256, seed, library version, time.
@@ -36,6 +37,7 @@ from modelshield.data import load_dataset, load_tabular_dataset
 from modelshield.data.sms_spam import load_sms_spam
 from modelshield.errors import ConfigError, DataError, MissingDataError
 from modelshield.models.archs import build
+from modelshield.models.device import resolve_device
 from modelshield.models.load import FORMAT, save_model, weights_sha256
 from modelshield.zoo import cache, catalog
 from modelshield.zoo.cache import FLOOR_SLACK, SKLEARN_FORMAT
@@ -61,19 +63,31 @@ def train(
     *,
     data_root: str | Path | None = None,
     force: bool = False,
+    device: str | torch.device = "cpu",
     progress: Progress | None = None,
 ) -> ZooModel:
-    """Train a zoo model on the CPU, check its test accuracy, and cache it.
+    """Train a zoo model (on the CPU by default), check its test accuracy, and cache it.
 
     Training is deterministic for a given seed and thread count, and never touches the global
     RNG (see ``modelshield.zoo.training``). The model is cached only when its clean test
     accuracy reaches ``spec(name).min_accuracy``.
+
+    With ``device`` a GPU (``"cuda"``, ``"cuda:N"``, ``"mps"``, ``"auto"``), a torch entry is
+    initialised on the CPU as always (same seed, same initial weights), then trained with the
+    model and the training data on that device; it is moved back to the CPU before it is scored,
+    checked and saved, so the file, digests and load-time checks are those of CPU weights. GPU
+    arithmetic differs from the CPU's (and cuDNN kernels may be non-deterministic), so the
+    weights differ from the CPU run's and the recorded ``weights_sha256`` is that of the run
+    actually done; the metadata records ``train_device``. scikit-learn entries ignore
+    ``device`` (they fit on the CPU).
 
     Args:
         name: a zoo name (see ``names()``).
         data_root: the data folder for MNIST / Fashion-MNIST; None means ``$MODELSHIELD_DATA``.
             Ignored for ``digits-cnn``.
         force: retrain and replace a cached model; otherwise a cached model is an error.
+        device: where a torch entry trains (``"cpu"``, the default, is bit-reproducible); see
+            ``modelshield.models.resolve_device``. Ignored by scikit-learn entries.
         progress: optional ``progress(done, total, message)`` callback (per batch chunk and
             epoch; the last unit is the test evaluation).
 
@@ -81,7 +95,8 @@ def train(
         The trained ZooModel (eval mode), with the same meta that ``load`` returns.
 
     Raises:
-        ConfigError: unknown name, or already cached and ``force`` is False.
+        ConfigError: unknown name, already cached and ``force`` is False, or a device name that
+            is not one or that this machine lacks.
         MissingDataError: the data files are not found.
         DataError: the test accuracy is below ``min_accuracy`` (nothing is cached).
 
@@ -90,6 +105,7 @@ def train(
         model.meta["test_accuracy"]
     """
     s = spec(name)
+    dev = resolve_device(device, owner="zoo.train")  # a bad device fails before any work
     path = cache._weights_path(s.name)
     if path.exists() and not force:
         raise ConfigError(
@@ -97,7 +113,7 @@ def train(
             f"{str(path)!r}. Use zoo.load({s.name!r}), or retrain with force=True "
             f"(`modelshield zoo train {s.name} --force`)."
         )
-    if s.kind == "sklearn":
+    if s.kind == "sklearn":  # scikit-learn fits on the CPU: device does not apply
         zm = _fit_sklearn(s, data_root, progress=progress, owner="zoo.train")
         path.parent.mkdir(parents=True, exist_ok=True)
         cache._write_json(path, zm.meta)
@@ -106,17 +122,19 @@ def train(
         progress(0, 1, f"training {s.name} (cached afterwards): loading {s.dataset}")
     ds = load_dataset(s.dataset, data_root)
     if s.name in catalog._AT_RECIPES:
-        module, recipe_dict, train_time, robust = _train_adversarial(s, ds, progress)
+        module, recipe_dict, train_time, robust = _train_adversarial(s, ds, progress, dev)
         accuracy = evaluate(module, ds.x_test, ds.y_test)
         check_points, check_accuracy = cache._check_score(module, ds.x_test, ds.y_test)
     else:
         recipe = catalog._RECIPES[s.name]
         recipe_dict, robust = asdict(recipe), None
-        module = build(s.arch, seed=recipe.seed)
+        module = build(s.arch, seed=recipe.seed).to(dev)  # initialised on the CPU, then moved
         steps = -(-int(ds.x_train.shape[0]) // recipe.batch_size) * recipe.epochs
         start = time.perf_counter()
-        fit(module, ds.x_train, ds.y_train, recipe, progress=progress, progress_total=steps + 1)
+        fit(module, ds.x_train.to(dev), ds.y_train.to(dev), recipe, progress=progress,
+            progress_total=steps + 1)
         train_time = time.perf_counter() - start
+        module = module.cpu()  # scored, checked and saved as CPU weights, whatever the device
         accuracy = evaluate(module, ds.x_test, ds.y_test)
         check_points, check_accuracy = cache._check_score(module, ds.x_test, ds.y_test)
         if progress is not None:
@@ -155,6 +173,7 @@ def train(
         "data_source": ds.source,
         "torch_version": str(torch.__version__),
         "num_threads": recipe_dict.get("num_threads") or torch.get_num_threads(),
+        "train_device": str(dev),
         "trained_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     if robust is not None:
@@ -197,9 +216,14 @@ def register_adversarial_trainer(fn: AdversarialTrainer) -> None:
 
 
 def _train_adversarial(
-    s: ZooSpec, ds: Any, progress: Progress | None
+    s: ZooSpec, ds: Any, progress: Progress | None, dev: torch.device
 ) -> tuple[torch.nn.Module, dict[str, Any], float, float]:
-    """(module, recipe, train seconds, PGD robust accuracy) for an adversarially trained entry."""
+    """(module, recipe, train seconds, PGD robust accuracy) for an adversarially trained entry.
+
+    The trainer follows the module's device (the training loop and PGD run where the model is),
+    so the device reaches it through the module and the tensors moved there; the returned
+    module is back on the CPU.
+    """
     recipe = dict(catalog._AT_RECIPES[s.name])
     threads = recipe.pop("num_threads", None)
     if s.eps is None:
@@ -211,13 +235,14 @@ def _train_adversarial(
             f"zoo.train: {s.name!r} needs the adversarial trainer, which must be registered; got none. "
             "Import modelshield.defenses.training first (importing modelshield does it)."
         )
-    module = build(s.arch, seed=int(recipe["seed"]))
-    check = (ds.x_test[:ROBUST_CHECK_POINTS], ds.y_test[:ROBUST_CHECK_POINTS])
+    module = build(s.arch, seed=int(recipe["seed"])).to(dev)
+    check = (ds.x_test[:ROBUST_CHECK_POINTS].to(dev), ds.y_test[:ROBUST_CHECK_POINTS].to(dev))
     with torch_threads(int(threads) if threads else None):
         train_time, robust = _ADVERSARIAL_TRAINERS[-1](
-            module, eps=s.eps, bounds=s.bounds, recipe=recipe, train=(ds.x_train, ds.y_train),
-            check=check, progress=progress,
+            module, eps=s.eps, bounds=s.bounds, recipe=recipe,
+            train=(ds.x_train.to(dev), ds.y_train.to(dev)), check=check, progress=progress,
         )
+    module = module.cpu()
     return module, {**recipe, "num_threads": threads, "trainer": "AdversarialTrainer"}, train_time, robust
 
 

@@ -4,9 +4,11 @@ Determinism without touching the global RNG: initialisation comes from ``build(a
 (modules built on the meta device, then filled from a private generator), mini-batch order from
 the private generator of ``modelshield.models.train_module`` (the one training loop), and the
 architectures have no dropout (which would draw from the global RNG). The optimiser (AdamW) and
-schedule (one-cycle) are deterministic. On the CPU, results are bit-identical for the same seed
-and the same number of threads; a recipe may fix the thread count (restored afterwards),
-otherwise the caller's setting is used.
+schedule (one-cycle; a run too short for torch's ``OneCycleLR`` uses the triangular cycle of
+``modelshield.models.training.short_cycle_lr``) are deterministic. On the CPU, results are
+bit-identical for the same seed and the same number of threads; a recipe may fix the thread count
+(restored afterwards), otherwise the caller's setting is used. ``fit`` trains where the module is
+(``zoo.train(..., device="cuda")`` moves model and data to a GPU; not bit-reproducible there).
 """
 
 from __future__ import annotations
@@ -78,9 +80,9 @@ def fit(
     a generator seeded with ``recipe.seed + 1``).
 
     Args:
-        module: the model; its parameters are updated in place.
-        x: ``(N, *input_shape)`` float inputs; not modified.
-        y: ``(N,)`` int64 labels.
+        module: the model; its parameters are updated in place where they are (CPU or GPU).
+        x: ``(N, *input_shape)`` float inputs on the module's device; not modified.
+        y: ``(N,)`` int64 labels on the module's device.
         recipe: epochs, batch size, learning rate, weight decay and shuffling seed.
         progress: optional ``progress(done, total, message)`` callback, called about every
             20 batches and at the end of each epoch (and once before the first batch);

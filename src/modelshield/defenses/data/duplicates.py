@@ -42,11 +42,20 @@ class DuplicateGroup:
 
 @dataclass(frozen=True, slots=True)
 class DuplicateReport:
-    """Duplicate groups found in a data set (see find_duplicates)."""
+    """Duplicate groups found in a data set (see find_duplicates).
+
+    Attributes:
+        n: rows. groups: the duplicate groups, by first row. near_threshold: the cosine used for
+        text (1.0 when only exact duplicates were checked). near_radius: the relative radius used
+        for arrays (None: not checked). radius: the absolute Euclidean radius it gave (None for
+        text or when not checked).
+    """
 
     n: int
     groups: tuple[DuplicateGroup, ...]
     near_threshold: float
+    near_radius: float | None = None
+    radius: float | None = None
 
     @property
     def duplicate_rows(self) -> np.ndarray:
@@ -69,6 +78,8 @@ class DuplicateReport:
         return {
             "n": self.n,
             "near_threshold": self.near_threshold,
+            "near_radius": self.near_radius,
+            "radius": self.radius,
             "groups": len(self.groups),
             "exact_groups": sum(g.kind == "exact" for g in self.groups),
             "near_groups": sum(g.kind == "near" for g in self.groups),
@@ -82,66 +93,83 @@ def find_duplicates(
     y: Any = None,
     *,
     near_threshold: float | None = 0.95,
+    near_radius: float = 0.13,
     embed: Embed | None = None,
     chunk: int = 1024,
 ) -> DuplicateReport:
     """Group exact and near-duplicate rows and flag groups with conflicting labels.
 
     Exact duplicates: identical strings (text) or identical bytes of the row (arrays).
-    Near duplicates: cosine similarity >= ``near_threshold`` between TF-IDF vectors (text)
-    or between standardised, optionally embedded, feature rows (tabular, images). Pairs are
-    joined transitively into groups (union-find). Similarities are computed in chunks of
-    ``chunk`` rows, so memory stays O(chunk * N).
+
+    Near duplicates of texts: cosine similarity >= ``near_threshold`` between TF-IDF vectors
+    (high-dimensional and sparse, where a cosine near 1 means nearly the same words).
+
+    Near duplicates of arrays (tabular rows, images, embeddings): Euclidean distance between
+    standardised (optionally embedded) rows <= ``near_radius`` times the median distance from a
+    distinct row to its nearest distinct row: rows far closer to each other than rows of the
+    data set typically are. This is the near-duplicate rule of cleanlab's Datalab (its
+    ``near_duplicate`` check, default 0.13 of the median nearest-neighbour distance), adopted
+    because it is relative to the data's own spacing; a cosine on standardised rows is not a
+    duplicate test for a few columns (two 4-feature rows pointing the same way from the mean can
+    be far apart, so most rows of a small table fell into one group).
+
+    Groups are formed without transitive chaining: rows are visited in order, and a row that is
+    not already in a group joins the group of the earliest kept (first) row within the
+    threshold, so every row of a group is a copy of its first row, not of a chain of rows.
+    Exact copies always join their first occurrence. Text similarities are computed in chunks of
+    ``chunk`` rows (memory O(chunk * N)); array neighbours come from scikit-learn's
+    ``NearestNeighbors``.
 
     Args:
         x: texts, a 2-D array, or images (N, C, H, W).
         y: labels, or None.
-        near_threshold: cosine similarity in (0, 1]; None checks exact duplicates only.
+        near_threshold: cosine similarity in (0, 1] for texts; None checks exact duplicates only
+            (for every kind of data).
+        near_radius: for arrays, the radius in (0, 1] relative to the median nearest-neighbour
+            distance.
         embed: optional embedding for arrays (N, ...) -> (N, D).
-        chunk: rows per similarity block.
+        chunk: rows per similarity block (texts).
 
     Returns:
         A DuplicateReport.
+
+    Reference:
+        Cleanlab Datalab, "near_duplicate" issue type (NearDuplicateIssueManager: threshold 0.13
+        times the median nearest-neighbour distance), https://docs.cleanlab.ai.
 
     Example:
         rep = find_duplicates(texts, y)
         [g.indices for g in rep.groups if g.conflicting]
     """
+    owner = "find_duplicates"
     if near_threshold is not None:
-        check_range(
-            "near_threshold", near_threshold, owner="find_duplicates", low=0.0, high=1.0, low_open=True
-        )
-    check_range("chunk", chunk, owner="find_duplicates", low=1, integer=True)
-    kind = data_kind(x, owner="find_duplicates")
+        check_range("near_threshold", near_threshold, owner=owner, low=0.0, high=1.0, low_open=True)
+    check_range("near_radius", near_radius, owner=owner, low=0.0, high=1.0, low_open=True)
+    check_range("chunk", chunk, owner=owner, low=1, integer=True)
+    kind = data_kind(x, owner=owner)
     n = n_rows(x)
-    labels = None if y is None else as_labels(y, n=n, owner="find_duplicates")
-    parent = np.arange(n)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = int(parent[i])
-        return i
-
-    def union(a: int, b: int) -> None:
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-
+    labels = None if y is None else as_labels(y, n=n, owner=owner)
     keys = _row_keys(x, kind)
+    leader = np.arange(n)  # the first row of each row's group
     first: dict[bytes, int] = {}
     for i, key in enumerate(keys):
         if key in first:
-            union(first[key], i)
+            leader[i] = first[key]
         else:
             first[key] = i
-    if near_threshold is not None and n > 1:
-        feats = Featurizer(embed=embed).fit(x, owner="find_duplicates").transform(x)
-        for a, b in _similar_pairs(feats, near_threshold, chunk):
-            union(int(a), int(b))
+    distinct = np.fromiter(first.values(), dtype=np.int64, count=len(first))  # ascending
+    radius: float | None = None
+    if near_threshold is not None and len(distinct) > 1:
+        feats = Featurizer(embed=embed).fit(x, owner=owner).transform(x)
+        if kind == "text":
+            pairs = _similar_pairs(feats, near_threshold, chunk)
+        else:
+            radius, pairs = _close_pairs(np.asarray(feats)[distinct], near_radius)
+            pairs = [(int(distinct[a]), int(distinct[b])) for a, b in pairs]
+        _attach(leader, pairs, distinct)
     comps: dict[int, list[int]] = {}
     for i in range(n):
-        comps.setdefault(root(i), []).append(i)
+        comps.setdefault(int(leader[i]), []).append(i)
     groups = []
     for members in comps.values():
         if len(members) < 2:
@@ -150,7 +178,39 @@ def find_duplicates(
         labs = tuple(int(labels[i]) for i in members) if labels is not None else ()
         groups.append(DuplicateGroup(tuple(members), "exact" if exact else "near", labs, len(set(labs)) > 1))
     groups.sort(key=lambda g: g.indices[0])
-    return DuplicateReport(n=n, groups=tuple(groups), near_threshold=near_threshold or 1.0)
+    near_used = near_threshold is not None and kind != "text"
+    return DuplicateReport(n=n, groups=tuple(groups), near_threshold=near_threshold or 1.0,
+                           near_radius=near_radius if near_used else None, radius=radius)
+
+
+def _attach(leader: np.ndarray, pairs: list[tuple[int, int]], distinct: np.ndarray) -> None:
+    """Leader grouping of distinct rows: each row (in order) that no earlier row has taken joins the
+    earliest still-kept row it is close to; exact copies follow the row they copy."""
+    close: dict[int, list[int]] = {}
+    for a, b in pairs:
+        lo, hi = (a, b) if a < b else (b, a)
+        close.setdefault(hi, []).append(lo)
+    for j in distinct.tolist():
+        if j in close:
+            kept = [i for i in close[j] if leader[i] == i]
+            if kept:
+                leader[j] = min(kept)
+    leader[:] = leader[leader]  # exact copies of a row that joined a group join it too
+
+
+def _close_pairs(z: np.ndarray, near_radius: float) -> tuple[float, list[tuple[int, int]]]:
+    """(radius, pairs i < j of rows of z within it): radius = near_radius * the median distance from
+    a row to its nearest other row (z has no two identical rows)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(n_neighbors=2).fit(z)
+    dist, _ = nn.kneighbors(z)
+    radius = float(near_radius * np.median(dist[:, 1]))
+    if radius <= 0.0:
+        return radius, []
+    _, neighbours = nn.radius_neighbors(z, radius=radius)
+    pairs = [(i, int(j)) for i, row in enumerate(neighbours) for j in row.tolist() if j > i]
+    return radius, pairs
 
 
 def _row_keys(x: Any, kind: str) -> list[bytes]:

@@ -136,6 +136,7 @@ def validate_dataset(
     k: int = 10,
     knn_threshold: float = 0.5,
     near_threshold: float | None = 0.95,
+    near_radius: float = 0.13,
     contamination: float = 0.01,
     embed: Embed | None = None,
     seed: int = 0,
@@ -167,7 +168,10 @@ def validate_dataset(
         remove: reason codes that drop a row in cleaned() (see REMOVABLE).
         cv, passes, model_factory: ConfidentLearning settings.
         k, knn_threshold: KNNLabelConsistency settings (k also for outliers).
-        near_threshold: cosine similarity for near duplicates (None: exact only).
+        near_threshold: cosine similarity of TF-IDF vectors for near-duplicate texts (None:
+            exact duplicates only, for every kind of data).
+        near_radius: near-duplicate arrays lie within this share of the median
+            nearest-neighbour distance (see find_duplicates).
         contamination: share of rows the outlier check flags.
         embed: a model's embedding (N, ...) -> (N, D) for images or tabular rows.
         seed: seed of the cross-validation split and of randomised detectors.
@@ -239,7 +243,7 @@ def validate_dataset(
             )
         summary["knn_disagreements"] = int(knn.issues_.sum())
     if "duplicates" in checks:
-        dup = find_duplicates(x, labels, near_threshold=near_threshold, embed=embed)
+        dup = find_duplicates(x, labels, near_threshold=near_threshold, near_radius=near_radius, embed=embed)
         for g in dup.groups:
             minority = set(g.minority())
             for pos, i in enumerate(g.indices):
@@ -300,6 +304,7 @@ def validate_dataset(
         "k": k,
         "knn_threshold": knn_threshold,
         "near_threshold": near_threshold,
+        "near_radius": near_radius,
         "contamination": contamination,
         "seed": seed,
         "reference": reference is not None,
