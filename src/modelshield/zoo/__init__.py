@@ -1,4 +1,5 @@
-"""Reference models: small CNNs and scikit-learn detectors trained on the CPU with fixed seeds.
+"""Reference models: small CNNs and scikit-learn detectors trained with fixed seeds (on the CPU
+by default; ``train(..., device="cuda")`` trains the torch entries on a GPU and saves CPU weights).
 
 Torch models (``kind="torch"``: digits-cnn, mnist-cnn, fashion-cnn) train in under a minute on
 two CPU cores, are cached as ``modelshield-v1`` files in ``cache_dir()/zoo/<name>.pt`` with a JSON
