@@ -293,7 +293,9 @@ def test_text_pipeline_without_predict_proba_is_accepted(tmp_path: Path) -> None
     skops_io.dump(pipe, tmp_path / "svc.skops")
     _write_tsv(tmp_path / "sms.tsv", texts, labels)
     target = _load(str(tmp_path / "svc.skops"), tmp_path / "sms.tsv", label_col=None)
-    assert isinstance(target.module, TextAnswers) and target.model_info["output"] == "labels"
+    # no predict_proba: its decision_function margins are the scores (issue #16, label-only models)
+    assert isinstance(target.module, TextAnswers) and target.model_info["output"] == "proba"
+    assert target.module.score_kind == "margins"
     pred = target.adapted().predict(target.x).numpy()
     assert np.array_equal(np.array(target.class_names)[pred], pipe.predict(list(target.texts or ())))
 
@@ -351,13 +353,16 @@ def test_tabular_classifier_without_predict_proba_is_label_only(tmp_path: Path, 
     skops_io.dump(est, tmp_path / "svc.skops")
     _write_csv(tmp_path / "rows.csv", x, list(names))
     target = _load(str(tmp_path / "svc.skops"), tmp_path / "rows.csv")
-    assert target.model_info["output"] == "labels"
+    # no predict_proba: its decision_function margins are the scores (issue #16, label-only models)
+    assert target.model_info["output"] == "proba"
     m = target.adapted()
-    assert isinstance(m, CallableModel) and m.output == "labels" and m.n_classes == 2
+    assert isinstance(m, CallableModel) and m.score_kind == "margins" and m.n_classes == 2
     expected = np.searchsorted(est.classes_, est.predict(target.x.numpy()))
     assert np.array_equal(m.predict(target.x).numpy(), expected)
+    assert np.array_equal(m.scores(target.x).argmax(1).numpy(), expected)
+    labels_only = as_model(est, output="labels", bounds=target.bounds)
     with pytest.raises(ModelCapabilityError, match="labels only"):
-        m.scores(target.x[:2])
+        labels_only.scores(target.x[:2])
 
 
 # --------------------------------------------------------------------------- adapters

@@ -10,7 +10,7 @@ from torch import nn
 from modelshield._checks import check_bounds
 from modelshield.errors import ModelCapabilityError
 from modelshield.models._budget import QueryCounter
-from modelshield.models._callable import CallableModel, OutputKind, label_indices
+from modelshield.models._callable import CallableModel, OutputKind, ScoreKind, label_indices
 from modelshield.models._protocol import GradientModel, Model
 from modelshield.models._torch import TorchModel, eval_mode, infer_n_classes
 from modelshield.models.black_box import BlackBoxOutput, as_black_box, black_box_answers, probabilities
@@ -41,6 +41,7 @@ __all__ = [
     "ModelRef",
     "Optimization",
     "QueryCounter",
+    "ScoreKind",
     "TextAnswers",
     "TextModel",
     "TorchModel",
@@ -83,11 +84,15 @@ def as_model(
 
     Args:
         obj: a ``torch.nn.Module`` returning logits (white-box), an object with
-            ``predict_proba`` (e.g. a fitted scikit-learn classifier), an estimator with only
-            ``predict`` (label-only black box), or a callable ``x -> probabilities (N, C)`` or
-            ``x -> labels (N,)`` (black-box).
+            ``predict_proba`` (e.g. a fitted scikit-learn classifier), an estimator with
+            ``decision_function`` but no ``predict_proba`` (LinearSVC, SVC(probability=False): its
+            margins are the scores, ``score_kind == "margins"``; not probabilities, but their argmax
+            is checked to equal ``predict``, else the model is read as label-only and ``notes`` says
+            why), an estimator with only ``predict`` (label-only black box), or a callable
+            ``x -> probabilities (N, C)`` or ``x -> labels (N,)`` (black-box).
         bounds: the natural input range; inputs outside it are rejected.
-        output: for callables, ``"proba"``, ``"labels"`` or ``"auto"`` (decide on first call).
+        output: for callables, ``"proba"``, ``"labels"`` or ``"auto"`` (decide on first call);
+            ``"labels"`` reads an estimator through ``predict`` only (no probabilities, no margins).
         n_classes: number of classes, when it cannot be inferred.
         budget: maximum number of forward queries (input rows), or None for no limit.
         class_names: the class names by index, to read a black box's label answers by name

@@ -13,9 +13,19 @@ from modelshield.errors import ModelCapabilityError
 from modelshield.models._budget import QueryCounter
 from modelshield.models.outputs import labels_and_errors, safe_argmax
 
-__all__ = ["CallableModel", "OutputKind", "label_indices"]
+__all__ = ["CallableModel", "OutputKind", "ScoreKind", "label_indices", "margin_scores"]
 
 OutputKind = Literal["auto", "proba", "labels"]
+ScoreKind = Literal["probabilities", "margins", "labels"]
+"""What a black box's answers are: class probabilities, decision margins (scores that are not
+probabilities), or labels only."""
+
+MARGINS_NOTE = (
+    "The model has no predict_proba: its scores are decision_function margins (signed distances to "
+    "the decision boundary, not probabilities; binary margin d read as the two columns [-d/2, d/2]), "
+    "checked on every query to give the same class as its predict. Score-based attacks use them: an "
+    "assessor holding the model file can, so the robustness measured is the honest (lower) one."
+)
 
 
 def label_indices(labels: np.ndarray, *, classes: Sequence[Any] | None, owner: str) -> np.ndarray:
@@ -65,11 +75,57 @@ def label_indices(labels: np.ndarray, *, classes: Sequence[Any] | None, owner: s
     return out
 
 
+def has_margins(obj: Any) -> bool:
+    """True for an estimator without ``predict_proba`` but with ``decision_function`` and ``predict``
+    (LinearSVC, SVC(probability=False), RidgeClassifier, a pipeline ending in one)."""
+    return (not callable(obj) and not callable(getattr(obj, "predict_proba", None))
+            and callable(getattr(obj, "decision_function", None)) and callable(getattr(obj, "predict", None)))
+
+
+def margin_scores(
+    obj: Any, x: Any, *, classes: Sequence[Any] | None, n_classes: int | None, owner: str
+) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """An estimator's ``decision_function`` margins as (N, C) scores, checked against its ``predict``.
+
+    A binary margin d (N,) becomes the columns ``[-d/2, d/2]``: their difference is d, so the
+    argmax is class 1 exactly when d > 0, as in scikit-learn's ``predict``, and a softmax of the
+    columns is ``sigmoid(d)``. One-vs-rest margins (N, C) are kept as they are. Margins are not
+    probabilities: they are unbounded and do not sum to one, but their order is the model's.
+
+    Returns:
+        (scores (N, C) float64, the labels of ``predict`` as class indices (N,), None) when the
+        argmax of the margins equals ``predict`` on every finite row; else (the margins as read,
+        the predict labels, a one-line reason they cannot stand in for the model's scores).
+    """
+    labels = label_indices(np.asarray(obj.predict(x)), classes=classes, owner=owner)
+    d = np.asarray(obj.decision_function(x), dtype=np.float64)
+    if d.ndim == 2 and d.shape[1] == 1:
+        d = d[:, 0]
+    if d.ndim == 1:
+        d = np.stack([-d / 2.0, d / 2.0], axis=1)
+    n = labels.shape[0]
+    if d.ndim != 2 or d.shape[0] != n or (n_classes is not None and d.shape[1] != n_classes):
+        want = f"(N, {n_classes})" if n_classes is not None else "(N, C)"
+        return d, labels, (f"its decision_function answers shape {d.shape}, not one margin per class "
+                           f"{want} (e.g. one-vs-one SVC margins)")
+    finite = np.isfinite(d).all(axis=1)
+    wrong = finite & (d.argmax(axis=1) != labels)
+    if wrong.any():
+        first = int(np.flatnonzero(wrong)[0])
+        return d, labels, (f"the argmax of its decision_function margins differs from its predict on "
+                           f"{int(wrong.sum())} of {n} inputs (first: input {first})")
+    return d, labels, None
+
+
 class CallableModel:
     """Any function ``x -> probabilities (N, C)`` or ``x -> labels (N,)``, seen as a Model.
 
     Accepts a plain callable (numpy in, numpy or tensor out), or an object with
-    ``predict_proba`` (scikit-learn estimators), or, for label-only models, ``predict``.
+    ``predict_proba`` (scikit-learn estimators), or, without ``predict_proba``, an estimator with
+    ``decision_function``: its margins are the scores (``score_kind == "margins"``, see
+    ``margin_scores``; not probabilities, but their argmax is the model's ``predict``, checked on
+    every query; on the first disagreement the model is read through ``predict`` alone from then on,
+    and ``notes`` says why), or, for label-only models, ``predict``.
     Inputs are converted to numpy once per batch and outputs back to tensors on x's device.
     With ``output="auto"`` the first answer decides: a 1-D integer array means labels only.
     NaN or infinite scores are passed on as they are (like ``TorchModel``): ``predict`` reads
@@ -91,10 +147,18 @@ class CallableModel:
         self._output: OutputKind = output
         self._obj = obj
         self._fn: Callable[[np.ndarray], Any]
+        self._margins = False
+        self._notes: list[str] = []
         proba = getattr(obj, "predict_proba", None)
         if output != "labels" and callable(proba):
             self._fn = proba
             self._output = "proba"
+        elif output != "labels" and has_margins(obj):
+            # no probabilities, but margins: score-based attacks use them (see margin_scores)
+            self._fn = obj.predict
+            self._margins = True
+            self._output = "proba"
+            self._notes.append(MARGINS_NOTE)
         elif output == "labels" and callable(getattr(obj, "predict", None)):
             self._fn = obj.predict
         elif callable(getattr(obj, "predict", None)) and not callable(obj):
@@ -125,7 +189,23 @@ class CallableModel:
 
     @property
     def output(self) -> OutputKind:
+        """``"proba"`` when the model answers scores (probabilities or margins), ``"labels"`` when
+        it answers labels only, ``"auto"`` before a callable's first answer."""
         return self._output
+
+    @property
+    def score_kind(self) -> ScoreKind | None:
+        """``"margins"`` (decision_function), ``"probabilities"``, ``"labels"``, or None before a
+        callable's first answer."""
+        if self._margins:
+            return "margins"
+        return {"proba": "probabilities", "labels": "labels"}.get(self._output)  # type: ignore[return-value]
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Facts to report about how the model's answers are read (margins used as scores, or why
+        they were dropped)."""
+        return tuple(self._notes)
 
     @property
     def n_classes_known(self) -> int | None:
@@ -142,6 +222,8 @@ class CallableModel:
 
     def _call(self, x: Tensor) -> Tensor:
         self.queries.add_forward(x.shape[0])
+        if self._margins:
+            return self._call_margins(x)
         out = self._fn(x.detach().cpu().numpy())
         arr = out.detach().cpu().numpy() if isinstance(out, Tensor) else np.asarray(out)
         if arr.ndim == 1 and arr.shape[0] == x.shape[0] and self._output in ("auto", "labels") and (
@@ -162,8 +244,26 @@ class CallableModel:
             self._n_classes = int(arr.shape[1])
         return torch.as_tensor(np.ascontiguousarray(arr), dtype=torch.float32, device=x.device)
 
+    def _call_margins(self, x: Tensor) -> Tensor:
+        scores, labels, reason = margin_scores(self._obj, x.detach().cpu().numpy(), classes=self._classes,
+                                               n_classes=self._n_classes, owner="CallableModel")
+        if reason is None:
+            if self._n_classes is None:
+                self._n_classes = int(scores.shape[1])
+            return torch.as_tensor(np.ascontiguousarray(scores), dtype=torch.float32, device=x.device)
+        # margins that do not give the model's own predictions would fake successes: labels only
+        self._margins = False
+        self._output = "labels"
+        self._notes = [n for n in self._notes if n != MARGINS_NOTE]
+        self._notes.append(
+            f"The model's decision_function margins were not used as scores: {reason}. The model is "
+            "read through predict alone (labels only), so score-based attacks do not apply."
+        )
+        return torch.as_tensor(labels, device=x.device)
+
     def scores(self, x: Tensor) -> Tensor:
-        """(N, C) probabilities; counts N queries. Raises for label-only models."""
+        """(N, C) probabilities, or margins when ``score_kind == "margins"``; counts N queries.
+        Raises for label-only models."""
         if self._output == "labels":
             raise ModelCapabilityError(
                 "CallableModel: this model returns labels only, so score-based attacks cannot "

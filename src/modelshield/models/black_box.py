@@ -32,13 +32,15 @@ float64 CPU probabilities or (N,) int64 CPU labels; returns what the caller rece
 
 
 def probabilities(model: TorchModel | CallableModel, x: Tensor) -> Tensor:
-    """(N, C) class probabilities without autograd: a torch model's softmax, a black box's scores.
+    """(N, C) class probabilities without autograd: a torch model's softmax, a black box's scores
+    (the softmax of an estimator's decision margins, ``score_kind == "margins"``: same argmax).
 
     Counts N forward queries. Raises ModelCapabilityError for a label-only model.
     """
     with torch.no_grad():
         s = model.scores(x)
-    return s.softmax(1) if isinstance(model, TorchModel) else s
+    margins = isinstance(model, CallableModel) and model.score_kind == "margins"
+    return s.softmax(1) if isinstance(model, TorchModel) or margins else s
 
 
 def _base(

@@ -42,6 +42,7 @@ from torch import nn
 
 from modelshield._checks import check_bounds, exception_head
 from modelshield.errors import ConfigError, DataError, MissingDataError, ModelCapabilityError
+from modelshield.models._callable import has_margins
 from modelshield.models.load import (
     UnsafeModelFileError,
     check_before_load,
@@ -542,11 +543,24 @@ def _estimator(obj: Any, *, fmt: ModelFormat, libraries: tuple[str, ...], path: 
         )
     classes = getattr(obj, "classes_", None)
     n_features = getattr(obj, "n_features_in_", None)
+    notes: list[str] = []
+    if has_margins(obj):  # LinearSVC, SVC(probability=False), RidgeClassifier, ...: margins as scores
+        notes.append(
+            f"{type(obj).__name__} has no predict_proba: its decision_function margins are used as the "
+            "model's scores (not probabilities; their argmax is checked against predict on every query, "
+            "and the model is read as label-only if they ever disagree)."
+        )
+    elif not callable(getattr(obj, "predict_proba", None)):
+        notes.append(
+            f"{type(obj).__name__} has neither predict_proba nor decision_function: it is assessed as a "
+            "label-only black box (predict), so score-based attacks (Square) are skipped."
+        )
     return _Loaded(
         model=obj, access="black-box", fmt=fmt, libraries=libraries,
         modality="text" if _is_text_pipeline(obj) else None,
         n_classes=len(classes) if classes is not None else None,
         input_shape=(int(n_features),) if isinstance(n_features, int | np.integer) else None,
+        notes=notes,
     )
 
 

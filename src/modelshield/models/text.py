@@ -4,6 +4,10 @@ A text model may answer probabilities (``predict_proba``, or a callable returnin
 labels only (``predict``, or a callable returning ``(N,)`` names or indices, e.g. a TF-IDF +
 LinearSVC pipeline or a remote API answering "spam" / "ham"): label answers are read as one-hot
 probabilities over the class names, so decision-based use (text evasion, extraction) still works.
+An estimator without ``predict_proba`` but with ``decision_function`` (a TF-IDF + LinearSVC
+pipeline) answers its margins as scores (``score_kind == "margins"``): not probabilities, but their
+argmax is checked to be its ``predict`` on every query, and a text attack that follows margins
+finds what one that sees labels only cannot.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from torch import Tensor
 
 from modelshield.errors import ModelCapabilityError
 from modelshield.models._budget import QueryCounter
-from modelshield.models._callable import label_indices
+from modelshield.models._callable import MARGINS_NOTE, ScoreKind, has_margins, label_indices, margin_scores
 
 __all__ = ["TextAnswers", "TextModel", "as_text_model"]
 
@@ -67,9 +71,24 @@ class TextModel:
             len(self._classes) if self._classes is not None else None)
         self._n_classes: int | None = None
         self.output = "proba"
+        self._margins = has_margins(obj)
+        self._notes: list[str] = [MARGINS_NOTE] if self._margins else []
 
     def __repr__(self) -> str:
         return f"TextModel({type(self._obj).__name__})"
+
+    @property
+    def score_kind(self) -> ScoreKind:
+        """``"margins"`` (decision_function), ``"labels"`` once the model answered labels, else
+        ``"probabilities"``."""
+        if self._margins:
+            return "margins"
+        return "labels" if self.output == "labels" else "probabilities"
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """How the model's answers are read (margins used as scores, or why they were dropped)."""
+        return tuple(self._notes)
 
     @property
     def n_classes(self) -> int:
@@ -90,14 +109,32 @@ class TextModel:
         out[np.arange(len(idx)), idx] = 1.0
         return out
 
+    def _margin_answer(self, batch: list[str]) -> np.ndarray:
+        """The margins of the batch, or its predict labels one-hot after dropping margins for good."""
+        scores, labels, reason = margin_scores(self._obj, batch, classes=self._classes, n_classes=self._width,
+                                               owner="TextModel")
+        if reason is None:
+            return scores.astype(np.float32)
+        self._margins = False
+        self.output = "labels"
+        self._notes = [f"The model's decision_function margins were not used as scores: {reason}. The model "
+                       "is read through predict alone (labels only)."]
+        width = self._width if self._width is not None else max(int(labels.max(initial=1)) + 1, 2)
+        out = np.zeros((len(labels), width), dtype=np.float32)  # one-hot, as for any label answer
+        out[np.arange(len(labels)), labels] = 1.0
+        return out
+
     def scores(self, texts: Sequence[str]) -> Tensor:
-        """(N, C) float32 probabilities (one-hot for a label-only model); counts N queries."""
+        """(N, C) float32 probabilities, margins when ``score_kind == "margins"``, or one-hot labels for
+        a label-only model; counts N queries."""
         batch = list(texts)
         self.queries.add_forward(len(batch))
         if not batch:
             return torch.zeros(0, self._n_classes or self._width or 2)
-        out = self._fn(batch)
-        arr = out.detach().cpu().numpy() if isinstance(out, Tensor) else np.asarray(out)
+        arr = self._margin_answer(batch) if self._margins else None
+        if arr is None:
+            out = self._fn(batch)
+            arr = out.detach().cpu().numpy() if isinstance(out, Tensor) else np.asarray(out)
         if arr.ndim == 1 and arr.shape[0] == len(batch) and (
             self.output == "labels" or not np.issubdtype(arr.dtype, np.floating)
         ):
@@ -130,7 +167,10 @@ class TextAnswers:
 
     The same reading as ``TextModel`` (label answers one-hot over the class names), without query
     counting: what a text attack or the assessment receives as "the model" when the user's model
-    answers labels. ``model`` is the object as given.
+    answers labels or has no ``predict_proba``. Decision margins (``score_kind == "margins"``) are
+    answered as their softmax: probabilities in form (a thief or a hardened API may treat them so),
+    with the margins' order and argmax, so a text attack ranks its edits exactly as on the margins.
+    ``model`` is the object as given.
     """
 
     def __init__(self, obj: Any, *, class_names: Sequence[str] | None = None,
@@ -146,8 +186,21 @@ class TextAnswers:
         """``"labels"`` once the model has answered labels, else ``"proba"``."""
         return self._reader.output
 
+    @property
+    def score_kind(self) -> ScoreKind:
+        """``"margins"``, ``"probabilities"`` or ``"labels"`` (see ``TextModel.score_kind``)."""
+        return self._reader.score_kind
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """How the model's answers are read (see ``TextModel.notes``)."""
+        return self._reader.notes
+
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        out: np.ndarray = self._reader.scores(texts).double().numpy()
+        scores = self._reader.scores(texts).double()
+        if self._reader.score_kind == "margins":
+            scores = scores.softmax(1)
+        out: np.ndarray = scores.numpy()
         return out
 
 

@@ -502,8 +502,12 @@ def test_missing_and_unknown_files(tmp_path: Path) -> None:
         load_model_ref(tmp_path / "nope.onnx")
     junk = tmp_path / "model.onnx"
     junk.write_bytes(b"GIF89a not a model")
-    with pytest.raises(DataError, match="must be a supported model file"):
+    with pytest.raises(DataError, match=r"static scan.*matches no format"):  # named as a model: blocked
         load_model_ref(junk)
+    other = tmp_path / "model.dat"
+    other.write_bytes(b"GIF89a not a model")
+    with pytest.raises(DataError, match="must be a supported model file"):
+        load_model_ref(other)
     with pytest.raises(ConfigError, match="skops_trusted"):
         load_model_ref(junk, skops_trusted="mypkg.Type")
 

@@ -1,10 +1,14 @@
 """Query-only exposure sections: black-box attacks on image models and constrained tabular evasion.
 
 ``BlackBoxSection`` (id ``"blackbox"``): how many queries an attacker who only sees the
-model's outputs needs, with Square (scores) and HopSkipJump (labels only).
+model's outputs needs, with Square (scores) and HopSkipJump (labels only). A label-only model
+(no probabilities, no decision margins) gets HopSkipJump alone, Square skipped with the reason.
 ``TabularSection`` (id ``"tabular"``): how many attacker-controlled features must change for a
 detected malicious row to pass as benign, with every adversarial row valid under a constraint
-spec.
+spec. A label-only model is searched by its labels alone (``label_scores``).
+
+Scores of an estimator without ``predict_proba`` are its ``decision_function`` margins (see
+``modelshield.models.as_model``): the sections say so, and use them as any score.
 """
 
 from __future__ import annotations
@@ -40,9 +44,10 @@ from modelshield.attacks.evasion.square import Square
 from modelshield.attacks.evasion.tabular import ConstraintSpec, TabularSearch, count_changes
 from modelshield.attacks.results import EvasionResult
 from modelshield.errors import ConfigError
+from modelshield.models import CallableModel
 
-__all__ = ["BlackBoxSection", "TabularSection", "budget_curve", "changes_curve", "load_spec",
-           "runner_up_target"]
+__all__ = ["BlackBoxSection", "TabularSection", "budget_curve", "changes_curve", "is_label_only",
+           "label_scores", "load_spec", "runner_up_target", "score_notes"]
 
 ATLAS.setdefault("AML.T0040", "ML Model Inference API Access")
 
@@ -98,6 +103,47 @@ def changes_curve(
     return out
 
 
+def is_label_only(model: Any, x: Tensor, *, batch_size: int) -> bool:
+    """True when the model answers labels only (no probabilities, no decision margins).
+
+    A black box's clean answers on x are read first (``predict``, one query per row): they
+    decide what a callable answers, and an estimator's margins are checked against its
+    ``predict`` on exactly these points (a disagreement makes it label-only, with a note).
+    """
+    if not isinstance(model, CallableModel):
+        return False
+    with torch.no_grad():
+        for chunk in torch.split(x, max(1, batch_size)):
+            model.predict(chunk)
+    return model.output == "labels"
+
+
+def score_notes(model: Any) -> tuple[str | None, list[str]]:
+    """What the model's scores are (``"probabilities"``, ``"margins"``, ``"labels"``, or None for a
+    white-box model's logits) and the adapter's notes about them."""
+    if not isinstance(model, CallableModel):
+        return None, []
+    return model.score_kind, list(model.notes)
+
+
+def label_scores(model: CallableModel) -> CallableModel:
+    """A label-only model seen through one-hot scores of its labels, for a decision-based search.
+
+    ``TabularSearch`` ranks candidate rows by score; with one-hot scores every candidate that
+    flips the label ranks first and the others tie, so the search is exact for one change (every
+    single-feature move is tried) and unguided beyond (ties keep the first candidates). Each
+    scored row is one ``predict`` query on ``model`` (counted there).
+    """
+    n_classes = model.n_classes
+
+    def one_hot(x_np: Any) -> Any:
+        with torch.no_grad():
+            labels = model.predict(torch.as_tensor(x_np))
+        return torch.nn.functional.one_hot(labels.long().cpu(), n_classes).float().numpy()
+
+    return CallableModel(one_hot, bounds=model.bounds, output="proba", n_classes=n_classes)
+
+
 def load_spec(plan: TabularPlan, x: Tensor, data_info: Mapping[str, Any]) -> tuple[ConstraintSpec, str]:
     """The constraint spec of a tabular assessment and a line saying where it came from.
 
@@ -129,15 +175,19 @@ def _budget_figure(curve: list[dict[str, Any]], hsj: list[dict[str, Any]], eps: 
     fig = MplFigure(figsize=(8.6, 3.4), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     b = [p["budget"] for p in curve]
-    ax1.plot(b, [p["success_rate"] or 0.0 for p in curve], marker="o", color=_RED, label="success rate")
-    ax1.plot(b, [p["robust_accuracy"] or 0.0 for p in curve], marker="s", color=_BLUE,
-             label="robust accuracy")
-    ax1.set_xscale("log")
+    if curve:
+        ax1.plot(b, [p["success_rate"] or 0.0 for p in curve], marker="o", color=_RED, label="success rate")
+        ax1.plot(b, [p["robust_accuracy"] or 0.0 for p in curve], marker="s", color=_BLUE,
+                 label="robust accuracy")
+        ax1.set_xscale("log")
+        ax1.legend(fontsize=8, frameon=False)
+    else:
+        ax1.text(0.5, 0.5, "Square not run\n(the model answers labels only)", ha="center", va="center",
+                 transform=ax1.transAxes)
     ax1.set_ylim(-0.03, 1.03)
     ax1.set_xlabel("queries per point")
     ax1.set_title(f"Square (scores), L-inf eps={eps:g}", fontsize=9)
     ax1.grid(alpha=0.3)
-    ax1.legend(fontsize=8, frameon=False)
     if hsj:
         hb = [p["budget"] for p in hsj]
         med = [p["median_l2"] if p["median_l2"] is not None else math.nan for p in hsj]
@@ -207,6 +257,12 @@ class BlackBoxSection:
     2020) with labels only, its median L2 distance per budget. Severity from Square's robust
     accuracy at the largest budget (see ``evasion_severity``). On tabular rows the perturbations
     ignore feature constraints (the section warns; the ``"tabular"`` section respects them).
+
+    A label-only model (a callable answering labels, an estimator with only ``predict``, or one
+    whose margins disagree with its ``predict``) gets HopSkipJump alone: Square is skipped with
+    the reason, and the severity comes from the points HopSkipJump breaks within L-inf ``eps``
+    at its largest budget (a minimum-L2 attack, so an upper bound on the robust accuracy).
+    Margins (``decision_function``) count as scores; the section says when they were used.
     """
 
     id: str = "blackbox"
@@ -220,6 +276,10 @@ class BlackBoxSection:
                 "See the text-evasion section for query-only attacks on text.")
         plan: BlackBoxPlan = ctx.plan.blackbox
         x, y = (ctx.x, ctx.y) if plan.n is None else (ctx.x[: plan.n], ctx.y[: plan.n])
+        label_only = is_label_only(ctx.model, x, batch_size=ctx.batch_size)
+        kind, model_notes = score_notes(ctx.model)
+        if label_only:
+            return self._labels_only(ctx, plan, x, y, progress, model_notes)
         n = int(x.shape[0])
         n_batches = -(-n // ctx.batch_size)
         total = (1 + len(plan.hsj_budgets)) * n_batches
@@ -255,12 +315,18 @@ class BlackBoxSection:
         half = next((p["budget"] for p in curve if (p["success_rate"] or 0.0) >= 0.5), None)
         findings = [
             f"Clean accuracy on the {n} points is {100 * clean:.1f}%.",
-            f"With only the model's scores, Square at L-inf eps={plan.eps:g} lowers accuracy to "
+            f"With only the model's {'decision margins' if kind == 'margins' else 'scores'}, Square at "
+            f"L-inf eps={plan.eps:g} lowers accuracy to "
             f"{100 * robust:.1f}% within {top} queries per point (success rate "
             f"{100 * (last['success_rate'] or 0.0):.1f}%; median {med_q:g} queries per success).",
         ]
         if half is not None:
             findings.append(f"Half of the correctly classified points break within {half} queries each.")
+        if kind == "margins":
+            findings.append(
+                "The model has no predict_proba: Square read its decision_function margins (not "
+                "probabilities; their argmax equals its predict on every query), as an attacker holding "
+                "the model file could.")
         if hsj_curve:
             h = hsj_curve[-1]
             l2 = "n/a" if h["median_l2"] is None else f"{h['median_l2']:.3g}"
@@ -308,7 +374,95 @@ class BlackBoxSection:
             figures=tuple(figures),
             tables=tuple(tables),
             warnings=tuple(notes),
-            provenance={"plan": plan.to_dict(), "attacks": settings},
+            provenance={"plan": plan.to_dict(), "attacks": settings, "scores": kind,
+                        "model_notes": model_notes},
+        )
+
+    def _labels_only(self, ctx: AssessmentContext, plan: BlackBoxPlan, x: Tensor, y: Tensor,
+                     progress: Progress | None, model_notes: list[str]) -> Section:
+        """HopSkipJump alone, for a model that answers labels only; Square skipped with the reason."""
+        title = "Black-box exposure (query-only attacks)"
+        square_reason = ("the model answers labels only (no probabilities and no decision_function "
+                         "margins), and Square needs class scores; HopSkipJump needs only labels")
+        if not plan.hsj_budgets:
+            return skipped_section(self.id, title, f"{square_reason}, but no HopSkipJump budget was planned "
+                                   "(hsj_budgets is empty). Plan at least one, e.g. --hsj-budgets 300.")
+        n = int(x.shape[0])
+        n_batches = -(-n // ctx.batch_size)
+        total = len(plan.hsj_budgets) * n_batches
+        hsj_curve: list[dict[str, Any]] = []
+        settings: dict[str, Any] = {"square": {"skipped": square_reason}}
+        results: list[EvasionResult] = []
+        for i, b in enumerate(plan.hsj_budgets):
+            res = run_in_batches(HopSkipJump(norm="2", max_queries=b, seed=ctx.seed), ctx.model, x, y,
+                                 batch_size=ctx.batch_size, progress=progress, label=f"hsj {b} queries",
+                                 offset=i * n_batches, total=total)
+            results.append(res)
+            hsj_curve.append({"budget": b, "median_l2": json_float(res.median_perturbation),
+                              "success_rate": json_float(res.attack_success_rate),
+                              "median_queries_per_success": json_float(res.queries_per_success[0])})
+            settings[f"hsj@{b}"] = {"class": res.attack, **res.params}
+        notes = check_model_answers({"hopskipjump": results})
+        warn_findings(notes)
+        if x.dim() == 2 or ctx.model_info.get("modality") == "tabular":
+            notes.append(
+                "Tabular rows: HopSkipJump changes every feature freely within the data's bounds "
+                f"{ctx.bounds} (no constraint spec, no integer or categorical features), so this is an "
+                "upper bound on query-only exposure; the tabular section gives the constraint-respecting "
+                "view.")
+        last, top = results[-1], plan.hsj_budgets[-1]
+        linf = (last.x_adv - x).flatten(1).abs().amax(1) if n else torch.zeros(0)
+        broken = last.success & last.eligible & (linf <= plan.eps + 1e-6)
+        n_eligible = int(last.eligible.sum())
+        clean = last.clean_accuracy
+        robust = float((last.clean_correct & ~broken).float().mean()) if n else math.nan
+        rate = int(broken.sum()) / n_eligible if n_eligible else None
+        severity = evasion_severity(clean, robust)
+        h = hsj_curve[-1]
+        l2 = "n/a" if h["median_l2"] is None else f"{h['median_l2']:.3g}"
+        findings = [
+            "The model answers labels only (no probabilities, no decision_function margins): Square, "
+            "which needs class scores, was not run; HopSkipJump needs only the predicted labels.",
+            f"Clean accuracy on the {n} points is {100 * clean:.1f}%.",
+            f"With labels only, HopSkipJump finds misclassified inputs for "
+            f"{100 * (last.attack_success_rate or 0.0):.1f}% of the correctly classified points at a median "
+            f"L2 distance of {l2} after {top} queries per point.",
+            f"Of those, the ones within L-inf eps={plan.eps:g} lower accuracy to {100 * robust:.1f}% "
+            f"(success rate {100 * (rate or 0.0):.1f}%); HopSkipJump minimises L2, not L-inf, so this "
+            "overstates the robust accuracy.",
+        ]
+        headline = {"blackbox_robust_accuracy": json_float(robust),
+                    "blackbox_success_rate": json_float(rate) if rate is not None else None}
+        med_q, mean_q = last.queries_per_success
+        metrics = {
+            **headline, "n": n, "eps": plan.eps, "clean_accuracy": json_float(clean), "label_only": True,
+            "square_skipped": square_reason, "median_queries_per_success": json_float(med_q),
+            "mean_queries_per_success": json_float(mean_q), "square_curve": [], "hsj_curve": hsj_curve,
+        }
+        tables = (Table(
+            title="HopSkipJump (labels only, L2, minimum norm) by query budget",
+            columns=("queries per point", "median L2", "success rate", "median queries per success"),
+            rows=tuple((p["budget"], p["median_l2"], p["success_rate"], p["median_queries_per_success"])
+                       for p in hsj_curve)),)
+        figure = Figure(
+            title="Black-box attack strength against query budget",
+            caption=("Left: Square was not run (it needs scores; the model answers labels only). Right: "
+                     "HopSkipJump's median L2 distance to a misclassified input; lower means an easier "
+                     "target."),
+            png_base64=_budget_figure([], hsj_curve, plan.eps),
+        )
+        return Section(
+            id=self.id, title=title,
+            summary=(f"Seeing only labels, HopSkipJump lowers accuracy within L-inf eps={plan.eps:g} from "
+                     f"{100 * clean:.1f}% to {100 * robust:.1f}% with {top} queries per point; Square "
+                     "skipped (labels only)."),
+            severity=severity,
+            atlas=atlas("AML.T0040", "AML.T0043.001", "AML.T0015"),
+            recommendation=_BLACKBOX_ADVICE,
+            metrics=metrics, headline=headline, findings=tuple(findings), figures=(figure,), tables=tables,
+            warnings=tuple(notes),
+            provenance={"plan": plan.to_dict(), "attacks": settings, "scores": "labels",
+                        "model_notes": model_notes},
         )
 
 
@@ -322,6 +476,11 @@ class TabularSection:
     caught at the headline budget (see ``evasion_severity``). A binary model's rows are pushed
     toward the other class; with more than two classes, toward each row's runner-up class
     (``runner_up_target``), "benign" then meaning "not the malicious class".
+
+    A label-only model is searched by its labels alone (``label_scores``): success is still a
+    label flip, verified by a fresh query, so the search runs; it is exact for one changed
+    feature and unguided beyond, a lower bound on what a label-only attacker achieves (the
+    report says so). Decision margins count as scores (the report says when they were used).
     """
 
     id: str = "tabular"
@@ -334,8 +493,11 @@ class TabularSection:
                                malicious_class=plan.malicious_class, seed=ctx.seed)
         if progress is not None:
             progress(0, 1, f"tabular search, up to {top} changes")
-        target = runner_up_target(ctx.model, ctx.x, plan.malicious_class, batch_size=ctx.batch_size)
-        res = attack(ctx.model, ctx.x, ctx.y, constraints=spec, target=target)
+        label_only = is_label_only(ctx.model, ctx.x, batch_size=ctx.batch_size)
+        kind, model_notes = score_notes(ctx.model)
+        model = label_scores(ctx.model) if label_only and isinstance(ctx.model, CallableModel) else ctx.model
+        target = runner_up_target(model, ctx.x, plan.malicious_class, batch_size=ctx.batch_size)
+        res = attack(model, ctx.x, ctx.y, constraints=spec, target=target)
         if progress is not None:
             progress(1, 1, f"tabular search, up to {top} changes")
         x = ctx.x
@@ -373,6 +535,17 @@ class TabularSection:
                 f"(class {plan.malicious_class}) row was pushed toward its runner-up class (the other "
                 "class with the highest clean score) and counts as passed when the model gives it "
                 "that class; an attacker content with any other class does at least as well.")
+        if label_only:
+            findings.append(
+                "The model answers labels only (no probabilities, no decision_function margins): the search "
+                "ranked candidate rows by their label alone, so it found every single-feature evasion and "
+                "searched blindly beyond one change; an attacker with scores may do better (a lower bound)."
+                + (" With more than two classes and labels only, each row's target is the first class other "
+                   "than the malicious one." if target is not None else ""))
+        elif kind == "margins":
+            findings.append(
+                "The model has no predict_proba: the search ranked candidates by its decision_function "
+                "margins (not probabilities; their argmax equals its predict on every query).")
         warnings: list[str] = []
         if source.startswith("inferred"):
             warnings.append("The constraint spec was inferred from the data (every feature mutable): "
@@ -384,6 +557,7 @@ class TabularSection:
                     "tabular_valid_rows": json_float(valid_share)}
         metrics = {
             **headline, "n": int(x.shape[0]), "malicious_rows": n_mal, "attacked_rows": int(attacked.sum()),
+            "label_only": label_only,
             "malicious_recall_before": json_float(recall_before), "headline_changes": plan.headline_changes,
             "invalid_rows": int((~valid).sum()), "constraints": source,
             "median_queries_per_attacked_row": json_float(float(q.median())) if q.numel() else None,
@@ -423,7 +597,9 @@ class TabularSection:
             warnings=tuple(warnings),
             provenance={"plan": plan.to_dict(), "constraints": source,
                         "target": "runner-up class" if target is not None else "the other class",
-                        "attacks": {"tabular": {"class": res.attack, **res.params}}},
+                        "attacks": {"tabular": {"class": res.attack, **res.params}}, "scores": kind,
+                        "ranking": "labels (one-hot)" if label_only else "scores",
+                        "model_notes": model_notes},
         )
 
 
