@@ -126,7 +126,11 @@ def sign(
         "--ignore", help="A path inside the model folder to leave unsigned (repeatable).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing bundle.")] = False,
 ) -> None:
-    """Sign a model with OpenSSF model signing; the bundle verifies with 'model_signing verify' too."""
+    """Sign a model with OpenSSF model signing; the bundle verifies with 'model_signing verify' too.
+
+    As model_signing does, git metadata (.git/, .gitattributes, .github/, .gitignore) is left unsigned,
+    and 'modelshield verify' does not check it; any other file added later fails verification.
+    """
     password = None
     if password_env is not None:
         password = os.environ.get(password_env)
@@ -157,7 +161,10 @@ def verify(
     json_out: Annotated[Path | None, typer.Option("--json", help=_JSON_HELP)] = None,
     force: Annotated[bool, typer.Option("--force", help=_FORCE_HELP)] = False,
 ) -> None:
-    """Verify a model's signature, every signed file, and that no unsigned file or symlink was added."""
+    """Verify a model's signature, every signed file, and that no unsigned file or symlink was added.
+
+    Paths the signer left unsigned (--ignore, and git metadata such as .git/) are not checked.
+    """
     if json_out is not None:
         check_output_paths([json_out], force=force, owner="modelshield verify")
     result = verify_model(path, bundle=bundle, public_key=public_key, certificate_chain=certificate_chain,

@@ -162,7 +162,13 @@ class TrustPolicy:
 
 
 def _exempt(path: Path, patterns: tuple[str, ...]) -> bool:
-    forms = {str(path), path.as_posix(), str(path.absolute())}
+    # '..' is collapsed first: 'scratch/../release/model.pt' is release/model.pt, and must not match
+    # 'scratch/*' (fnmatch's '*' also matches '/'); a path still climbing out ('../x') matches nothing
+    # relative, only its absolute form
+    rel = os.path.normpath(path)
+    forms = {os.path.normpath(path.absolute())}
+    if not rel.startswith(".." + os.sep) and rel != "..":
+        forms |= {rel, Path(rel).as_posix()}
     return any(fnmatch.fnmatchcase(form, pat) for pat in patterns for form in forms)
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from modelshield.errors import ConfigError, DataError
+from modelshield.errors import ConfigError, DataError, IntegrityError
 
 __all__ = ["Row", "Store", "is_postgres_url", "open_store"]
 
@@ -208,6 +208,21 @@ class _SqlStore:
                 raise
 
 
+class _Fetched:
+    """The rows of one SQLite statement, fetched at once (a cursor's fetchall/fetchone)."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: list[Any]) -> None:
+        self._rows = rows
+
+    def fetchall(self) -> list[Any]:
+        return self._rows
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+
 class SQLiteStore(_SqlStore):
     """SQLite in WAL mode with synchronous=FULL; writers serialise on BEGIN IMMEDIATE."""
 
@@ -240,10 +255,27 @@ class SQLiteStore(_SqlStore):
                             f"for {str(path)!r}. Put the log on a local file system.")
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self._conn.execute(sql, params)
+        # rows are fetched here, inside the try: SQLite reports a damaged page while stepping the cursor
+        try:
+            return _Fetched(self._conn.execute(sql, params).fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from exc
 
     def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        self._conn.executemany(sql, rows)
+        try:
+            self._conn.executemany(sql, rows)
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from exc
+
+    def _damaged(self, exc: sqlite3.DatabaseError) -> Exception:
+        """A damaged file (SQLITE_CORRUPT, SQLITE_NOTADB: bytes overwritten in the middle) becomes a
+        one-line IntegrityError naming the file; busy, locked and other errors pass through."""
+        if getattr(exc, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB") \
+                or type(exc) is sqlite3.DatabaseError:
+            return IntegrityError(f"audit log {self.where!r}: the SQLite file must be intact; SQLite says "
+                                  f"{exc}. It was damaged or tampered with: restore it from a backup (the "
+                                  "records it still holds can be checked with `modelshield audit verify`).")
+        return exc
 
     def _begin_write(self) -> None:
         # Writers of other processes queue on a blocking flock of <log>.lock first: the kernel wakes the

@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from modelshield.errors import ConfigError, DataError, ModelShieldError
+from modelshield.errors import ConfigError, DataError, IntegrityError, ModelShieldError
 from modelshield.secure.audit import keys as _keys
 from modelshield.secure.audit import merkle
 from modelshield.secure.audit._store import FORMAT, Row, Store, is_postgres_url, open_store
@@ -76,7 +76,7 @@ LOG_ENV = "MODELSHIELD_AUDIT_LOG"
 :func:`log_event` and the ``modelshield audit`` commands use when none is given."""
 
 ProblemKind = Literal["edited", "deleted", "reordered", "chain-break", "truncated", "rewritten", "forged",
-                      "malformed", "wrong-key", "no-key"]
+                      "malformed", "wrong-key", "no-key", "damaged"]
 MAX_BATCH = 2000  # records written by one group commit
 COMMIT_DELAY_S = 0.002  # longest a group-commit leader waits for the writers of the previous commit
 
@@ -545,10 +545,14 @@ class AuditLog:
         return [_leaf(h) for _, h in rows]
 
     # --- proofs -------------------------------------------------------------------------------
-    def _check_size(self, name: str, value: object, low: int, high: int, owner: str) -> int:
+    def _check_size(self, name: str, value: object, low: int, high: int, owner: str, *, held: int) -> int:
+        """``value`` as an int in [low, high]; ``held``: the records of the tree the bound comes from."""
+        if held == 0 and low > high:
+            raise ConfigError(f"{owner}: the log must hold records to prove a record; it is empty. Append "
+                              "one first (`modelshield audit log`).")
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ConfigError(f"{owner}: {name!r} must be an int in [{low}, {high}] (the log holds {high} "
-                              f"records); got {value!r}.")
+            raise ConfigError(f"{owner}: {name!r} must be an int in [{low}, {high}] (the tree holds {held} "
+                              f"record{'s' if held != 1 else ''}); got {value!r}.")
         return value
 
     def prove_inclusion(self, seq: int, tree_size: int | None = None) -> InclusionProof:
@@ -556,8 +560,8 @@ class AuditLog:
         (default: the whole log), with the signed checkpoint of that size when there is one."""
         size = self.size()
         n = self._check_size("tree_size", size if tree_size is None else tree_size, 1, size,
-                             "AuditLog.prove_inclusion")
-        self._check_size("seq", seq, 0, n - 1, "AuditLog.prove_inclusion")
+                             "AuditLog.prove_inclusion", held=size)
+        self._check_size("seq", seq, 0, n - 1, "AuditLog.prove_inclusion", held=n)
         leaves = self._leaves(n, owner="AuditLog.prove_inclusion")
         path = merkle.inclusion_proof(leaves, seq, n)
         return InclusionProof(record=self.record(seq), tree_size=n, root_hash=merkle.root_hash(leaves).hex(),
@@ -568,8 +572,8 @@ class AuditLog:
         ``new_size`` (default: the whole log), with the signed checkpoints of those sizes when present."""
         size = self.size()
         n = self._check_size("new_size", size if new_size is None else new_size, 0, size,
-                             "AuditLog.prove_consistency")
-        m = self._check_size("old_size", old_size, 0, n, "AuditLog.prove_consistency")
+                             "AuditLog.prove_consistency", held=size)
+        m = self._check_size("old_size", old_size, 0, n, "AuditLog.prove_consistency", held=n)
         leaves = self._leaves(n, owner="AuditLog.prove_consistency")
         path = merkle.consistency_proof(leaves, m, n)
         return ConsistencyProof(old_size=m, new_size=n, old_root=merkle.root_hash(leaves[:m]).hex(),
@@ -596,7 +600,13 @@ class AuditLog:
                                   f"({self.origin}); got one of {cp.origin!r}. Pass this log's checkpoints.")
         problems: list[Problem] = []
         warnings: list[str] = []
-        rows = list(self._store.rows())
+        rows: list[Row] = []
+        try:
+            for row in self._store.rows():
+                rows.append(row)
+        except IntegrityError as exc:  # a damaged database file: report it, check what could be read
+            problems.append(Problem(kind="damaged", seq=len(rows), message=(
+                f"damaged: the records from about seq {len(rows)} on cannot be read ({exc})")))
         pos_of_hash = {r[7]: r[0] for r in rows}
         leaves: list[bytes] = []
         expected, prev_hash, prev_flag = 0, GENESIS_HASH, ""
@@ -634,7 +644,12 @@ class AuditLog:
             leaves.append(_leaf(row[7]))
         tree_size = rows[-1][0] + 1 if rows else 0
         gaps = [p.seq for p in problems if p.kind == "deleted" and p.seq is not None]
-        stored = self.checkpoints()
+        try:
+            stored = self.checkpoints()
+        except IntegrityError as exc:
+            problems.append(Problem(kind="damaged",
+                                    message=f"damaged: the checkpoints cannot be read ({exc})"))
+            stored = []
         known = {(cp.tree_size, cp.root_hash, cp.signature) for cp in stored}
         cps = [*stored, *(cp for cp in extra if (cp.tree_size, cp.root_hash, cp.signature) not in known)]
         cps.sort(key=lambda cp: cp.tree_size)

@@ -118,7 +118,9 @@ def _walk(root: Path) -> list[tuple[Path, Finding | None]]:
         return [(root, _problem(root, "medium", "path.unreadable",
                                 f"cannot stat {str(root)!r}: {exc.strerror or exc}"))]
     if not stat.S_ISDIR(top.st_mode):
-        return [_classify(root, root.parent)]
+        # a file the user names is scanned where its links lead (a Hugging Face cache keeps
+        # snapshots/<rev>/model.bin -> ../../blobs/<sha>): that target is what a loader reads
+        return [_classify(root, root.resolve().parent)]
     base = root.resolve()
     seen = {(top.st_dev, top.st_ino)}
     stack = [root]

@@ -19,7 +19,8 @@ import re
 
 from modelshield.secure.scan.findings import Severity
 
-__all__ = ["ALLOWED", "EXEC_MODULES", "EXEC_NAMES", "is_allowed", "severity_of"]
+__all__ = ["ALLOCATORS", "ALLOWED", "EXEC_MODULES", "EXEC_NAMES", "MAX_ALLOCATION", "is_allowed",
+           "severity_of"]
 
 _TORCH_STORAGES = (
     "Double", "Float", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool",
@@ -78,6 +79,20 @@ ALLOWED: frozenset[str] = frozenset({
     "sklearn.utils._bunch.Bunch", "sklearn.ensemble._gb_losses.BinomialDeviance",
 })
 
+ALLOCATORS: frozenset[str] = frozenset({
+    "builtins.bytearray", "builtins.bytes", "builtins.range", "numpy.ndarray",
+    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "torch.UntypedStorage",
+    "torch.storage.UntypedStorage", "torch.TypedStorage", "torch.storage.TypedStorage",
+    *(f"torch.{n}Storage" for n in _TORCH_STORAGES),
+})
+"""Allowed callables that allocate what their integer arguments ask for (``bytearray(n)``,
+``numpy.ndarray(shape)``, ``torch.FloatStorage(n)``, ``range(n)`` fed to ``list``): the pickler never
+calls them with a size (it writes the bytes, or a persistent id), so a size in a pickle is a finding
+when it asks for :data:`MAX_ALLOCATION` or more (a memory bomb for the loader)."""
+
+MAX_ALLOCATION = 1 << 31
+"""Elements (or bytes) an allocator call may ask for before the request is a finding."""
+
 _NUMPY_SCALARS = re.compile(
     r"numpy\.(?:float(?:16|32|64|128)?|int(?:8|16|32|64)?|uint(?:8|16|32|64)?|bool_?|complex(?:64|128|256)?"
     r"|c?longdouble|clongfloat|longfloat|csingle|cdouble|longlong|ulonglong|intc|uintc|short|ushort|byte|ubyte|half|single|double|str_|bytes_"
@@ -91,13 +106,31 @@ _SKLEARN_CYTHON = re.compile(r"sklearn(?:\.[A-Za-z_][A-Za-z0-9_]*)+\.(?:__pyx_un
 # Estimator, loss, link and sparse-matrix classes: CamelCase class names inside sklearn / scipy.sparse.
 # scikit-learn's and SciPy's classes only store their arguments when constructed (sklearn's estimator
 # contract); their private helpers and the modules below that run code are excluded.
-_SKLEARN_CLASS = re.compile(r"sklearn(?:\.[A-Za-z_][A-Za-z0-9_]*)*\._?[A-Z][A-Za-z0-9]*"
-                            # metric functions that scorers hold (GridSearchCV(scoring="accuracy"))
-                            r"|sklearn\.metrics\._[a-z_]+\.[a-z][a-z0-9_]*")
+_SKLEARN_CLASS = re.compile(r"sklearn(?:\.[a-z_][a-z0-9_]*)*\._?[A-Z][A-Za-z0-9]*"
+                            # metric functions that scorers hold (GridSearchCV(scoring="accuracy")):
+                            # only names spelled like a metric (``*_score``, ``*_error``...), so that the
+                            # helpers these modules import (functools.partial, itertools...) stay out
+                            r"|sklearn\.metrics\._[a-z_]+\.[a-z][a-z0-9_]*"
+                            r"_(?:score|error|loss|deviance|corrcoef|ratios|kappa)")
 _SCIPY_SPARSE = re.compile(r"scipy\.sparse(?:\._[a-z]+)?\.(?:[a-z]{3}_(?:matrix|array))")
 _SKLEARN_EXCLUDED = ("sklearn.externals", "sklearn.utils._testing", "sklearn.utils.parallel",
                      "sklearn.utils._joblib", "sklearn.utils.fixes", "sklearn.utils._show_versions",
-                     "sklearn.datasets", "sklearn.utils._estimator_html_repr", "sklearn.utils.discovery")
+                     "sklearn.datasets", "sklearn.utils._estimator_html_repr", "sklearn.utils.discovery",
+                     # modules that re-export network, thread and test helpers (scikit-learn 1.9)
+                     "sklearn.callback", "sklearn.conftest", "sklearn.utils.estimator_checks",
+                     "sklearn.utils._test_common", "sklearn.utils._repr_html", "sklearn.utils._available_if",
+                     "sklearn.tree._export")
+# CamelCase names that scikit-learn modules import from the standard library, typing or third parties
+# (``from numbers import Integral``, ``from abc import ABCMeta``, ``from threading import Thread``,
+# ``from multiprocessing.connection import Client``): ``sklearn.X.ABCMeta`` resolves to the foreign
+# object, so the CamelCase rule must not trust them (ABCMeta builds classes like builtins.type).
+_SKLEARN_FOREIGN = frozenset({
+    "ABC", "ABCMeta", "Integral", "Real", "Number", "Iterable", "Mapping", "MutableMapping", "Sequence",
+    "Callable", "Protocol", "NamedTuple", "Thread", "Queue", "Client", "Listener", "Connection", "Path",
+    "StringIO", "BytesIO", "MethodType", "FunctionType", "Parameter", "UserDict", "SkipTest", "DoctestItem",
+    "List", "Optional", "Union", "Literal", "Any", "Enum", "Progress", "BarColumn", "Style", "TextColumn",
+    "TimeRemainingColumn", "Popen", "Pool", "Process", "Lock", "Event", "Timer",
+})
 
 EXEC_MODULES: frozenset[str] = frozenset({
     "os", "posix", "nt", "subprocess", "_posixsubprocess", "sys", "runpy", "importlib", "imp", "pty",
@@ -138,6 +171,8 @@ def is_allowed(full: str) -> bool:
             or _SKLEARN_CYTHON.fullmatch(full):
         return True
     if _SKLEARN_CLASS.fullmatch(full):
+        if full.rsplit(".", 1)[-1] in _SKLEARN_FOREIGN:
+            return False
         return not any(full == x or full.startswith(x + ".") for x in _SKLEARN_EXCLUDED)
     return False
 
@@ -152,6 +187,8 @@ def severity_of(full: str) -> Severity:
     for i in range(1, len(parts) + 1):
         if ".".join(parts[:i]) in EXEC_MODULES:
             return "critical"
+    if any(p in EXEC_MODULES for p in parts[1:-1]):  # an attribute walk through os, ctypes...
+        return "critical"
     if parts[-1] in EXEC_NAMES or any(p.startswith("__") and p.endswith("__") and p != "__init__"
                                       for p in parts[1:]):
         return "critical"

@@ -19,9 +19,10 @@ import re
 import struct
 import time
 import warnings
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 
-from modelshield.secure.scan.allowlist import is_allowed, severity_of
+from modelshield.secure.scan.allowlist import ALLOCATORS, ALLOWED, MAX_ALLOCATION, is_allowed, severity_of
 from modelshield.secure.scan.findings import Finding, Location, ScanLimits, Severity
 
 __all__ = ["PickleWalk", "scan_pickle", "walk_pickle"]
@@ -174,6 +175,36 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
+class _MemoOverlay(MutableMapping[int, object]):
+    """The memo of a side walk: reads fall through to the main walk's memo, writes stay here (a copy per
+    joblib array would cost O(arrays x memo))."""
+
+    def __init__(self, base: MutableMapping[int, object]) -> None:
+        self.base, self.own = base, dict[int, object]()
+        self.added = 0  # keys in own that base lacks
+
+    def __getitem__(self, key: int) -> object:
+        return self.own[key] if key in self.own else self.base[key]
+
+    def __setitem__(self, key: int, value: object) -> None:
+        if key not in self.own and key not in self.base:
+            self.added += 1
+        self.own[key] = value
+
+    def __delitem__(self, key: int) -> None:  # pragma: no cover - the unpickler never deletes
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.own or key in self.base
+
+    def __iter__(self) -> Iterator[int]:  # pragma: no cover - not used by the walk
+        yield from self.base
+        yield from (k for k in self.own if k not in self.base)
+
+    def __len__(self) -> int:
+        return len(self.base) + self.added
+
+
 class _Walker:
     """One walk over one pickle, starting at ``start`` in ``data``."""
 
@@ -187,7 +218,7 @@ class _Walker:
         self.probe, self.joblib = probe, joblib
         self.stack: list[object] = []
         self.marks: list[int] = []
-        self.memo: dict[int, object] = {}
+        self.memo: MutableMapping[int, object] = {}
         self.proto = 0
         self.findings: list[Finding] = []
         self.globals_seen: list[str] = []
@@ -197,6 +228,7 @@ class _Walker:
         self.errored = False
         self.op_offset = start
         self.nested_walks: list[PickleWalk] = []
+        self.shadow = False              # a walk of pickle.load's reading of joblib array bytes
 
     # -- reporting ---------------------------------------------------------------------------------
     def add(self, severity: Severity, code: str, message: str, *, offset: int | None = None,
@@ -366,7 +398,9 @@ class _Walker:
         else:
             note = ""
         self.globals_seen.append(full)
-        if not is_allowed(full):
+        # a dotted name walks attributes (protocol 4: ``sklearn.base`` + ``np.ctypeslib.ctypes.CDLL``
+        # reaches ctypes through numpy): the pattern rules of the allow-list only hold for a plain name
+        if not is_allowed(full) or ("." in name and full not in ALLOWED):
             self.refused += 1
             sev = severity_of(full)
             self.add(sev, "pickle.global.denied",
@@ -381,6 +415,16 @@ class _Walker:
         self.add("high", "pickle.call.indirect",
                  f"{how} calls {_type_name(func)}, not an imported callable: calls through computed "
                  "values (getattr chains, bound methods) cannot be judged statically")
+
+    def check_allocation(self, func: object, args: object, how: str) -> None:
+        """A memory bomb: an allowed allocator asked for MAX_ALLOCATION elements or more."""
+        if not isinstance(func, Global) or func.full not in ALLOCATORS or not isinstance(args, tuple):
+            return
+        asked = _requested(func.full, args)
+        if asked >= MAX_ALLOCATION:
+            self.add("medium", "pickle.allocation",
+                     f"{how} calls {func.full} asking for {asked} elements: loading it allocates that much "
+                     "memory (the pickler never writes such a call)", callable_=func.full)
 
     # -- the walk ----------------------------------------------------------------------------------
     op_name = ""
@@ -546,6 +590,7 @@ class _Walker:
         elif name == "REDUCE":
             args, func = self.pop(), self.pop()
             self.check_callable(func, "REDUCE")
+            self.check_allocation(func, args, "REDUCE")
             if not isinstance(args, (tuple, Call, Persistent, _Opaque)):  # a call may build a tuple
                 raise _PickleError("REDUCE arguments must be a tuple")
             self.push(Call(func, args, self.op_offset))
@@ -563,6 +608,7 @@ class _Walker:
             kwargs = self.pop() if name == "NEWOBJ_EX" else None
             args, cls = self.pop(), self.pop()
             self.check_callable(cls, name)
+            self.check_allocation(cls, args, name)
             self.push(Call(cls, (args, kwargs), self.op_offset))
         elif name == "BUILD":
             state = self.pop()
@@ -621,6 +667,7 @@ class _Walker:
                 raise _PickleError("the object array's nested pickle is broken")
             self.pos = walk.end
             return
+        self.walk_as_pickle_load(self.pos)
         if info.get("numpy_array_alignment_bytes") is not None and "numpy_array_alignment_bytes" in info:
             pad = self.uint(1)
             self.take(pad)
@@ -635,6 +682,30 @@ class _Walker:
                          f"the bytes of a joblib array hold an import of {full!r}: pickle.load reads "
                          "them as opcodes", offset=self.pos - len(region) + at, callable_=full)
 
+    def walk_as_pickle_load(self, at: int) -> None:
+        """Walk on from ``at`` as ``pickle.load`` (and ``torch.load``) does: it knows nothing of joblib's
+        array bytes and reads them as opcodes, with the stack and memo built so far. The bytes can be
+        a well-formed continuation (``0(S'true'\nios\nsystem\n.``) that joblib.load reads as data;
+        every import refused on that path is a finding. Errors end this walk silently: plain array
+        bytes are not opcodes."""
+        if self.shadow or not self.joblib:
+            return
+        # probe=True: an import of a name that is not a Python name ends the walk (array bytes such as
+        # b"c\0\0\n\0\n" would otherwise read as a GLOBAL; importing them fails, it runs nothing)
+        walker = _Walker(self.data, at, where=self.where, limits=self.limits, deadline=self.deadline,
+                         probe=True, joblib=False)
+        walker.shadow = True
+        walker.stack, walker.marks, walker.memo = list(self.stack), list(self.marks), _MemoOverlay(self.memo)
+        walker.proto = self.proto
+        walk = walker.finish()
+        for f in walk.findings:
+            if f.code == "pickle.global.denied" and f.callable is not None:
+                self.refused += 1
+                self.add(f.severity, "pickle.hidden-import",
+                         f"the bytes of a joblib array, read as opcodes by pickle.load or torch.load, import "
+                         f"{f.callable!r}, which is not on the allow-list", offset=f.offset,
+                         callable_=f.callable)
+
     def finish(self) -> PickleWalk:
         """Run the walk and turn every error into findings; never raises."""
         stopped, value = False, None
@@ -648,7 +719,8 @@ class _Walker:
                 return PickleWalk(findings=[], start=self.start, end=self.pos, stopped=False,
                                   is_pickle=False)
             self.report_error(exc)
-            self.resync()
+            if not self.shadow:
+                self.resync()
         return PickleWalk(findings=self.findings, start=self.start, end=self.pos, stopped=stopped,
                           is_pickle=True, value=value, globals_seen=self.globals_seen,
                           persistent_ids=self.pids, proto=self.proto)
@@ -711,6 +783,26 @@ def hidden_imports(data: bytes | memoryview) -> list[tuple[str, int]]:
             if len(found) >= 20:
                 break
     return found
+
+
+def _requested(full: str, args: tuple[object, ...]) -> int:
+    """Elements an allocator call asks for: the largest int argument, the product of an int tuple
+    (a shape), or a range's length."""
+    ints = [a for a in args if isinstance(a, int) and not isinstance(a, bool)]
+    if full == "builtins.range" and ints:
+        start, stop, step = ((0, ints[0], 1) if len(ints) == 1
+                             else (ints[0], ints[1], ints[2] if len(ints) > 2 else 1))
+        return max(0, (stop - start) // step) if step else 0
+    best = max((abs(a) for a in ints), default=0)
+    for a in args:
+        if isinstance(a, tuple) and a and all(isinstance(x, int) and not isinstance(x, bool) for x in a):
+            product = 1
+            for x in a:
+                product *= max(abs(x), 1)
+                if product >= MAX_ALLOCATION:
+                    break
+            best = max(best, product)
+    return best
 
 
 def _decode_str(raw: bytes) -> str:
