@@ -41,6 +41,7 @@ __all__ = [
     "FORMAT",
     "UnsafeModelFileError",
     "check_before_load",
+    "confirm_unchanged",
     "file_sha256",
     "is_torchscript",
     "load_model",
@@ -94,7 +95,8 @@ def check_before_load(path: Path, *, owner: str, trusted: bool = False,
     (``trust_pickle``, ``trust_torchscript``, ``trust_export``). ``allow`` names callables or
     types the user trusts explicitly (``skops_trusted``): findings about exactly those do not
     block. Returns the summary for the model's provenance: ``{"blocked", "findings", "formats",
-    "seconds", "signature", "allowed"}`` (signature: ``check_trusted``'s answer).
+    "seconds", "signature", "allowed", "sha256"}`` (signature: ``check_trusted``'s answer; sha256:
+    the file's digest before the checks, for ``confirm_unchanged`` after the load).
 
     Raises:
         IntegrityError: the trust policy requires a signature and the file's does not verify.
@@ -104,6 +106,7 @@ def check_before_load(path: Path, *, owner: str, trusted: bool = False,
     from modelshield.secure.policy import TrustPolicy, check_trusted
     from modelshield.secure.scan import scan_path
 
+    digest = file_sha256(path)  # before the checks: confirm_unchanged compares after the load
     policy = TrustPolicy.from_env()
     signature = check_trusted(path, policy)
     report = scan_path(path)
@@ -111,7 +114,7 @@ def check_before_load(path: Path, *, owner: str, trusted: bool = False,
     blocking = [f for f in report.findings if f.blocking and f.callable not in allowed]
     summary: dict[str, Any] = {
         "blocked": bool(blocking), "findings": len(report.findings), "formats": dict(report.formats),
-        "seconds": round(report.seconds, 4), "signature": signature,
+        "seconds": round(report.seconds, 4), "signature": signature, "sha256": digest,
         "allowed": sorted({f.callable for f in report.findings if f.blocking and f.callable in allowed}),
     }
     if blocking and not trusted:
@@ -127,6 +130,30 @@ def check_before_load(path: Path, *, owner: str, trusted: bool = False,
             f"{path}` for every finding; {_trust_fix(blocking)}."
         )
     return summary
+
+
+def confirm_unchanged(path: Path, checked: dict[str, Any] | None, *, owner: str) -> None:
+    """Refuse a model whose file changed between its checks and its load.
+
+    The loaders open the file again after ``check_before_load`` has read it; a file swapped in
+    between (a race an attacker with write access to the folder can try) would be loaded without
+    its checks. Re-hashing after the load and comparing with the digest taken before the checks
+    closes that window for every format that loads without running code.
+
+    Raises:
+        IntegrityError: the file's SHA-256 after the load differs from the one before the checks.
+    """
+    if checked is None or "sha256" not in checked:
+        return
+    now = file_sha256(path)
+    if now != checked["sha256"]:
+        from modelshield.errors import IntegrityError
+
+        raise IntegrityError(
+            f"{owner}: {str(path)!r} must not change while it is checked and loaded; its SHA-256 was "
+            f"{checked['sha256'][:16]}... before the checks and {now[:16]}... after the load. Nothing "
+            "was kept; make sure nothing else writes to the model file, then load it again."
+        )
 
 
 def file_sha256(path: str | Path) -> str:
@@ -419,15 +446,17 @@ def load_model(
     if torchscript and not trust_torchscript:
         raise _refuse_torchscript(p)
     scanned = check_before_load(p, owner="load_model", trusted=trust_torchscript) if scan else None
-    digest = file_sha256(p)
+    digest = scanned["sha256"] if scanned is not None else file_sha256(p)
     base_meta: dict[str, Any] = {"sha256": digest, "path": str(p.resolve())}
     if scanned is not None:
         base_meta["scan"] = scanned
     if torchscript:
         module = _load_torchscript(p)
+        confirm_unchanged(p, scanned, owner="load_model")
         return module.eval(), {**base_meta, "format": "torchscript", "arch": None}
 
     state, stored_arch, meta, fmt = _read_weights(p, owner="load_model")
+    confirm_unchanged(p, scanned, owner="load_model")
     if stored_arch is not None:
         if (arch is not None and arch != stored_arch) or into is not None:
             arch = arch if arch is not None else type(into).__name__
@@ -478,7 +507,9 @@ def _read_weights(p: Path, *, owner: str) -> tuple[dict[str, Tensor], str | None
         st_arch = st_meta.get("arch") if st_meta.get("format") == FORMAT else None
         return tensors, st_arch or None, {}, "safetensors"
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own deprecation noise while rebuilding old storages
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         marker = "Unsupported global: GLOBAL "

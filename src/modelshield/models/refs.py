@@ -46,6 +46,7 @@ from modelshield.models._callable import has_margins
 from modelshield.models.load import (
     UnsafeModelFileError,
     check_before_load,
+    confirm_unchanged,
     file_sha256,
     is_torchscript,
     load_model,
@@ -429,6 +430,7 @@ def _load_file(
     loaded = _load_format(path, arch=arch, trust_torchscript=trust_torchscript, trust_export=trust_export,
                           trust_pickle=trust_pickle, skops_trusted=skops_trusted, bounds=bounds,
                           onnx_white_box=onnx_white_box)
+    confirm_unchanged(path, scanned, owner=_OWNER)
     loaded.scan = scanned
     return loaded
 

@@ -112,6 +112,13 @@ def convert_to_safetensors(source: str | Path, out: str | Path, *, force: bool =
     dst = Path(out).expanduser()
     check_output_paths([dst], force=force, owner=owner)
     state, arch = read_checkpoint(src, owner=owner)
+    odd = [k for k, v in state.items() if v.layout != torch.strided or v.is_quantized]
+    if odd:
+        raise DataError(
+            f"{owner}: every tensor of {str(src)!r} must be dense and not quantized to be written as "
+            f"safetensors; {len(odd)} are not (e.g. {odd[:3]}). Convert them first "
+            "(t.to_dense(), t.dequantize()) and save the state dict again."
+        )
     metadata = {"format": FORMAT, "arch": arch} if arch else {}
     data = to_bytes(state, metadata=metadata)
     write_atomic(dst, data, force=force)

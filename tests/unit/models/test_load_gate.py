@@ -81,3 +81,31 @@ def test_trust_policy_requires_a_valid_signature(tmp_path: Path, monkeypatch: py
     save_model(build("cnn-8x8", seed=1), path, arch="cnn-8x8", overwrite=True)
     with pytest.raises(IntegrityError, match="must verify with a trusted key"):
         load_model(path)
+
+
+def test_a_file_swapped_between_the_checks_and_the_load_is_refused(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader opens the file again after the scan: a swap in between must not load unchecked."""
+    import modelshield.models.load as load_mod
+    import modelshield.models.refs as refs_mod
+
+    path = tmp_path / "net.pt"
+    save_model(build("cnn-8x8", seed=0), path, arch="cnn-8x8")
+    other = tmp_path / "other.pt"
+    save_model(build("cnn-8x8", seed=1), other, arch="cnn-8x8")
+    real_read, real_format = load_mod._read_weights, refs_mod._load_format
+
+    def swap_then(real):  # type: ignore[no-untyped-def]
+        def inner(*args, **kwargs):  # type: ignore[no-untyped-def]
+            path.write_bytes(other.read_bytes())  # the attacker's swap, after the scan
+            return real(*args, **kwargs)
+        return inner
+
+    monkeypatch.setattr(load_mod, "_read_weights", swap_then(real_read))
+    with pytest.raises(IntegrityError, match="must not change while it is checked and loaded"):
+        load_model(path)
+    monkeypatch.setattr(load_mod, "_read_weights", real_read)
+    save_model(build("cnn-8x8", seed=0), path, arch="cnn-8x8", overwrite=True)
+    monkeypatch.setattr(refs_mod, "_load_format", swap_then(real_format))
+    with pytest.raises(IntegrityError, match="must not change"):
+        load_model_ref(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,17 @@ def test_corrupt_safetensors_is_one_data_error(tmp_path: Path, net: nn.Module) -
         load_model(bad, arch="cnn-8x8")
     with pytest.raises(DataError, match="valid safetensors"):  # the reader behind the scan
         load_model(bad, arch="cnn-8x8", scan=False)
+
+
+def test_sparse_and_quantized_tensors_are_one_data_error(tmp_path: Path) -> None:
+    out = tmp_path / "o.safetensors"
+    sparse = tmp_path / "sparse.pt"
+    torch.save({"w": torch.eye(3).to_sparse()}, sparse)
+    quant = tmp_path / "quant.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch >= 2.12 deprecates quantized tensors
+        torch.save({"w": torch.quantize_per_tensor(torch.rand(4), 0.1, 0, torch.quint8)}, quant)
+    for src in (sparse, quant):
+        with pytest.raises(DataError, match=r"must be dense and not quantized.*\['w'\]"):
+            convert_to_safetensors(src, out)
+        assert not out.exists()
