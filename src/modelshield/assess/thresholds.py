@@ -1,4 +1,11 @@
-"""Pass/fail thresholds on an assessment's summary metrics (the CLI's ``--fail-under``)."""
+"""Pass/fail thresholds on an assessment's summary metrics (the CLI's ``--fail-under``).
+
+A threshold is a gate, so it never passes silently: a metric that is nan or None misses it, and
+so does a metric that was not measured because its section failed (a ``ModelShieldError`` became
+a failed section, see ``modelshield.assess.suite.failed_section``) or was skipped; the message
+then names the section and its reason (the CLI exits 1, as for any missed threshold). Only a
+metric that no section of the run could report is a usage error (``ConfigError``, exit 2).
+"""
 
 from __future__ import annotations
 
@@ -122,25 +129,66 @@ def check_threshold_metrics(thresholds: Iterable[Threshold], sections: Iterable[
         )
 
 
+def _section_states(assessment: Assessment | Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """``(section id, "failed" or "skipped", reason)`` of each section that did not run."""
+    if isinstance(assessment, Assessment):
+        sections: list[tuple[str, Mapping[str, Any]]] = [(s.id, s.metrics) for s in assessment.sections]
+    else:
+        raw = assessment.get("sections", [])
+        sections = [(str(s.get("id")), s.get("metrics") or {}) for s in raw if isinstance(s, Mapping)]
+    out: list[tuple[str, str, str]] = []
+    for sid, metrics in sections:
+        if metrics.get("failed") is True or metrics.get("skipped") is True:
+            reason = str(metrics.get("reason") or "no reason given").rstrip(". ")
+            if metrics.get("failed") is True and metrics.get("error"):
+                reason = f"{metrics['error']}: {reason}"
+            out.append((sid, "failed" if metrics.get("failed") is True else "skipped", reason))
+    return out
+
+
+def _not_run_message(t: Threshold, states: list[tuple[str, str, str]]) -> str | None:
+    """The miss message for a threshold whose metric belongs to a section that failed or was skipped."""
+    section, dot, _ = t.metric.partition(".")
+    owners = [section] if dot else [s for s, names in HEADLINE_METRICS.items() if t.metric in names]
+    hits = [st for st in states if st[0] in owners]
+    if not hits and not dot:  # a user-registered section may have owned a bare name
+        hits = [st for st in states if st[0] not in HEADLINE_METRICS]
+    if not hits:
+        return None
+    why = "; ".join(f"the section '{sid}' {state} ({reason})" for sid, state, reason in hits)
+    return (f"{t.metric} was not measured: {why}. A threshold on it cannot be met (threshold {t}); "
+            "fix what the section reports or drop the threshold.")
+
+
 def check_thresholds(
     assessment: Assessment | Mapping[str, Any], thresholds: Iterable[Threshold]
 ) -> list[str]:
     """Return one message per threshold the assessment misses (empty when all hold).
+
+    A threshold misses when its metric is below (or above) the bound, is nan/None, or was not
+    measured because the section reporting it failed or was skipped in this run (the message
+    names the section and its reason): a gate never passes on a number that does not exist.
 
     Args:
         assessment: an Assessment, or a report dict as written to report.json.
         thresholds: requirements on ``summary.metrics``.
 
     Raises:
-        ConfigError: a threshold names a metric the summary does not have (the message lists them).
+        ConfigError: a threshold names a metric the summary does not have and no failed or
+            skipped section could have reported (the message lists the metrics).
     """
     if isinstance(assessment, Assessment):
         metrics: Mapping[str, Any] = assessment.metrics()
     else:
         metrics = assessment.get("summary", {}).get("metrics", {})
+    states = _section_states(assessment)
     failures: list[str] = []
     for t in thresholds:
         if t.metric not in metrics:
+            not_run = _not_run_message(t, states)
+            if not_run is not None:
+                failures.append(not_run)
+                continue
             names = ", ".join(sorted(metrics)) or "(none)"
             raise ConfigError(
                 f"check_thresholds: the metric must be one of the summary metrics {names}; "

@@ -209,7 +209,10 @@ def assess(
              "rows (every feature mutable; the report flags it).")] = None,
     fail_under: Annotated[list[str] | None, typer.Option(
         "--fail-under", metavar="METRIC=VALUE", help="Exit 1 when a summary metric is below VALUE "
-        "(repeatable), e.g. robust_accuracy=0.6; METRIC<=VALUE caps a metric instead.")] = None,
+        "(repeatable), e.g. robust_accuracy=0.6; METRIC<=VALUE caps a metric instead. A metric that "
+        "was not measured because its section failed or was skipped also exits 1, naming the "
+        "section and the reason (a gate never passes silently); a name no planned section reports "
+        "exits 2.")] = None,
     public_key: Annotated[list[str] | None, typer.Option(
         "--public-key", help="supply-chain section: PEM public key(s) the model's signature must verify "
         "with (repeatable or comma-separated). Default: the trust policy's "
@@ -232,7 +235,8 @@ def assess(
     A section that cannot run on this model or data (bad input for it, a capability the model
     lacks) is reported as failed with the reason, and the other sections still run.
 
-    Exits with 1 when a --fail-under threshold is missed, 2 on bad input, 3 on an internal error (a
+    Exits with 1 when a --fail-under threshold is missed (including one on a metric whose section
+    failed or was skipped: the report is still written), 2 on bad input, 3 on an internal error (a
     modelshield bug: the message names the crash file holding the traceback; --debug prints it).
     """
     resolve_device(device, owner="modelshield assess")  # a bad --device fails before any work

@@ -8,6 +8,7 @@ learning) and identical rows with different labels, the traces a label-flipping 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,7 +27,8 @@ from modelshield.assess._section import (
     skipped_section,
 )
 
-__all__ = ["DATA_SEVERITY_THRESHOLDS", "data_validation_section", "data_validation_severity"]
+__all__ = ["DATA_SEVERITY_THRESHOLDS", "class_label", "data_validation_section", "data_validation_severity",
+           "name_classes"]
 
 DATA_SEVERITY_THRESHOLDS: tuple[tuple[float, Severity], ...] = (
     (0.10, "high"),
@@ -57,6 +59,42 @@ def data_validation_severity(share: float) -> Severity:
         if share >= minimum:
             return severity
     return "none"
+
+
+def class_label(k: int, names: object) -> str:
+    """How a report names class ``k``: its data label, quoted, when ``names`` (the data's
+    ``classes``) holds it, e.g. ``"'phish' (class 1)"``; else ``"class 1"``."""
+    if isinstance(names, Sequence) and not isinstance(names, str) and 0 <= k < len(names):
+        return f"{str(names[k])!r} (class {k})"
+    return f"class {k}"
+
+
+_CLASS_REF = re.compile(r"\b(label|class|majority) (\d+)\b")
+_LABEL_LIST = re.compile(r"\blabels \[([\d, ]+)\]")
+
+
+def name_classes(text: str, names: object) -> str:
+    """``text`` with class indices written as the data's labels: ``"p(label 1)"`` becomes
+    ``"p(label 'phish')"``, ``"labels [0, 1]"`` becomes ``"labels ['legit', 'phish']"``
+    (unchanged where ``names`` does not hold the index)."""
+    if not isinstance(names, Sequence) or isinstance(names, str):
+        return text
+    known = [str(n) for n in names]
+
+    def one(k: str) -> str | None:
+        return repr(known[int(k)]) if int(k) < len(known) else None
+
+    def ref(m: re.Match[str]) -> str:
+        name = one(m.group(2))
+        return m.group(0) if name is None else f"{m.group(1)} {name}"
+
+    def listed(m: re.Match[str]) -> str:
+        parts = [one(k.strip()) for k in m.group(1).split(",") if k.strip()]
+        if any(p is None for p in parts):
+            return m.group(0)
+        return f"labels [{', '.join(p or '' for p in parts)}]"
+
+    return _LABEL_LIST.sub(listed, _CLASS_REF.sub(ref, text))
 
 
 def _excerpt(x: Any, i: int) -> str:
@@ -99,11 +137,15 @@ def data_validation_section(section_id: str, ctx: AssessmentContext, progress: P
     n = int(labels.shape[0])
     n_classes = int(labels.max()) + 1 if n else 0
     counts = torch.bincount(labels, minlength=max(n_classes, 1)) if n else torch.zeros(1, dtype=torch.long)
+    names = ctx.data_info.get("classes")
     if n < 10 or n_classes < 2 or int(counts[counts > 0].min()) < 3:
+        known = [str(c) for c in names] if isinstance(names, Sequence) and not isinstance(names, str) else []
+        shown_counts: object = ({known[k]: int(c) for k, c in enumerate(counts.tolist())}
+                                if len(known) >= len(counts) else counts.tolist())
         return skipped_section(
             section_id, _TITLE,
             f"{why} The training split is too small to validate ({n} rows, class counts "
-            f"{counts.tolist()}): confident learning needs at least 3 rows of each of 2 or more "
+            f"{shown_counts}): confident learning needs at least 3 rows of each of 2 or more "
             "classes for its cross-validation.")
     cv = int(min(5, int(counts[counts > 0].min())))
     if progress is not None:
@@ -118,7 +160,6 @@ def data_validation_section(section_id: str, ctx: AssessmentContext, progress: P
     flagged = int(report.removed.sum())
     share = flagged / n
     severity = data_validation_severity(share)
-    names = ctx.data_info.get("classes")
 
     def label(k: int | None) -> Any:
         if k is None:
@@ -130,7 +171,8 @@ def data_validation_section(section_id: str, ctx: AssessmentContext, progress: P
         title=f"The {len(shown)} most suspicious training rows",
         columns=("row", "label", "suggested label", "score", "reasons", "content"),
         rows=tuple((r.index, label(r.label), label(r.suggested_label), json_float(r.score, 3),
-                    "; ".join(r.reasons), _excerpt(x, r.index)) for r in shown),
+                    "; ".join(name_classes(reason, names) for reason in r.reasons), _excerpt(x, r.index))
+              for r in shown),
     )
     findings = [
         f"Confident learning flags {label_issues} of {n} training rows ({100 * label_issues / n:.1f}%) "

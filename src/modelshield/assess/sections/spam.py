@@ -4,7 +4,9 @@
 training sets with a growing share of spam labels flipped to ham, with and without cleaning by
 confident learning, and how well that validator finds the flipped rows.
 ``TextEvasionSection`` (id ``"text-evasion"``): how often black-box text edits (characters,
-words, good words) make detected spam pass, against the share of words an attacker may change.
+words, good words) make detected spam pass, against the share of words an attacker may change;
+for a text classifier that is not a binary spam filter (``text_evasion_goal``), how often they
+change the label of a correctly classified text (untargeted, any number of classes).
 
 Both need a text zoo model (``spam-nb``, ``spam-logreg``): the context's ``model_info["arch"]``
 names the recipe (``"nb"`` / ``"logreg"``) and ``data_info["name"]`` must be ``"sms-spam"``; the
@@ -19,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from matplotlib.figure import Figure as MplFigure
 
@@ -37,6 +39,7 @@ from modelshield.assess._section import (
 from modelshield.errors import ConfigError
 
 __all__ = [
+    "MALICIOUS_TEXT_LABELS",
     "POISON_RATES",
     "TEXT_BUDGETS",
     "TEXT_METHODS",
@@ -44,6 +47,7 @@ __all__ = [
     "TextEvasionSection",
     "poisoning_severity",
     "spam_setup",
+    "text_evasion_goal",
     "text_evasion_severity",
 ]
 
@@ -52,6 +56,9 @@ POISON_RATES: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.4)
 TEXT_BUDGETS: tuple[float, ...] = (0.1, 0.2, 0.3)
 """Shares of a message's words the text attacker may change."""
 TEXT_METHODS: tuple[str, ...] = ("char", "word", "goodword", "combined")
+MALICIOUS_TEXT_LABELS: frozenset[str] = frozenset(
+    {"spam", "junk", "phish", "phishing", "smishing", "scam", "fraud", "malicious"})
+"""Class names (case-insensitive) that make a two-class text task a spam filter for text evasion."""
 
 _BLUE, _RED, _GREEN, _GREY = "#1f6feb", "#d1242f", "#1a7f37", "#57606a"
 
@@ -91,6 +98,26 @@ def text_evasion_severity(success_rate: float) -> Severity:
     return "none"
 
 
+def text_evasion_goal(classes: object) -> tuple[Literal["malicious", "any"], int | None]:
+    """``(goal, malicious class index)`` of the text evasion attack for a task's class names.
+
+    A task with exactly two classes, one of them named like spam (``MALICIOUS_TEXT_LABELS``,
+    e.g. ``["ham", "spam"]``), is a spam filter: the attacker makes detected rows of that class
+    pass as the other (TextEvasion goal ``"malicious"``). Any other task (more classes, labels
+    with no malicious name such as ``0``/``1`` or ``pos``/``neg``, unknown names) is attacked
+    untargeted (goal ``"any"``): any change of a correctly classified text's label counts.
+
+    Example:
+        text_evasion_goal(["ham", "spam"])  # ("malicious", 1)
+        text_evasion_goal(["food", "sport", "tech"])  # ("any", None)
+    """
+    if isinstance(classes, Sequence) and not isinstance(classes, str) and len(classes) == 2:
+        hits = [i for i, c in enumerate(classes) if str(c).strip().lower() in MALICIOUS_TEXT_LABELS]
+        if len(hits) == 1:
+            return "malicious", hits[0]
+    return "any", None
+
+
 def spam_setup(ctx: AssessmentContext, data_root: str | Path | None, owner: str) -> tuple[str, Any]:
     """``(recipe, sms-spam TextDataset)`` of a spam zoo model's context.
 
@@ -112,6 +139,11 @@ def spam_setup(ctx: AssessmentContext, data_root: str | Path | None, owner: str)
 
 def _pct(v: float | None) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
+
+
+def _num(v: float | None) -> str:
+    """A median for the report's text: "n/a" when there is none (no success)."""
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:g}"
 
 
 def _rates(values: Sequence[float], owner: str) -> tuple[float, ...]:
@@ -317,6 +349,11 @@ def _poison_figure(rows: Sequence[dict[str, Any]]) -> str:
 class TextEvasionSection:
     """Text evasion: share of detected spam evaded against the word budget, per method.
 
+    The attacker's goal comes from the data's class names (``text_evasion_goal``): for a binary
+    spam/ham task, detected spam made to pass as ham; for any other text classifier (e.g. three
+    topics), correctly classified texts made to change label. The report names the goal and,
+    for a spam filter, the malicious label.
+
     Args:
         methods: TextEvasion methods run.
         budgets: shares of a message's words that may change.
@@ -356,15 +393,36 @@ class TextEvasionSection:
                     "their labels; got labels that do not match. Build the points with zoo.text_split."
                 )
             model = train_spam_model(kind, ds, seed=0)  # type: ignore[arg-type]  # checked in spam_setup; equal to the zoo model (fingerprint-checked recipe)
+        names = ctx.data_info.get("classes")
+        goal, malicious = text_evasion_goal(names)
+        label_names = ([str(c) for c in names] if isinstance(names, Sequence) and not isinstance(names, str)
+                       else None)
+        bad: str | None = None
+        good: str | None = None
+        if goal == "malicious" and label_names is not None and malicious is not None:
+            bad = label_names[malicious]
+            good = label_names[1 - malicious]
+            rows_word = f"detected '{bad}' messages"
+            passes = f"pass as '{good}'"
+            goal_text = (f"Goal: make detected '{bad}' messages (the malicious class) pass as '{good}' "
+                         "(a two-class spam filter).")
+        else:
+            n_cls = len(label_names) if label_names is not None else None
+            rows_word = "correctly classified messages"
+            passes = "change label"
+            goal_text = (
+                "Goal: untargeted: change the label of a correctly classified message to any other class ("
+                + (f"{n_cls} classes: {', '.join(repr(c) for c in label_names)}" if label_names else
+                   "class names unknown")
+                + "; no class is named as spam, so there is no malicious-to-benign direction).")
         runs = [(m, b) for m in self.methods for b in budgets]
         curve: list[dict[str, Any]] = []
         head_results: dict[str, Any] = {}
         for i, (method, budget) in enumerate(runs):
             if progress is not None:
                 progress(i, len(runs), f"text {method} {100 * budget:g}% of words")
-            res = TextEvasion(method=method, max_word_fraction=budget, seed=ctx.seed)(  # type: ignore[arg-type]
-                model, texts, y
-            )
+            res = TextEvasion(method=method, max_word_fraction=budget, seed=ctx.seed,  # type: ignore[arg-type]
+                              goal=goal, spam_class=1 if malicious is None else malicious)(model, texts, y)
             curve.append(
                 {
                     "method": method,
@@ -388,38 +446,40 @@ class TextEvasionSection:
         shown = best_res.success.nonzero().flatten()[: self.examples].tolist()
         examples = Table(
             title=(
-                f"Adversarial spam that passes ({best['method']}, "
+                f"Adversarial {rows_word.removeprefix('detected ')} that {passes} ({best['method']}, "
                 f"{100 * self.headline_budget:g}% of words)"
             ),
             columns=("original", "adversarial", "words changed"),
             rows=[(best_res.texts[j], best_res.texts_adv[j], int(best_res.words_changed[j])) for j in shown],
         )
         grid = Table(
-            title="Evasion success (share of detected spam that passes) by method and word budget",
+            title=f"Evasion success (share of {rows_word} that {passes}) by method and word budget",
             columns=("method", *(f"{100 * b:g}% of words" for b in budgets)),
             rows=[(m, *(_pct(c["success_rate"]) for c in curve if c["method"] == m)) for m in self.methods],
         )
         eligible = best["eligible"]
         summary = (
             f"Changing at most {100 * self.headline_budget:g}% of the words, the strongest method "
-            f"({best['method']}) makes {_pct(best['success_rate'])} of {eligible} detected spam messages "
-            "pass "
-            f"(median {best['median_words_changed']} words changed)."
+            f"({best['method']}) makes {_pct(best['success_rate'])} of {eligible} {rows_word} {passes} "
+            f"(median {_num(best['median_words_changed'])} words changed)."
         )
         findings = [
-            f"{c['method']}: {_pct(c['success_rate'])} evaded, median {c['median_words_changed']} words "
-            "changed, "
-            f"median {c['median_queries']} queries per message."
-            for c in head
+            goal_text,
+            *(f"{c['method']}: {_pct(c['success_rate'])} evaded, median {_num(c['median_words_changed'])} "
+              "words changed, "
+              f"median {_num(c['median_queries'])} queries per message."
+              for c in head),
         ]
         return Section(
             id=self.id,
-            title="Text evasion (black-box edits to spam)",
+            title="Text evasion (black-box edits to spam)" if goal == "malicious" else
+            "Text evasion (black-box edits, untargeted)",
             summary=summary,
             severity=severity,
             atlas=atlas("AML.T0015", "AML.T0043"),
             recommendation=_TEXT_RECOMMENDATION,
-            metrics={"curve": curve, "n": len(texts), "eligible": eligible},
+            metrics={"curve": curve, "n": len(texts), "eligible": eligible, "goal": goal,
+                     "malicious_label": bad, "benign_label": good},
             headline={
                 "text_evasion_success_rate": json_float(rate),
                 "text_evasion_median_words_changed": best["median_words_changed"],
@@ -429,7 +489,7 @@ class TextEvasionSection:
                 Figure(
                     title="Evasion success against word budget",
                     caption=(
-                        "Share of spam messages the filter detects that an attacker makes pass, when at most "
+                        f"Share of {rows_word} that an attacker makes {passes}, when at most "
                         "the given share of each message's words may change; one line per method. Every "
                         "success is re-verified by querying the model again."
                     ),
@@ -442,8 +502,11 @@ class TextEvasionSection:
                 "methods": list(self.methods),
                 "budgets": list(budgets),
                 "headline_budget": self.headline_budget,
+                "goal": goal,
+                "malicious_class": malicious,
                 "data_sha256": ds.sha256 if kind is not None else ctx.data_info.get("sha256"),
-                "attacks": {f"text:{m}": {"budgets": list(budgets), "seed": ctx.seed} for m in self.methods},
+                "attacks": {f"text:{m}": {"budgets": list(budgets), "seed": ctx.seed, "goal": goal,
+                                          "malicious_class": malicious} for m in self.methods},
             },
         )
 

@@ -6,7 +6,10 @@ parameters and round count they keep), the user's training split is poisoned by 
 of the malicious class's labels to benign, a clone of the model is refitted on it, and the
 malicious recall on the assessment points is compared with a clone refitted on the clean split:
 the same sweep as the spam poisoning section, with the user's model and data instead of a zoo
-recipe. The section reports the recipe it rebuilt. The clean training split is also validated
+recipe. The malicious class is the tabular plan's ``malicious_class`` (the class index the tabular
+evasion section attacks); the findings name it, and the benign class, by the data's labels
+(``data_info["classes"]``) where they are known. The section reports the recipe it rebuilt.
+The clean training split is also validated
 (confident learning, conflicting duplicates). A model whose recipe cannot be rebuilt (a plain
 callable) gets the validation alone, with the reason.
 """
@@ -30,7 +33,7 @@ from modelshield.assess._section import (
     max_severity,
     skipped_section,
 )
-from modelshield.assess.sections.data_validation import data_validation_section
+from modelshield.assess.sections.data_validation import class_label, data_validation_section
 from modelshield.assess.sections.spam import poisoning_severity
 from modelshield.errors import ModelCapabilityError
 from modelshield.models.refit import RefitRecipe, clone_for_refit, refit_predict
@@ -109,12 +112,19 @@ def tabular_poisoning_section(section_id: str, ctx: AssessmentContext, progress:
                  f"({type(exc).__name__}: {exception_head(exc, 120)})."))
     x_ev, y_ev = ctx.x.detach().cpu().numpy(), ctx.y.detach().cpu().numpy().astype(np.int64)
     mal = int(getattr(getattr(ctx.plan, "tabular", None), "malicious_class", 1))
+    names = ctx.data_info.get("classes")
+    known = [str(c) for c in names] if isinstance(names, Sequence) and not isinstance(names, str) else None
     classes = np.unique(y_tr)
+    present = [known[k] if known is not None and 0 <= k < len(known) else int(k) for k in classes.tolist()]
     if mal not in classes or classes.size < 2:
         return skipped_section(section_id, _TITLE,
-                               f"the training split has no rows of the malicious class {mal} (classes "
-                               f"{classes.tolist()}) to flip.")
-    benign = (0 if mal != 0 else 1) if classes.size == 2 else None
+                               f"the training split has no rows of the malicious {class_label(mal, names)} "
+                               f"(classes {present}) to flip.")
+    benign = int(classes[classes != mal][0]) if classes.size == 2 else None  # the other class present
+    mal_text = class_label(mal, names)
+    mal_label = known[mal] if known is not None and mal < len(known) else None
+    benign_text = class_label(benign, names) if benign is not None else "other classes"
+    benign_label = known[benign] if known is not None and benign is not None and benign < len(known) else None
     grid = sorted({0.0, *(float(r) for r in rates), float(headline_rate)})
     with torch.no_grad():
         given = ctx.model.predict(ctx.x).cpu().numpy()
@@ -122,7 +132,7 @@ def tabular_poisoning_section(section_id: str, ctx: AssessmentContext, progress:
     agreement = float("nan")
     for i, rate in enumerate(grid):
         if progress is not None:
-            progress(i, len(grid), f"poisoning: refitting with {100 * rate:g}% of class {mal} flipped")
+            progress(i, len(grid), f"poisoning: refitting with {100 * rate:g}% of {mal_text} flipped")
         if rate > 0:
             res = RandomLabelFlip(rate=class_rate(rate, y_tr, cls=mal), classes=(mal,), target_class=benign,
                                   seed=ctx.seed)(x_tr, y_tr)
@@ -156,7 +166,7 @@ def tabular_poisoning_section(section_id: str, ctx: AssessmentContext, progress:
     if n_out is not None and n_out > classes.size:
         warnings.append(
             f"The model has {n_out} outputs but the training split holds labels of only {classes.size} "
-            f"classes ({classes.tolist()}): check that the data are the ones the model was trained on; "
+            f"classes ({present}): check that the data are the ones the model was trained on; "
             "the refits are trained on the classes present.")
     has_proba = callable(getattr(recipe.estimator, "predict_proba", None))  # confident learning needs it
     validation = data_validation_section(
@@ -164,16 +174,17 @@ def tabular_poisoning_section(section_id: str, ctx: AssessmentContext, progress:
         why="The clean training split was also validated (what a poisoner's flips would look like).")
     findings = [
         f"Training recipe rebuilt: {recipe.describe()}.",
+        f"Malicious class: {mal_text}; benign: {benign_text} (the tabular plan's malicious_class).",
         f"Refitting a clone of the model on the training split ({len(y_tr)} rows) gives malicious "
-        f"(class {mal}) recall {100 * clean['recall']:.1f}% on {len(y_ev)} assessment points; it "
+        f"{mal_text} recall {100 * clean['recall']:.1f}% on {len(y_ev)} assessment points; it "
         f"agrees with the given model on {100 * agreement:.1f}% of them.",
-        f"Flipping {100 * float(headline_rate):g}% of the class {mal} training labels "
-        f"({head['flipped']} rows) to {'benign' if benign is not None else 'other classes'} lowers that "
+        f"Flipping {100 * float(headline_rate):g}% of the {mal_text} training labels "
+        f"({head['flipped']} rows) to {benign_text} changes that "
         f"recall to {100 * head['recall']:.1f}% (a drop of {100 * drop:.1f} points): severity {severity}.",
         *(f for f in validation.findings if not f.startswith("The clean training split")),
     ]
     table = Table(
-        title=f"Malicious (class {mal}) recall after refitting on poisoned labels",
+        title=f"Malicious {mal_text} recall after refitting on poisoned labels",
         columns=("share of class flipped", "rows flipped", "malicious recall", "accuracy"),
         rows=tuple((r["rate"], r["flipped"], json_float(r["recall"], 4), json_float(r["accuracy"], 4))
                    for r in rows),
@@ -182,7 +193,8 @@ def tabular_poisoning_section(section_id: str, ctx: AssessmentContext, progress:
                 **{k: v for k, v in validation.headline.items()}}
     metrics = {
         **headline, "clean_refit_recall": json_float(clean["recall"]), "recall_drop": json_float(drop),
-        "refit_agreement": json_float(agreement), "malicious_class": mal,
+        "refit_agreement": json_float(agreement), "malicious_class": mal, "malicious_label": mal_label,
+        "benign_class": benign, "benign_label": benign_label,
         "headline_rate": float(headline_rate),
         "curve": [{k: json_float(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
         "training_data": dict(validation.metrics),
@@ -191,8 +203,9 @@ def tabular_poisoning_section(section_id: str, ctx: AssessmentContext, progress:
     return Section(
         id=section_id,
         title=_TITLE,
-        summary=(f"Flipping {100 * float(headline_rate):g}% of the malicious training labels and refitting "
-                 f"the model lowers its malicious recall from {100 * clean['recall']:.1f}% to "
+        summary=(f"Flipping {100 * float(headline_rate):g}% of the malicious ({mal_label or f'class {mal}'}) "
+                 f"training labels and refitting "
+                 f"the model changes its malicious recall from {100 * clean['recall']:.1f}% to "
                  f"{100 * head['recall']:.1f}%."),
         severity=max_severity([severity, validation.severity]),
         atlas=atlas("AML.T0020"),
@@ -203,7 +216,9 @@ def tabular_poisoning_section(section_id: str, ctx: AssessmentContext, progress:
         tables=(table, *validation.tables),
         warnings=tuple(warnings),
         provenance={"attacks": {"poisoning:label-flip": {"rates": grid, "seed": ctx.seed,
-                                                         "malicious_class": mal, "target_class": benign}},
+                                                         "malicious_class": mal, "target_class": benign,
+                                                         "malicious_label": mal_label,
+                                                         "target_label": benign_label}},
                     "estimator": type(estimator).__name__, "recipe": recipe.to_dict(),
                     "validation": dict(validation.provenance)},
     )

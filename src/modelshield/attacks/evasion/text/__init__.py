@@ -12,10 +12,17 @@ from modelshield.attacks.evasion.text._edits import (
     lexicon,
     words_changed,
 )
-from modelshield.attacks.evasion.text.attack import TextEvasion, TextEvasionResult, TextModel, as_text_model
+from modelshield.attacks.evasion.text.attack import (
+    GOALS,
+    TextEvasion,
+    TextEvasionResult,
+    TextModel,
+    as_text_model,
+)
 
 __all__ = [
     "CHAR_OPS",
+    "GOALS",
     "TextEvasion",
     "TextEvasionResult",
     "TextModel",

@@ -1,4 +1,5 @@
-"""Black-box evasion of text classifiers (spam filters): character edits, word substitution, good words."""
+"""Black-box evasion of text classifiers (spam filters and others): character edits, word substitution,
+good words."""
 
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ __all__ = ["TextEvasion", "TextEvasionResult", "TextModel", "as_text_model"]
 
 Method = Literal["char", "word", "goodword", "combined"]
 METHODS: tuple[Method, ...] = ("char", "word", "goodword", "combined")
+Goal = Literal["auto", "malicious", "any"]
+GOALS: tuple[Goal, ...] = ("auto", "malicious", "any")
+"""What the attacker wants: ``"malicious"`` makes detected rows of the malicious class
+(``spam_class``) leave it (spam passing as ham); ``"any"`` changes the label of every correctly
+classified row (untargeted, any number of classes); ``"auto"`` is ``"malicious"`` for a model
+with two outputs and ``"any"`` otherwise."""
 
 
 def _margin(scores: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
@@ -57,8 +64,8 @@ class TextEvasionResult:
         texts, texts_adv: the clean and adversarial texts (unattacked rows are unchanged).
         y: (N,) true labels. target: (N,) targets, or None (untargeted).
         clean_pred, adv_pred: (N,) labels for texts and texts_adv (adv_pred from a fresh query).
-        attacked: (N,) bool: rows attacked (true class ``spam_class``, detected as such, with a
-            word budget of at least one word).
+        attacked: (N,) bool: rows attacked (eligible, see ``eligible``, with a word budget of at
+            least one word).
         success: (N,) bool: attacked, within budget, and the fresh query gives a label != y
             (or == target).
         words_changed: (N,) int64 word-level edit distance texts -> texts_adv (recomputed).
@@ -68,6 +75,7 @@ class TextEvasionResult:
         point_queries: (N,) forward queries spent on each text (verification excluded).
         queries_forward: all forward queries of the call, verification included.
         time_s: wall time.
+        goal: the goal used, ``"malicious"`` or ``"any"`` (``"auto"`` resolved, see ``GOALS``).
     """
 
     attack: str
@@ -88,6 +96,7 @@ class TextEvasionResult:
     queries_forward: int
     time_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    goal: Literal["malicious", "any"] = "malicious"
 
     @property
     def n(self) -> int:
@@ -95,9 +104,12 @@ class TextEvasionResult:
 
     @property
     def eligible(self) -> Tensor:
-        """(N,) bool: rows of the attacked class that the model detects on the clean text."""
-        spam = int(self.params.get("spam_class", 1))
-        return (self.y == spam) & (self.clean_pred == self.y)
+        """(N,) bool: rows the model classifies correctly on the clean text; for the ``"malicious"``
+        goal, only those of the malicious class ``spam_class`` (detected spam)."""
+        correct = self.clean_pred == self.y
+        if self.goal == "any":
+            return correct
+        return (self.y == int(self.params.get("spam_class", 1))) & correct
 
     @property
     def success_rate(self) -> float:
@@ -130,15 +142,22 @@ class TextEvasionResult:
         def detected(pred: Tensor) -> float:
             return float((pred[is_spam] == spam).float().mean()) if bool(is_spam.any()) else math.nan
 
+        def accuracy(pred: Tensor) -> float:
+            return float((pred == self.y).float().mean()) if self.n else math.nan
+
+        # recall of the malicious class for the "malicious" goal; accuracy over all rows for "any"
+        rate = detected if self.goal == "malicious" else accuracy
+        prefix = "recall" if self.goal == "malicious" else "accuracy"
         return {
             "attack": self.attack,
+            "goal": self.goal,
             "n": self.n,
             "eligible": int(self.eligible.sum()),
             "attacked": int(self.attacked.sum()),
             "successes": int(self.success.sum()),
             "success_rate": f(self.success_rate),
-            "recall_before": f(detected(self.clean_pred)),
-            "recall_after": f(detected(self.adv_pred)),
+            f"{prefix}_before": f(rate(self.clean_pred)),
+            f"{prefix}_after": f(rate(self.adv_pred)),
             "median_words_changed": f(self.median_words_changed),
             "median_chars_changed": f(float(self.chars_changed[self.success].double().median()))
             if bool(self.success.any())
@@ -176,8 +195,12 @@ class _State:
 class TextEvasion:
     """Black-box evasion of a text classifier (e.g. a spam filter) under a word budget.
 
-    Only rows whose true class is ``spam_class`` and that the model detects are attacked,
-    towards any other class (or ``target``). Each attacked text gets a budget of
+    ``goal`` says which rows are attacked. ``"malicious"`` (a spam filter): only rows whose true
+    class is ``spam_class`` and that the model detects, towards any other class (or ``target``).
+    ``"any"`` (a classifier with any number of classes): every row the model classifies
+    correctly, and success is any change of label (or reaching ``target``). ``"auto"`` (the
+    default) is ``"malicious"`` for a model with two outputs, ``"any"`` otherwise; the result's
+    ``goal`` says which was used. Each attacked text gets a budget of
     ``floor(max_word_fraction * n_words)`` changed words, counted as the word-level edit
     distance to the clean text, which is never exceeded (texts whose budget is 0 are left
     alone). Methods:
@@ -212,12 +235,15 @@ class TextEvasion:
     char_ops: tuple[str, ...] = CHAR_OPS
     good_words: tuple[str, ...] | None = None
     spam_class: int = 1
+    goal: Goal = "auto"
     seed: int | None = 0
 
     needs_gradients: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS, owner="TextEvasion")
+        check_choice("goal", self.goal, GOALS, owner="TextEvasion",
+                     fix="Use 'malicious' for a spam filter, 'any' for an untargeted attack.")
         check_range(
             "max_word_fraction",
             self.max_word_fraction,
@@ -261,7 +287,12 @@ class TextEvasion:
         *,
         target: Tensor | Sequence[int] | None = None,
     ) -> TextEvasionResult:
-        """Attack the spam rows of texts; returns a re-verified TextEvasionResult."""
+        """Attack the eligible rows of texts (see ``goal``); returns a re-verified TextEvasionResult.
+
+        Raises:
+            InputError: malformed texts or labels, or labels outside the model's outputs.
+            ConfigError: goal "malicious" with a ``spam_class`` the model does not output.
+        """
         started = time.perf_counter()
         m = as_text_model(model)
         q0 = m.queries.forward
@@ -278,11 +309,21 @@ class TextEvasion:
                     f"TextEvasion: {name} must be class indices in [0, {k - 1}]; got {int(lab[row])} at row "
                     f"{row}. Check the label encoding matches the model's {k} outputs."
                 )
+        goal: Literal["malicious", "any"] = (
+            self.goal if self.goal != "auto" else ("malicious" if k == 2 else "any")
+        )
+        if goal == "malicious" and self.spam_class >= k:
+            raise ConfigError(
+                f"TextEvasion: 'spam_class' must be one of the model's classes 0..{k - 1} for the "
+                f"'malicious' goal; got {self.spam_class}. Pass the malicious class's index, or goal='any'."
+            )
         clean_pred = clean_scores.argmax(1)
         margin0 = _margin(clean_scores, y_t, t_t)
         n_words = torch.tensor([len(t.split()) for t in clean], dtype=torch.int64)
         max_words = torch.floor(n_words.double() * self.max_word_fraction + 1e-9).long()
-        attacked = (y_t == self.spam_class) & (clean_pred == y_t) & (margin0 > 0) & (max_words > 0)
+        attacked = (clean_pred == y_t) & (margin0 > 0) & (max_words > 0)
+        if goal == "malicious":
+            attacked &= y_t == self.spam_class
         if t_t is not None:
             attacked &= t_t != y_t
         point_q = torch.ones(n, dtype=torch.int64)
@@ -309,7 +350,7 @@ class TextEvasion:
         for i, st in states.items():
             adv[i] = st.text
         return self._verify(
-            m, clean, adv, y_t, t_t, clean_pred, attacked, max_words, n_words, point_q, q0, started
+            m, clean, adv, y_t, t_t, clean_pred, attacked, max_words, n_words, point_q, q0, started, goal
         )
 
     # -- search ------------------------------------------------------------------------------
@@ -389,15 +430,22 @@ class TextEvasion:
         pool = list(self.good_words or good_word_pool())
         # Lowd and Meek's probes: score every pool word alone, once; the attacker knows no weights.
         probe = m.scores(pool)
-        cls = y[active[0]] if t is None else t[active[0]]
-        hamness = probe[:, int(cls)]  # lower probability of the attacked class = more ham-like
-        ranked = [pool[j] for j in torch.argsort(hamness, stable=True).tolist()]
+        # One ranking per goal class: untargeted, the words least like the row's own class come
+        # first (for spam: the most ham-like); targeted, the words most like the target class.
+        rankings: dict[tuple[bool, int], list[str]] = {}
+        for i in active:
+            key = (t is None, int(y[i] if t is None else t[i]))
+            if key not in rankings:
+                col = probe[:, key[1]] if key[0] else -probe[:, key[1]]
+                rankings[key] = [pool[j] for j in torch.argsort(col, stable=True).tolist()]
         share = math.ceil(len(pool) / len(active))
         for i in active:
             states[i].queries += share  # the probes, shared out over the attacked texts
         batch, owners = [], []
+        ranked_of: dict[int, list[str]] = {}
         for i in active:
             st = states[i]
+            ranked = ranked_of[i] = rankings[(t is None, int(y[i] if t is None else t[i]))]
             room = min(st.budget - st.changed, max(self._cap(st), 0))
             for j in range(1, room + 1):
                 batch.append(st.text + " " + " ".join(ranked[:j]))
@@ -416,7 +464,7 @@ class TextEvasion:
         for i, (j, mg) in choice.items():
             st = states[i]
             if mg < st.margin:
-                st.tokens.append(" " + " ".join(ranked[:j]))
+                st.tokens.append(" " + " ".join(ranked_of[i][:j]))
                 st.changed += j
                 st.margin = mg
 
@@ -436,6 +484,7 @@ class TextEvasion:
         point_q: Tensor,
         q0: int,
         started: float,
+        goal: Literal["malicious", "any"],
     ) -> TextEvasionResult:
         wc = torch.tensor(
             [words_changed(a, b) if a != b else 0 for a, b in zip(clean, adv, strict=True)], dtype=torch.int64
@@ -476,6 +525,7 @@ class TextEvasion:
             point_queries=point_q,
             queries_forward=m.queries.forward - q0,
             time_s=time.perf_counter() - started,
+            goal=goal,
         )
 
 
