@@ -38,6 +38,7 @@ from modelshield.assess._section import (
 )
 from modelshield.assess.plan import BlackBoxPlan, TabularPlan
 from modelshield.assess.sanity import check_model_answers, warn_findings
+from modelshield.assess.sections.data_validation import class_label
 from modelshield.assess.sections.evasion import evasion_severity
 from modelshield.attacks.evasion.hopskipjump import HopSkipJump
 from modelshield.attacks.evasion.square import Square
@@ -532,7 +533,8 @@ class TabularSection:
         if target is not None:
             findings.append(
                 "The model has more than two classes: each detected malicious "
-                f"(class {plan.malicious_class}) row was pushed toward its runner-up class (the other "
+                f"({class_label(plan.malicious_class, ctx.data_info.get('classes'))}) row was pushed "
+                "toward its runner-up class (the other "
                 "class with the highest clean score) and counts as passed when the model gives it "
                 "that class; an attacker content with any other class does at least as well.")
         if label_only:
