@@ -155,7 +155,7 @@ def test_convert_of_non_dense_tensors_is_a_one_line_error(tmp_path: Path, kind: 
     torch.save({"w": tensor}, src)
     result = runner.invoke(app, ["scan", str(src), "--convert", str(out)])
     assert result.exit_code == 2, result.output
-    assert "must hold only dense tensors" in result.output and "internal error" not in result.output
+    assert "must be dense and not quantized" in result.output and "internal error" not in result.output
     assert not out.exists()
 
 

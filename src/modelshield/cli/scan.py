@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from modelshield.cli import _render as render
-from modelshield.errors import ConfigError, DataError
+from modelshield.errors import ConfigError
 from modelshield.secure.scan import ScanLimits, ScanReport, scan_path
 
 __all__ = ["scan"]
@@ -65,18 +64,7 @@ def scan(
     if convert is not None and not blocked:
         from modelshield.models.safetensors import convert_to_safetensors
 
-        try:
-            with warnings.catch_warnings():  # torch's deprecation notes would bury the one-line result
-                warnings.simplefilter("ignore")
-                result = convert_to_safetensors(paths[0], convert, force=force)
-        except (KeyError, RuntimeError, TypeError, NotImplementedError) as exc:
-            # safetensors stores dense tensors only: quantized (qint8...) and sparse ones fail inside it
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            raise DataError(
-                f"modelshield scan --convert: {str(paths[0])!r} must hold only dense tensors to be written "
-                f"as safetensors; writing failed ({reason[:200]}), nothing was written. Dequantize or "
-                "densify those tensors first (tensor.dequantize(), tensor.to_dense())."
-            ) from None
+        result = convert_to_safetensors(paths[0], convert, force=force)  # refuses sparse/quantized
         render.say(f"wrote {escape(result.out)} ({result.tensors} tensors, sha256 {result.sha256[:16]}...)")
     if blocked:
         raise typer.Exit(render.EXIT_FINDING)

@@ -71,6 +71,7 @@ __all__ = [
     "RowDiff",
     "RowDigest",
     "RowHunk",
+    "check_plain_path",
     "create_manifest",
     "merkle_root",
     "open_regular",
@@ -656,23 +657,30 @@ def walk_tree(root: Path, exclude: Sequence[str] = ()) -> Iterator[tuple[str, st
                 yield entry.path, rel, f"{_kind_of(st.st_mode)}, not read"
 
 
-def _check_root(root: str | Path, owner: str) -> Path:
-    path = Path(root).expanduser()
+def check_plain_path(path: str | Path, *, owner: str, what: str) -> Path:
+    """``path`` as a Path when it is an existing folder or regular file that is not a symbolic
+    link (manifests and signatures never follow links); one clear error otherwise.
+
+    Raises:
+        MissingDataError: it does not exist. DataError: it is a link, a special file, or unreadable.
+    """
+    p = Path(path).expanduser()
     try:
-        st = path.lstat()
+        st = p.lstat()
     except FileNotFoundError:
-        raise MissingDataError(f"{owner}: the root must be an existing folder or file; got {str(path)!r}, "
+        raise MissingDataError(f"{owner}: {what} must be an existing folder or file; got {str(p)!r}, "
                                "which does not exist. Check the path.") from None
     except OSError as exc:
-        raise DataError(f"{owner}: cannot read the root {str(path)!r} ({exc.strerror or exc}). "
+        raise DataError(f"{owner}: cannot read {what} {str(p)!r} ({exc.strerror or exc}). "
                         "Check its permissions.") from None
     if stat.S_ISLNK(st.st_mode):
-        raise DataError(f"{owner}: the root must not be a symbolic link; got {str(path)!r}. "
-                        f"Pass the real path ({os.path.realpath(path)!r}) after checking it.")
+        raise DataError(f"{owner}: {what} must not be a symbolic link; got {str(p)!r} -> "
+                        f"{os.readlink(p)!r}. Pass the real path ({os.path.realpath(p)!r}) after "
+                        "checking it.")
     if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-        raise DataError(f"{owner}: the root must be a folder or a regular file; got {str(path)!r}, which is "
-                        f"{_kind_of(st.st_mode)}. Pass a data folder or file.")
-    return path
+        raise DataError(f"{owner}: {what} must be a folder or a regular file; got {str(p)!r}, which is "
+                        f"{_kind_of(st.st_mode)}. Pass a folder or a regular file.")
+    return p
 
 
 def _check_exclude(exclude: Sequence[str], owner: str) -> tuple[str, ...]:
@@ -708,7 +716,7 @@ def create_manifest(
         ConfigError: a bad ``exclude``, ``row_limit`` or ``block_rows``.
     """
     owner = "create_manifest"
-    base = _check_root(root, owner)
+    base = check_plain_path(root, owner=owner, what="the root")
     patterns = _check_exclude(exclude, owner)
     for name, value in (("row_limit", row_limit), ("block_rows", block_rows)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -33,7 +33,6 @@ import hashlib
 import io
 import json
 import os
-import stat
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from typing import Any, Literal
 
 from modelshield._io import check_output_paths, write_atomic
 from modelshield.errors import ConfigError, DataError, IntegrityError, MissingDataError
-from modelshield.secure.manifest import open_regular, walk_tree
+from modelshield.secure.manifest import check_plain_path, open_regular, walk_tree
 
 __all__ = ["KeyPair", "SigningResult", "VerificationResult", "default_bundle", "generate_keypair",
            "sign_model", "verify_model"]
@@ -190,25 +189,6 @@ def generate_keypair(folder: str | Path, *, name: str = "signing", password: str
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_model(path: str | Path, owner: str) -> Path:
-    p = Path(path).expanduser()
-    try:
-        st = p.lstat()
-    except FileNotFoundError:
-        raise MissingDataError(f"{owner}: the model path must exist; got {str(p)!r}, which does not. "
-                               "Check the path.") from None
-    except OSError as exc:
-        raise DataError(f"{owner}: cannot read {str(p)!r} ({exc.strerror or exc}). "
-                        "Check its permissions.") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise DataError(f"{owner}: the model path must not be a symbolic link; got {str(p)!r} -> "
-                        f"{os.readlink(p)!r}. Pass the real path after checking it.")
-    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-        raise DataError(f"{owner}: the model path must be a file or a folder; got {str(p)!r}, a special "
-                        "file. Pass a model file or folder.")
-    return p
-
-
 def _check_file(path: str | Path, what: str, owner: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
@@ -304,7 +284,7 @@ def sign_model(
         DataError: the model holds a symbolic link or a special file (named; remove or replace it).
     """
     owner = "sign_model"
-    model = _check_model(path, owner)
+    model = check_plain_path(path, owner=owner, what="the model path")
     modes = [m for m, on in (("key", private_key is not None and certificate is None),
                              ("certificate", certificate is not None), ("sigstore", sigstore)) if on]
     if len(modes) != 1 or (modes == ["certificate"] and private_key is None):
@@ -421,7 +401,7 @@ def verify_model(
         ConfigError: no or several verification modes, an unreadable key or certificate file.
     """
     owner = "verify_model"
-    model = _check_model(path, owner)
+    model = check_plain_path(path, owner=owner, what="the model path")
     modes = [m for m, on in (("key", public_key is not None), ("certificate", certificate_chain is not None),
                              ("sigstore", identity is not None or oidc_issuer is not None)) if on]
     if len(modes) != 1 or (modes == ["sigstore"] and not (identity and oidc_issuer)):
