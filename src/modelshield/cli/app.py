@@ -37,6 +37,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "keygen": ("modelshield.cli.secure", "keygen"),
     "sign": ("modelshield.cli.secure", "sign"),
     "verify": ("modelshield.cli.secure", "verify"),
+    "serve": ("modelshield.cli.serve", "serve_app"),
 }
 """Every command: ``name -> (module, attribute)``, a typer function or a typer sub-app. A command's
 module is imported only when that command runs (or ``--help`` lists them all), so ``modelshield

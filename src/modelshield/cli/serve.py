@@ -1,0 +1,124 @@
+"""``modelshield serve``: the inference gateway, and ``serve keys create|revoke|list`` for its API keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from modelshield.cli import _render as render
+from modelshield.errors import ConfigError
+
+__all__ = ["serve_app"]
+
+serve_app = typer.Typer(
+    help="Serve a model behind API keys, quotas and a tamper-evident audit log (needs the 'serve' extra).",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+keys_app = typer.Typer(help="Manage the gateway's API keys (stored as hashes in <state>/keys.db).",
+                       no_args_is_help=True)
+serve_app.add_typer(keys_app, name="keys")
+
+StateOpt = Annotated[Path, typer.Option("--state", help="The gateway's state folder (config: state_dir).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+@serve_app.callback()
+def serve(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option("--model", help="Zoo name, model file or mod:fn.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="The model's data (shape, bounds).")] = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="Architecture of a bare state dict.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="gateway.yaml (checked at start).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve --model over HTTP: POST /v1/predict, /healthz, /readyz, /metrics, admin /v1/admin/*."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if model is None or config is None:
+        raise ConfigError("modelshield serve: '--model' and '--config' are required; got "
+                          f"--model {model!r} --config {config!r}. Run e.g. 'modelshield serve --model "
+                          "digits-cnn --config gateway.yaml'.")
+    from modelshield.serve import create_app, load_config
+    from modelshield.serve.app import require_serve_extra
+
+    require_serve_extra()
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:  # one line per problem of the config, then exit 2
+        *lines, last = str(exc).splitlines() or [""]
+        for line in lines:
+            typer.secho(f"error: {line}", err=True, fg="red")
+        render.fail(last, code=render.EXIT_USAGE)
+    import uvicorn
+
+    from modelshield.targets import load_target
+
+    target = load_target(model, data=data, data_dir=None, arch=arch, n=16)
+    app = create_app(target, cfg)
+    render.say(f"Serving {escape(model)} on http://{escape(host)}:{port} "
+               f"(state {escape(str(cfg.state_dir))}).")
+    uvicorn.run(app, host=host, port=port, log_level=cfg.log_level, timeout_graceful_shutdown=30)
+
+
+@keys_app.command("create")
+def create(
+    state: StateOpt,
+    name: Annotated[str, typer.Option("--name", help="Who the key is for, e.g. 'billing-app'.")],
+    role: Annotated[str, typer.Option("--role", help="client, analyst or admin.")] = "client",
+    output: Annotated[str | None, typer.Option("--output", help="label, top-k or probabilities.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="k for --output top-k.")] = None,
+    rate: Annotated[float | None, typer.Option("--rate", help="Requests per second (token bucket).")] = None,
+    burst: Annotated[int | None, typer.Option("--burst", help="Token bucket size.")] = None,
+    budget: Annotated[int | None, typer.Option("--budget", help="Total queries (input rows).")] = None,
+    unlimited: Annotated[bool, typer.Option("--unlimited", help="No query budget.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a key and print it once (only its hash is stored)."""
+    from modelshield.serve import KeyStore, Policy, default_policy
+
+    fields = default_policy(role).to_dict()
+    given = {"output": output, "top_k": top_k, "rate_per_s": rate, "burst": burst, "budget": budget}
+    fields.update({k: v for k, v in given.items() if v is not None})
+    if unlimited:
+        fields["budget"] = None
+    with KeyStore.open(state / "keys.db") as store:
+        key_id, secret = store.create(name=name, role=role, policy=Policy.from_dict(fields))
+        made = store.get(key_id)
+    if json_out:
+        render.out().print_json(json.dumps({"key": secret, **(made.to_dict() if made else {})}))
+        return
+    render.say(f"Created {role} key {key_id} for {escape(name)}. Its secret (shown once):")
+    render.out().print(secret, markup=False, highlight=False, soft_wrap=True)
+
+
+@keys_app.command("revoke")
+def revoke(key_id: Annotated[str, typer.Argument(help="The key id ('keys list').")], state: StateOpt) -> None:
+    """Revoke a key: its next request gets 401."""
+    from modelshield.serve import KeyStore
+
+    with KeyStore.open(state / "keys.db") as store:
+        store.revoke(key_id)
+    render.say(f"Revoked key {escape(key_id)}.")
+
+
+@keys_app.command("list")
+def list_keys(state: StateOpt, json_out: JsonOpt = False) -> None:
+    """List keys (ids, roles, policies, queries used; never secrets)."""
+    from modelshield.serve import KeyStore
+
+    with KeyStore.open(state / "keys.db") as store:
+        keys = store.list()
+    if json_out:
+        render.out().print_json(json.dumps({"keys": [k.to_dict() for k in keys]}))
+        return
+    for k in keys:
+        budget = "unlimited" if k.policy.budget is None else str(k.policy.budget)
+        status = "active" if k.active else "revoked"
+        render.say(f"{k.key_id}  {k.role:<7}  {status:<7}  used {k.used}/{budget}  {k.policy.output}  "
+                   f"{escape(k.name)}")
