@@ -1,8 +1,8 @@
 """The package's layering: import-linter's contract (pyproject.toml) and no private cross-imports.
 
-Layers, highest first: cli > assess > experiments > defenses > attacks > targets > zoo > models > data;
-each imports only those below it. A module may import a private (underscore) module only inside
-the package that owns it; whatever another package needs is public.
+Layers, highest first: cli > serve > assess > experiments > defenses > attacks > targets > zoo >
+models > data > secure; each imports only those below it. A module may import a private
+(underscore) module only inside the package that owns it; whatever another package needs is public.
 """
 
 from __future__ import annotations
