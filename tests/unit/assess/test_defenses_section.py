@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 from typing import Any
 
 import pytest
@@ -197,11 +198,13 @@ def test_skipped_with_the_reason(model: Any, name: str, needle: str, monkeypatch
     (nn.Linear(10, 10), r"must accept the assessed inputs of shape \(1, 8, 8\)"),
 ])
 def test_incompatible_defended_model_is_a_config_error(defended: nn.Module, match: str) -> None:
+    """The section fails with the ConfigError's one line; the report (and other sections) survive."""
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     x = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     y = torch.zeros(20, dtype=torch.long)
-    with pytest.raises(ConfigError, match=match):
-        _assess(model, x, y, name="m", defended=defended, eps=0.1)
+    s = _section(_assess(model, x, y, name="m", defended=defended, eps=0.1))
+    assert s["metrics"]["failed"] is True and s["metrics"]["error"] == "ConfigError"
+    assert re.search(match, s["summary"]) and s["severity"] == "none" and s["warnings"]
 
 
 def test_cli_defended_needs_the_section_and_a_real_model(tmp_path: Any) -> None:
