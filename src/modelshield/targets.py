@@ -350,7 +350,9 @@ def _user_target(model: str, *, data: str | None, data_dir: Path | None, arch: s
     if ud.bounds is None:
         raise DataError(f"modelshield: the data {ud.name!r} must have bounds; got none.")
     x = ud.x_test[:n].to(torch.float32)  # type: ignore[union-attr]  # image and tabular data are tensors
-    check_model_fits(ref.model, x, y, bounds=ud.bounds, model=name, data=ud.name)
+    fix = (f"The model declares inputs of shape {ref.input_shape}: pass the --data the model was trained "
+           "on" if ref.input_shape else None)  # None: the default hint, with the built-in data's shapes
+    check_model_fits(ref.model, x, y, bounds=ud.bounds, model=name, data=ud.name, fix=fix)
     width = check_model_answers(ref.model, x, bounds=ud.bounds, n_classes=ud.n_classes, model=name,
                                 data=ud.name, class_names=ud.class_names)
     if not isinstance(ref.model, nn.Module):

@@ -132,19 +132,40 @@ def test_corrupt_parquet_is_hashed_with_a_note(tmp_path: Path) -> None:
 def test_deep_nesting_and_odd_names(tmp_path: Path) -> None:
     root = tmp_path / "deep"
     root.mkdir()
-    deep = root
-    for _ in range(1200):  # deeper than Python's recursion limit (made level by level: mkdir(parents=True)
-        deep = deep / "d"  # itself recurses)
-        deep.mkdir()
-    (deep / "leaf.txt").write_text("bottom\n")
-    odd = os.fsdecode(b"bad-\xff-name\nwith newline.txt")
-    (root / odd).write_text("odd\n")
-    m = create_manifest(root)
-    assert len(m.files) == 2
-    again = Manifest.from_dict(json.loads(m.to_json()))
-    assert again == m and verify_manifest(again, root).ok
-    (root / odd).write_text("changed\n")
-    assert [c.path for c in verify_manifest(again, root).changed] == [odd]
+    try:
+        deep = root
+        for _ in range(1200):  # deeper than Python's recursion limit (made level by level:
+            deep = deep / "d"  # mkdir(parents=True) itself recurses)
+            deep.mkdir()
+        (deep / "leaf.txt").write_text("bottom\n")
+        odd = os.fsdecode(b"bad-\xff-name\nwith newline.txt")
+        (root / odd).write_text("odd\n")
+        m = create_manifest(root)
+        assert len(m.files) == 2
+        again = Manifest.from_dict(json.loads(m.to_json()))
+        assert again == m and verify_manifest(again, root).ok
+        (root / odd).write_text("changed\n")
+        assert [c.path for c in verify_manifest(again, root).changed] == [odd]
+    finally:
+        _remove_deep(root)
+
+
+def _remove_deep(root: Path) -> None:
+    """Delete a tree deeper than the recursion limit, iteratively (os.walk and shutil.rmtree
+    recurse once per level: pytest's cleanup of old temp folders would fail on it later, leaving
+    scandir iterators open)."""
+    stack, order = [root], []
+    while stack:
+        folder = stack.pop()
+        order.append(folder)
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                else:
+                    os.unlink(entry.path)
+    for folder in reversed(order):
+        os.rmdir(folder)
 
 
 @pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"schema": "modelshield.manifest/1"}',

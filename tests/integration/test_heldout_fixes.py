@@ -391,3 +391,28 @@ def test_text_model_names_non_finite_rows() -> None:
 
     with pytest.raises(ModelCapabilityError, match=r"NaN or inf in 1 of 3 rows \(first: text 1\)"):
         TextModel(answer).scores(["a", "b", "c"])
+
+
+def test_a_shape_mismatch_names_the_shape_the_model_declares(tmp_path: Path) -> None:
+    """An ONNX image model on data of another shape: the hint is the model's own input shape, not
+    the built-in data sets' shapes."""
+    import warnings
+
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from modelshield.errors import InputError
+    from modelshield.targets import load_target
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 30 * 30, 10)).eval()
+    model = tmp_path / "c3.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notes
+        torch.onnx.export(net, (torch.zeros(1, 3, 32, 32),), str(model), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "n"}})
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d8.npz", x=rng.random((40, 1, 8, 8)).astype(np.float32), y=np.arange(40) % 10)
+    with pytest.raises(InputError, match=r"declares inputs of shape \(3, 32, 32\)") as info:
+        load_target(str(model), data=str(tmp_path / "d8.npz"), data_dir=None, arch=None, n=20)
+    assert "digits: (1, 8, 8)" not in str(info.value)

@@ -206,8 +206,9 @@ def import_object(path: str, *, param: str) -> Any:
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"{_OWNER}: {param!r} must name an importable module; got {path!r}, and module "
-            f"{exc.name!r} was not found. Install the package or run from the folder that holds it "
-            "(or add it to PYTHONPATH)."
+            f"{exc.name!r} was not found. Install the package, or put the folder that holds it on "
+            "PYTHONPATH (the modelshield command does not search the working folder), e.g. "
+            "PYTHONPATH=. modelshield ..."
         ) from exc
     except ImportError as exc:
         raise ConfigError(
