@@ -44,8 +44,34 @@ class CurvePoint:
         return out
 
 
+class CurveReadout:
+    """``fidelity``, ``accuracy`` and ``at(queries)`` read from a result's ``curve`` (the final
+    point, or the point at a query count); shared by the image/tabular and text extraction results."""
+
+    __slots__ = ()
+    curve: tuple[CurvePoint, ...]
+
+    @property
+    def fidelity(self) -> float:
+        """Fidelity of the final copy (nan without evaluation data)."""
+        return self.curve[-1].fidelity if self.curve else math.nan
+
+    @property
+    def accuracy(self) -> float:
+        """Test accuracy of the final copy (nan without evaluation data)."""
+        return self.curve[-1].accuracy if self.curve else math.nan
+
+    def at(self, queries: int) -> CurvePoint:
+        """The curve point recorded at exactly ``queries`` victim queries (KeyError if none)."""
+        for point in self.curve:
+            if point.queries == queries:
+                return point
+        recorded = [p.queries for p in self.curve]
+        raise KeyError(f"no curve point at {queries} queries; recorded: {recorded}")
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
-class ExtractionResult:
+class ExtractionResult(CurveReadout):
     """What a model-extraction attack produced.
 
     Attributes:
@@ -73,23 +99,6 @@ class ExtractionResult:
     time_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def fidelity(self) -> float:
-        """Fidelity of the final copy (nan without evaluation data)."""
-        return self.curve[-1].fidelity if self.curve else math.nan
-
-    @property
-    def accuracy(self) -> float:
-        """Test accuracy of the final copy (nan without evaluation data)."""
-        return self.curve[-1].accuracy if self.curve else math.nan
-
-    def at(self, queries: int) -> CurvePoint:
-        """The curve point recorded at exactly ``queries`` victim queries (KeyError if none)."""
-        for point in self.curve:
-            if point.queries == queries:
-                return point
-        recorded = [p.queries for p in self.curve]
-        raise KeyError(f"no curve point at {queries} queries; recorded: {recorded}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (no tensors, no model)."""

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
-from modelshield.attacks.extraction.results import CurvePoint
+from modelshield.attacks.extraction.results import CurvePoint, CurveReadout
 from modelshield.errors import ConfigError, DataError
 from modelshield.models import TextModel, as_text_model
 
@@ -108,7 +108,7 @@ def text_surrogate(texts: Sequence[str], answers: np.ndarray, *, soft: bool, c: 
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
-class TextExtractionResult:
+class TextExtractionResult(CurveReadout):
     """What a text extraction produced (the text counterpart of ``ExtractionResult``).
 
     Attributes:
@@ -134,23 +134,6 @@ class TextExtractionResult:
     victim_labels: Tensor | None = None
     time_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def fidelity(self) -> float:
-        """Fidelity of the final copy (nan without evaluation data)."""
-        return self.curve[-1].fidelity if self.curve else math.nan
-
-    @property
-    def accuracy(self) -> float:
-        """Test accuracy of the final copy (nan without evaluation data)."""
-        return self.curve[-1].accuracy if self.curve else math.nan
-
-    def at(self, queries: int) -> CurvePoint:
-        """The curve point at exactly ``queries`` victim queries (KeyError if none)."""
-        for point in self.curve:
-            if point.queries == queries:
-                return point
-        raise KeyError(f"no curve point at {queries} queries; recorded: {[p.queries for p in self.curve]}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (no model, no tensors)."""
