@@ -383,7 +383,8 @@ def load_model_ref(
                           trust_export=trust_export, trust_pickle=trust_pickle,
                           skops_trusted=tuple(skops_trusted), bounds=lo_hi,
                           onnx_white_box=onnx_white_box)
-    digest = file_sha256(path) if made.fmt != "callable" else None
+    # the digest taken before the checks, confirmed unchanged after the load (no third read)
+    digest = None if made.fmt == "callable" else (made.scan or {}).get("sha256") or file_sha256(path)
     provenance = ModelProvenance(
         ref=text, path=None if made.fmt == "callable" else str(path.resolve()), sha256=digest,
         format=made.fmt, runtime=_versions("modelshield", "numpy", *made.libraries), scan=made.scan,
