@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from modelshield._io import check_output_paths, write_atomic
+from modelshield._io import check_output_paths, hash_file, write_atomic
 from modelshield.errors import ConfigError, DataError, IntegrityError, MissingDataError
 from modelshield.secure.manifest import check_plain_path, open_regular, walk_tree
 
@@ -356,17 +356,16 @@ def _recompute_changed(model: Path, signed: dict[str, tuple[str, str]], names: s
         target = model if base == "." or not model.is_dir() else model / base
         digest = hashlib.sha256() if algorithm == "sha256" else hashlib.blake2b()
         try:
-            with open(target, "rb") as fh:
-                if span:
+            if span:
+                with open(target, "rb") as fh:
                     start, end = (int(x) for x in span.split(":"))
                     fh.seek(start)
                     left = end - start
                     while left > 0 and (chunk := fh.read(min(left, 1 << 20))):
                         digest.update(chunk)
                         left -= len(chunk)
-                else:
-                    for chunk in iter(lambda: fh.read(1 << 20), b""):
-                        digest.update(chunk)
+            else:
+                hash_file(target, digest)
         except (OSError, ValueError):
             changed.append(base)
             continue

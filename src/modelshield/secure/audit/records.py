@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from modelshield._io import hash_file
 from modelshield.errors import ConfigError, DataError
 
 __all__ = [
@@ -80,11 +81,8 @@ class Artifact:
             DataError: the file cannot be read.
         """
         p = Path(path)
-        digest = hashlib.sha256()
         try:
-            with open(p, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
+            digest = hash_file(p)
         except OSError as exc:
             raise DataError(f"Artifact.of_file: the artifact must be a readable file; got {str(p)!r} "
                             f"({exc.strerror or exc}). Check the path, or log a name without a "
