@@ -151,20 +151,21 @@ class Gateway:
 
         ``x``: (N, *spec.shape) float32 inside the bounds (``parse_predict``'s output).
         """
-        xt = torch.from_numpy(x)
-        with self._model_lock, torch.no_grad():
-            if self.labels_only:
-                probs = None
-                labels = self.model.predict(xt).cpu().numpy()
-            else:
-                scores = self.model.scores(xt).detach().cpu().to(torch.float64)
-                probs = scores.numpy()
-                labels = scores.argmax(dim=1).numpy()
+        probs, labels = self.infer(x)
         answer = shape_answer(probs, labels, policy=key.policy, round_digits=self.config.round_digits,
                               class_names=self.class_names)
         self.record(key, endpoint=endpoint, status=200, decision="answered", input_sha256=input_sha256,
                     extra={"rows": len(x), "output": answer})
         return answer
+
+    def infer(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """The model's (probabilities or None when it answers labels only, labels) for a batch."""
+        xt = torch.from_numpy(x)
+        with self._model_lock, torch.no_grad():
+            if self.labels_only:
+                return None, self.model.predict(xt).cpu().numpy()
+            scores = self.model.scores(xt).detach().cpu().to(torch.float64)
+            return scores.numpy(), scores.argmax(dim=1).numpy()
 
     def record(self, key: ApiKey | None, *, endpoint: str, status: int, decision: str,
                input_sha256: str | None, extra: dict[str, Any] | None = None) -> None:
