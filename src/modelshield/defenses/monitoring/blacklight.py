@@ -156,6 +156,7 @@ class Blacklight:
     _global: _Table = field(init=False, repr=False)
     _clients: ClientTable[_Table] = field(init=False, repr=False)
     _counts: ClientTable[list[int]] = field(init=False, repr=False)  # global scope: [queries, alerts]
+    _last: ClientTable[int] = field(init=False, repr=False)  # the most matches in the client's last batch
     _scratch: _Table | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -174,6 +175,7 @@ class Blacklight:
         self._global = _Table(self.history, self.bucket)
         self._clients = ClientTable(self.max_clients)
         self._counts = ClientTable(self.max_clients)
+        self._last = ClientTable(self.max_clients)
 
     def fingerprints(self, x_batch: Tensor) -> list[tuple[int, ...]]:
         """The fingerprint (top_n window hashes) of each query of the (N, *input_shape) batch."""
@@ -245,8 +247,10 @@ class Blacklight:
             for gone in self._counts.touch(client_id, counts):
                 self.queries_to_detection_.pop(gone, None)
         alerts: list[Alert] = []
+        most = 0
         for fp in prints:
             score = table.match(fp)
+            most = max(most, score)
             table.add(fp)
             counts[0] += 1
             if score > self.threshold_:
@@ -254,7 +258,14 @@ class Blacklight:
                 alerts.append(self._alert(client_id, score, self.threshold_, counts[0]))
         if self.scope == "client":
             table.queries, table.detections = counts
+        self._last.touch(client_id, most)
         return alerts
+
+    def last_scores(self, client_id: Hashable) -> dict[str, float]:
+        """The client's latest statistic: ``{"matches": most hashes shared by a query of its last
+        batch with an earlier query}``; empty for an unknown client."""
+        most = self._last.get(client_id)
+        return {} if most is None else {"matches": float(most)}
 
     def reset(self, client_id: Hashable | None = None) -> None:
         """Forget one client's state (or everything when None); the threshold stays.
@@ -266,10 +277,12 @@ class Blacklight:
             self._global = _Table(self.history, self.bucket)
             self._clients.clear()
             self._counts.clear()
+            self._last.clear()
             self.queries_to_detection_.clear()
             return
         self._clients.pop(client_id)
         self._counts.pop(client_id)
+        self._last.pop(client_id)
         self.queries_to_detection_.pop(client_id, None)
 
     def queries(self, client_id: Hashable) -> int:

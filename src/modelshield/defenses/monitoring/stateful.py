@@ -57,13 +57,14 @@ class _History:
     count: int = 0  # queries written since the last clear
     queries: int = 0  # every query of the client
     detections: int = 0
+    last: float = math.inf  # the lowest k-NN score of the client's latest batch
 
     @classmethod
     def empty(cls, capacity: int, d: int) -> _History:
         n = min(capacity, 64)
         return cls(capacity, torch.empty(n, d), torch.full((n,), -1, dtype=torch.long))
 
-    def score(self, e: Tensor, k: int) -> Tensor:
+    def score(self, e: Tensor, k: int, min_history: int = 1) -> Tensor:
         """(B,) k-NN scores of the batch e, each query against the history as it stood when it came."""
         b = e.shape[0]
         j = torch.arange(b)
@@ -71,7 +72,9 @@ class _History:
         ok_hist = (self.seq >= 0)[None, :] & (self.seq[None, :] >= first[:, None])
         ok_batch = (j[None, :] < j[:, None]) & (j[None, :] >= (j - self.capacity)[:, None])
         rows = torch.cat([self.buf, e])
-        return knn_scores(rows, torch.cat([ok_hist, ok_batch], dim=1), e, k)
+        valid = torch.cat([ok_hist, ok_batch], dim=1)
+        out = knn_scores(rows, valid, e, k)
+        return out if min_history <= 1 else out.masked_fill(valid.sum(1) < min_history, math.inf)
 
     def add(self, e: Tensor) -> None:
         """Append the batch e (B, d) in order, overwriting the oldest rows once full."""
@@ -139,6 +142,10 @@ class StatefulDetector:
         dim: output size of the ``"projection"`` encoder.
         clear_on_alert: clear the client's history after each alert (as in the paper).
         seed: seed of the random projection.
+        min_history: a query is scored (and may raise an alert) only once the client's history holds
+            at least this many earlier queries; 1 (default) scores from the second query on, over the
+            neighbours there are. The authors' code waits for k, so that a client's first repeat
+            (a retry) is not flagged: pass ``min_history=k`` for that.
 
     Attributes:
         threshold_: alert when the k-NN mean distance is below this (set by ``fit``).
@@ -162,6 +169,7 @@ class StatefulDetector:
     dim: int = 64
     clear_on_alert: bool = True
     seed: int = 0
+    min_history: int = 1
     threshold_: float | None = field(init=False, default=None)
     input_shape_: tuple[int, ...] | None = field(init=False, default=None)
     calibration_: dict[str, Any] | None = field(init=False, default=None)
@@ -178,6 +186,8 @@ class StatefulDetector:
         check_range("fpr", self.fpr, owner=owner, low=0.0, high=1.0, low_open=True,
                     fix="Give a per-query false-positive rate such as fpr=0.005.")
         check_range("dim", self.dim, owner=owner, low=1, integer=True)
+        check_range("min_history", self.min_history, owner=owner, low=1, integer=True,
+                    fix="Give the earlier queries needed before scoring, e.g. min_history=10 (= k).")
         check_range("seed", self.seed, owner=owner, integer=True)
         if not callable(self.encoder) and self.encoder not in ("projection", "pixels"):
             raise ConfigError(
@@ -231,7 +241,7 @@ class StatefulDetector:
         out = []
         for start in range(0, e_all.shape[0], _FIT_CHUNK):
             e = e_all[start:start + _FIT_CHUNK]
-            out.append(state.score(e, self.k))
+            out.append(state.score(e, self.k, self.min_history))
             state.add(e)
         return torch.cat(out)
 
@@ -252,8 +262,10 @@ class StatefulDetector:
         e = self._encode(x_batch)
         state = self._clients.get(client_id) or _History.empty(self.history, e.shape[1])
         alerts: list[Alert] = []
+        state.last = math.inf
         while e.shape[0]:
-            scores = state.score(e, self.k)
+            scores = state.score(e, self.k, self.min_history)
+            state.last = min(state.last, float(scores.min()))
             hits = (scores < self.threshold_).nonzero().flatten().tolist()
             if not hits:
                 state.add(e)
@@ -289,6 +301,12 @@ class StatefulDetector:
         """Queries seen from the client since it was last reset or evicted (0 if unknown)."""
         state = self._clients.get(client_id)
         return 0 if state is None else state.queries
+
+    def last_scores(self, client_id: Hashable) -> dict[str, float]:
+        """The client's latest statistic: ``{"knn_distance": lowest k-NN score of its last batch}``
+        (inf while it has no history); empty for an unknown client."""
+        state = self._clients.get(client_id)
+        return {} if state is None else {"knn_distance": state.last}
 
     def detections(self, client_id: Hashable) -> int:
         """Alerts raised for the client since it was last reset or evicted."""
