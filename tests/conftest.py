@@ -88,3 +88,49 @@ def train_digits_mlp(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tens
 @pytest.fixture(scope="session")
 def digits_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return train_digits_mlp()
+
+
+REDIS_SERVER = Path("/usr/bin/redis-server")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throw-away redis-server (Debian's) on a free loopback port, no persistence; stopped after.
+
+    Skips when /usr/bin/redis-server is absent. Tests share the server: isolate them by key
+    prefix (e.g. a fresh ``namespace`` for ``RedisState``), never FLUSHALL.
+    """
+    import socket
+    import subprocess
+    import time
+
+    if not REDIS_SERVER.exists():
+        pytest.skip(f"{REDIS_SERVER} not installed (apt-get install redis-server)")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir), "--daemonize", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not start on port {port} (exit code {proc.poll()})")
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

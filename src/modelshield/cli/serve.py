@@ -1,8 +1,9 @@
-"""``modelshield serve``: the inference gateway, and ``serve keys create|revoke|list`` for its API keys."""
+"""``modelshield serve``: the inference gateway; ``serve keys create|revoke|list|unblock`` for its keys."""
 
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -63,7 +64,17 @@ def serve(
     app = create_app(target, cfg)
     render.say(f"Serving {escape(model)} on http://{escape(host)}:{port} "
                f"(state {escape(str(cfg.state_dir))}).")
-    uvicorn.run(app, host=host, port=port, log_level=cfg.log_level, timeout_graceful_shutdown=30)
+    from modelshield.serve.logs import uvicorn_log_config
+
+    def drained(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    # uvicorn drains on SIGTERM, then restores this handler and raises SIGTERM again: a drained stop
+    # exits 0 (without it, the default action ends the process with -SIGTERM after the drain)
+    signal.signal(signal.SIGTERM, drained)
+    uvicorn.run(app, host=host, port=port, log_level=cfg.log_level, timeout_graceful_shutdown=30,
+                log_config=uvicorn_log_config(cfg.log_format, cfg.log_level),
+                access_log=cfg.log_format != "json")  # JSON: the gateway logs each request itself
 
 
 @keys_app.command("create")
@@ -122,3 +133,35 @@ def list_keys(state: StateOpt, json_out: JsonOpt = False) -> None:
         status = "active" if k.active else "revoked"
         render.say(f"{k.key_id}  {k.role:<7}  {status:<7}  used {k.used}/{budget}  {k.policy.output}  "
                    f"{escape(k.name)}")
+
+
+@keys_app.command("unblock")
+def unblock(
+    key_id: Annotated[str, typer.Argument(help="The blocked key's id ('keys list').")],
+    config: Annotated[Path, typer.Option("--config", help="The gateway's gateway.yaml (its state store).")],
+    namespace: Annotated[str | None, typer.Option(
+        "--namespace", help="Redis state only: the gateway's namespace (the first 16 hex digits of the "
+                            "model's sha256 shown by GET /v1/model, else the model's name).")] = None,
+) -> None:
+    """Lift a live monitor's block on a key: its next request is answered again.
+
+    Works on the gateway's local state (<state_dir>/alerts.db), or on its Redis state_store.
+    """
+    from modelshield.serve import load_config
+    from modelshield.serve.store import open_state
+
+    cfg = load_config(config)
+    if cfg.state_store and namespace is None:
+        raise ConfigError("modelshield serve keys unblock: '--namespace' is required with a Redis "
+                          "state_store; got none. Pass the first 16 hex digits of the model's sha256 (GET "
+                          "/v1/model; else the model's name), or call DELETE /v1/admin/blocks/KEY_ID on the "
+                          "gateway.")
+    state = open_state(cfg.state_store, state_dir=cfg.state_dir, namespace=namespace or "default")
+    try:
+        was = state.unblock(key_id)
+    finally:
+        state.close()
+    if not was:
+        render.fail(f"modelshield serve keys unblock: KEY_ID must be a blocked key; got {key_id!r}, which is "
+                    "not blocked. List blocks with GET /v1/admin/blocks.", code=render.EXIT_USAGE)
+    render.say(f"Unblocked key {escape(key_id)}: its next request is answered again.")

@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from modelshield.errors import ConfigError
 
-__all__ = ["LOG_LEVELS", "GatewayConfig", "load_config"]
+__all__ = ["LOG_LEVELS", "MONITOR_ACTIONS", "MONITOR_NAMES", "GatewayConfig", "MonitorSpec", "MonitorsConfig",
+           "load_config"]
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+LogFormat = Literal["json", "text"]
+MONITOR_NAMES = ("stateful", "blacklight", "prada", "coverage", "squeezing", "strip", "drift")
+"""The live monitors ``gateway.yaml``'s ``monitors:`` section may enable (see modelshield.serve.monitors)."""
+MONITOR_ACTIONS = ("alert", "throttle", "block")
+"""What a monitor's alert does to the key: record it only, divide its rate limit, or refuse it (403)."""
+MonitorAction = Literal["alert", "throttle", "block"]
+_MONITOR_SECTION = ("fpr", "reference", "throttle_s", "throttle_factor")
+_MONITOR_ENTRY = ("action", "fpr", "act_after", "act_window")
 
 _FIXES = {
     "state_dir": "Give a folder the gateway may write (its key store and audit log live there), "
@@ -25,12 +34,106 @@ _FIXES = {
     "audit_log": "Give a file path (SQLite) or a postgresql:// URL, or drop it for <state_dir>/audit.db",
     "max_body_bytes": "Give a size in bytes between 1024 and 67108864, e.g. max_body_bytes: 1048576",
     "max_batch": "Give the most rows one request may hold, between 1 and 100000, e.g. max_batch: 256",
+    "max_text_chars": "Give the longest message a text model accepts, between 1 and 1000000 characters, "
+                      "e.g. max_text_chars: 5000",
     "round_digits": "Give the decimals kept in returned probabilities, between 0 and 8, e.g. round_digits: 4",
     "budget_retry_after_s": "Give seconds between 1 and 31536000, e.g. budget_retry_after_s: 3600",
     "log_level": f"Use one of {', '.join(LOG_LEVELS)}",
     "bounds": "Give [low, high] with low < high, e.g. bounds: [0.0, 1.0], or drop it to use the data's",
     "checkpoint_every": "Give a record count >= 0 (0: never), e.g. checkpoint_every: 10000",
+    "state_store": "Give a redis://host:port/db URL shared by the replicas, e.g. state_store: "
+                   "redis://127.0.0.1:6379/0, or drop it to keep rate limits and alerts in this process",
+    "batch_max_rows": "Give the most rows one micro-batched model call may hold, between 1 and 100000, e.g. "
+                      "batch_max_rows: 256",
+    "batch_wait_ms": "Give the milliseconds a micro-batch waits for company, between 0 (off) and 1000, e.g. "
+                     "batch_wait_ms: 2.0",
+    "log_format": "Use json (one JSON object per line) or text",
+    "monitors": f"Give a mapping of monitors ({', '.join(MONITOR_NAMES)}) and section settings "
+                f"({', '.join(_MONITOR_SECTION)}), e.g. monitors: {{fpr: 0.005, stateful: "
+                "{action: block}}",
+    "monitors.action": f"Use one of {', '.join(MONITOR_ACTIONS)}, e.g. action: block",
+    "monitors.fpr": "Give a false-positive rate strictly between 0 and 1, e.g. fpr: 0.005",
+    "monitors.reference": "Give the benign reference rows, between 10 and 100000, e.g. reference: 2000",
+    "monitors.throttle_s": "Give the seconds a throttle lasts, between 1 and 31536000, e.g. throttle_s: 600",
+    "monitors.throttle_factor": "Give the divisor of a throttled key's rate, between 1 and 1000000, e.g. "
+                                "throttle_factor: 10",
+    "monitors.act_after": "Give the alerts of this monitor a key may raise before its action applies, "
+                          "between 1 and 1000, e.g. act_after: 1",
+    "monitors.act_window": "Give the key's queries within which act_after alerts must fall, between 0 "
+                           "(no window) and 1000000, e.g. act_window: 100",
 }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MonitorSpec:
+    """One enabled monitor of ``monitors:``.
+
+    Attributes:
+        name: one of ``MONITOR_NAMES``.
+        action: what its alerts do: ``"alert"`` (record and expose), ``"throttle"`` (divide the key's
+            rate limit by ``throttle_factor`` for ``throttle_s``) or ``"block"`` (403 until an admin
+            unblocks the key).
+        fpr: the false-positive rate its threshold is chosen for on benign reference traffic.
+        act_after: alerts of this monitor a key raises before the action applies (1: the first).
+        act_window: when > 0, those ``act_after`` alerts must fall within the key's last
+            ``act_window`` queries (a per-query false-positive rate of p gives a benign key about
+            ``C(act_window, act_after) * p**act_after`` chance per window; an attack's alerts come
+            in bursts); 0: alerts count since the key was last unblocked.
+        params: the monitor's own constructor parameters, as given (checked when the monitors are built).
+    """
+
+    name: str
+    action: MonitorAction = "alert"
+    fpr: float = 0.005
+    act_after: int = 1
+    act_window: int = 0
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "action": self.action, "fpr": self.fpr, "act_after": self.act_after,
+                "act_window": self.act_window, "params": dict(self.params)}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MonitorsConfig:
+    """The ``monitors:`` section: which live monitors watch each key's queries (none by default).
+
+    Attributes:
+        fpr: the section's false-positive rate (a monitor's own ``fpr`` overrides it).
+        reference: benign reference rows (from the target's training data, never its test points)
+            that calibrate every threshold at start.
+        throttle_s: how long a ``throttle`` action lasts.
+        throttle_factor: a throttled key's rate limit is divided by this.
+        entries: the enabled monitors, in ``MONITOR_NAMES`` order.
+
+    Example (``gateway.yaml``; a monitor is enabled by its presence, its other keys are its
+    detector's parameters, see modelshield.serve.monitors)::
+
+        monitors:
+          fpr: 0.005
+          reference: 2000
+          stateful:   {action: block, act_after: 2, act_window: 100, k: 10}
+          blacklight: {action: block, act_after: 2, act_window: 100}
+          prada:      {action: alert}
+          coverage:   {action: alert}
+          squeezing:  {action: alert}
+          strip:      {action: alert, sample: 0.1}
+          drift:      {action: alert, window: 500}
+    """
+
+    fpr: float = 0.005
+    reference: int = 2000
+    throttle_s: float = 600.0
+    throttle_factor: float = 10.0
+    entries: tuple[MonitorSpec, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.entries)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fpr": self.fpr, "reference": self.reference, "throttle_s": self.throttle_s,
+                "throttle_factor": self.throttle_factor, "monitors": [e.to_dict() for e in self.entries]}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -42,23 +145,37 @@ class GatewayConfig:
         audit_log: the audit log (SQLite path or ``postgresql://`` URL); None: ``<state_dir>/audit.db``.
         max_body_bytes: largest request body; bigger ones get 413 before any parsing.
         max_batch: most rows in one ``/v1/predict`` request (more: 422).
+        max_text_chars: longest string a text model's request may hold (more: 422 naming its index).
         round_digits: decimals kept in returned probabilities (rounding blunts extraction attacks
             that read low-order digits; Tramèr et al., USENIX Security 2016).
         budget_retry_after_s: the ``Retry-After`` sent with a 429 for an exhausted query budget.
         log_level: uvicorn's log level.
         bounds: the accepted input range; None: the target's bounds.
         checkpoint_every: sign an audit checkpoint every this many records (0: never while serving).
+        state_store: a ``redis://`` URL holding rate limits, budgets, blocks and alerts shared by
+            replicas (see modelshield.serve.store); None: this process (budgets in the key store).
+        batch_max_rows: most rows in one micro-batched model call.
+        batch_wait_ms: how long concurrent requests wait to share one model call (0: no batching;
+            a request alone never waits).
+        log_format: ``json`` (one JSON object per line) or ``text``.
+        monitors: the live monitors of attack traffic (``monitors:``; none by default).
     """
 
     state_dir: Path
     audit_log: str | None = None
     max_body_bytes: int = 1 << 20
     max_batch: int = 256
+    max_text_chars: int = 5000
     round_digits: int = 4
     budget_retry_after_s: int = 3600
     log_level: LogLevel = "warning"
     bounds: tuple[float, float] | None = None
     checkpoint_every: int = 0
+    state_store: str | None = None
+    batch_max_rows: int = 256
+    batch_wait_ms: float = 2.0
+    log_format: LogFormat = "json"
+    monitors: MonitorsConfig = field(default_factory=MonitorsConfig)
 
     @property
     def audit_target(self) -> str:
@@ -89,10 +206,36 @@ class GatewayConfig:
         bounds = parsed.bounds
         return cls(state_dir=Path(parsed.state_dir).expanduser(), audit_log=parsed.audit_log,
                    max_body_bytes=parsed.max_body_bytes, max_batch=parsed.max_batch,
+                   max_text_chars=parsed.max_text_chars,
                    round_digits=parsed.round_digits, budget_retry_after_s=parsed.budget_retry_after_s,
                    log_level=parsed.log_level,
                    bounds=None if bounds is None else (float(bounds[0]), float(bounds[1])),
-                   checkpoint_every=parsed.checkpoint_every)
+                   checkpoint_every=parsed.checkpoint_every, state_store=parsed.state_store,
+                   batch_max_rows=parsed.batch_max_rows, batch_wait_ms=parsed.batch_wait_ms,
+                   log_format=parsed.log_format, monitors=_monitors(parsed.monitors))
+
+
+def _monitors(parsed: Any) -> MonitorsConfig:
+    """The frozen MonitorsConfig of the validated ``monitors:`` section (None: no monitors).
+
+    A monitor is enabled by its presence, even as ``stateful:`` with no settings.
+    """
+    if parsed is None:
+        return MonitorsConfig()
+    entries = []
+    for name in MONITOR_NAMES:
+        if name not in parsed.model_fields_set:
+            continue
+        entry = getattr(parsed, name)
+        extra = dict(entry.model_extra or {}) if entry is not None else {}
+        entries.append(MonitorSpec(
+            name=name, action=entry.action if entry is not None else "alert",
+            fpr=float(entry.fpr if entry is not None and entry.fpr is not None else parsed.fpr),
+            act_after=entry.act_after if entry is not None else 1,
+            act_window=entry.act_window if entry is not None else 0,
+            params=tuple(sorted(extra.items()))))
+    return MonitorsConfig(fpr=parsed.fpr, reference=parsed.reference, throttle_s=parsed.throttle_s,
+                          throttle_factor=parsed.throttle_factor, entries=tuple(entries))
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -124,8 +267,14 @@ def _error_line(source: str, err: Mapping[str, Any]) -> str:
     loc = [str(part) for part in err.get("loc", ())]
     field = ".".join(loc) or "(top level)"
     top = loc[0] if loc else ""
+    if len(loc) > 1 and f"{top}.{loc[-1]}" in _FIXES:  # a nested setting with its own fix
+        top = f"{top}.{loc[-1]}"
     if err.get("type") == "extra_forbidden":
-        known = ", ".join(sorted(_FIXES))
+        known = ", ".join(sorted(k for k in _FIXES if "." not in k))
+        if loc[:1] == ["monitors"] and len(loc) == 2:
+            return (f"{source}: {field!r} is not a monitor or a monitors setting; got {field}: "
+                    f"{err.get('input')!r}. Use one of the monitors {', '.join(MONITOR_NAMES)} or the "
+                    f"settings {', '.join(_MONITOR_SECTION)}.")
         return (f"{source}: {field!r} is not a setting; got {field}: {err.get('input')!r}. Remove it or fix "
                 f"its spelling (settings: {known}).")
     if err.get("type") == "missing":
@@ -140,6 +289,29 @@ def _schema() -> Any:
     """The pydantic model of gateway.yaml (built on first use: pydantic is the serve extra's)."""
     from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+    class _MonitorYaml(BaseModel):
+        model_config = ConfigDict(extra="allow", strict=False)  # extras: the monitor's own parameters
+
+        action: MonitorAction = "alert"
+        fpr: float | None = Field(default=None, gt=0.0, lt=1.0)
+        act_after: int = Field(default=1, ge=1, le=1000)
+        act_window: int = Field(default=0, ge=0, le=1_000_000)
+
+    class _MonitorsYaml(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=False)
+
+        fpr: float = Field(default=0.005, gt=0.0, lt=1.0)
+        reference: int = Field(default=2000, ge=10, le=100_000)
+        throttle_s: float = Field(default=600.0, ge=1.0, le=31_536_000.0)
+        throttle_factor: float = Field(default=10.0, ge=1.0, le=1_000_000.0)
+        stateful: _MonitorYaml | None = None
+        blacklight: _MonitorYaml | None = None
+        prada: _MonitorYaml | None = None
+        coverage: _MonitorYaml | None = None
+        squeezing: _MonitorYaml | None = None
+        strip: _MonitorYaml | None = None
+        drift: _MonitorYaml | None = None
+
     class _GatewayYaml(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=False)
 
@@ -147,11 +319,17 @@ def _schema() -> Any:
         audit_log: str | None = None
         max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
         max_batch: int = Field(default=256, ge=1, le=100_000)
+        max_text_chars: int = Field(default=5000, ge=1, le=1_000_000)
         round_digits: int = Field(default=4, ge=0, le=8)
         budget_retry_after_s: int = Field(default=3600, ge=1, le=31_536_000)
         log_level: LogLevel = "warning"
         bounds: tuple[float, float] | None = None
         checkpoint_every: int = Field(default=0, ge=0)
+        state_store: str | None = Field(default=None, min_length=1)
+        batch_max_rows: int = Field(default=256, ge=1, le=100_000)
+        batch_wait_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
+        log_format: LogFormat = "json"
+        monitors: _MonitorsYaml | None = None
 
         @field_validator("bounds")
         @classmethod

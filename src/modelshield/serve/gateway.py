@@ -19,13 +19,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelshield.errors import ConfigError, ModelCapabilityError
-from modelshield.models import CallableModel
+from modelshield.errors import ModelCapabilityError
+from modelshield.models import CallableModel, TextAnswers
 from modelshield.secure.audit import Artifact, AuditLog, Entry
+from modelshield.serve.batching import MicroBatcher
 from modelshield.serve.config import GatewayConfig
-from modelshield.serve.inputs import InputSpec, shape_answer
+from modelshield.serve.inputs import FieldError, InputSpec, TextSpec, parse_predict, parse_texts, shape_answer
 from modelshield.serve.keys import ApiKey, KeyStore
-from modelshield.serve.quota import Metrics, TokenBuckets
+from modelshield.serve.monitors import MonitorBank, MonitorOutcome, build_monitors
+from modelshield.serve.quota import Metrics
+from modelshield.serve.store import SharedState, open_state, throttled
 from modelshield.targets import Target, as_query_model
 
 __all__ = ["Decision", "Gateway", "open_audit_log"]
@@ -68,27 +71,41 @@ class Gateway:
         answer = gw.predict(key, x, input_sha256=digest)
     """
 
-    def __init__(self, *, target: Target, config: GatewayConfig, keys: KeyStore, audit: AuditLog) -> None:
-        if target.text:
-            raise ConfigError("modelshield serve: '--model' must be an image or tabular model for now; got "
-                              f"the text model {target.model_info.get('name')!r}. Serving text models is not "
-                              "implemented yet.")
+    def __init__(self, *, target: Target, config: GatewayConfig, keys: KeyStore, audit: AuditLog,
+                 state: SharedState | None = None) -> None:
         self.target = target
         self.config = config
         self.keys = keys
         self.audit = audit
-        self.buckets = TokenBuckets()
         self.metrics = Metrics()
-        self.spec = InputSpec(shape=tuple(int(d) for d in target.x.shape[1:]),
-                              bounds=config.bounds or target.bounds, max_batch=config.max_batch)
+        self.text = target.text
+        self.spec: InputSpec | TextSpec = (
+            TextSpec(max_batch=config.max_batch, max_chars=config.max_text_chars) if self.text else
+            InputSpec(shape=tuple(int(d) for d in target.x.shape[1:]), bounds=config.bounds or target.bounds,
+                      max_batch=config.max_batch))
         self.model, self.labels_only = _query_model(target)
+        self._text_answers = _text_answers(target) if self.text else None
+        if self._text_answers is not None:
+            self.labels_only = self._text_answers.output == "labels"
         self.class_names: tuple[str, ...] | None = target.class_names or _data_classes(target)
         name = str(target.model_info.get("name") or "model")
         digest = target.model_info.get("weights_sha256") or target.model_info.get("file_sha256")
         self.artifact = Artifact(name=name, sha256=digest if _is_hex64(digest) else None)
+        # rate limits, budgets, blocks, throttles, alerts: this process's, or Redis's shared by replicas
+        # (namespaced by the model's digest, so two models on one Redis keep separate quotas)
+        self.state: SharedState = state if state is not None else open_state(
+            config.state_store, state_dir=config.state_dir, keys=keys,
+            namespace=self.artifact.sha256[:16] if self.artifact.sha256 else _namespace(name))
         self._model_lock = threading.Lock()
+        # one model call for the rows of concurrent requests (serve.batching); None: batching off
+        self.batcher: MicroBatcher | None = None if config.batch_wait_ms <= 0 or self.text else MicroBatcher(
+            self._answers, max_rows=config.batch_max_rows, wait_s=config.batch_wait_ms / 1000.0)
         self._since_checkpoint = 0
         self._checkpoint_lock = threading.Lock()
+        # live monitors, calibrated now on benign reference rows (config errors surface at start)
+        self.monitors: MonitorBank = build_monitors(
+            target, config.monitors, predict=self._answers,
+            model=self.model if self.text else target.module)
 
     @classmethod
     def open(cls, target: Target, config: GatewayConfig) -> Gateway:
@@ -103,7 +120,12 @@ class Gateway:
         except BaseException:
             keys.close()
             raise
-        return cls(target=target, config=config, keys=keys, audit=audit)
+        try:
+            return cls(target=target, config=config, keys=keys, audit=audit)
+        except BaseException:
+            audit.close()
+            keys.close()
+            raise
 
     def close(self) -> None:
         """Sign a final audit checkpoint (when the signing key is at hand) and close the stores."""
@@ -111,8 +133,11 @@ class Gateway:
             if self.audit.key_path is not None and self.audit.key_path.exists() and self.audit.size():
                 self.audit.checkpoint()
         finally:
-            self.audit.close()
-            self.keys.close()
+            try:
+                self.state.close()
+            finally:
+                self.audit.close()
+                self.keys.close()
 
     # --- access control -----------------------------------------------------------------------
     def authenticate(self, key: str | None) -> ApiKey | None:
@@ -129,16 +154,27 @@ class Gateway:
             return Decision(status=403, decision="forbidden",
                             detail=f"the key {key.key_id} ({key.role}) may not call {endpoint!r}; ask an "
                                    "admin for a key whose policy allows it")
-        wait = self.buckets.take(key.key_id, rate_per_s=key.policy.rate_per_s, burst=key.policy.burst)
+        # blocked? throttled? a token? -- one step (one Redis round trip)
+        reason, factor, wait = self.state.gate(key.key_id, rate_per_s=key.policy.rate_per_s,
+                                               burst=key.policy.burst)
+        if reason is not None:
+            return Decision(status=403, decision="blocked",
+                            detail=f"the key {key.key_id} is blocked ({reason}); an admin unblocks it with "
+                                   f"DELETE /v1/admin/blocks/{key.key_id} or `modelshield serve keys unblock "
+                                   f"{key.key_id}`")
         if wait > 0:
+            rate, burst = throttled(key.policy.rate_per_s, key.policy.burst, factor)
+            why = f" (throttled {factor:g}x after a monitor's alert)" if factor > 1.0 else ""
             return Decision(status=429, decision="rate-limited", retry_after_s=wait,
-                            detail=f"rate limit of {key.policy.rate_per_s:g} requests/s (burst "
-                                   f"{key.policy.burst}) exceeded; retry after the Retry-After seconds")
+                            detail=f"rate limit of {rate:g} requests/s (burst {burst}){why} exceeded; "
+                                   "retry after the Retry-After seconds")
         return ALLOW
 
     def charge(self, key: ApiKey, rows: int) -> Decision:
-        """Charge ``rows`` queries to the key's budget (shared by every process on the key store)."""
-        if self.keys.charge(key.key_id, rows):
+        """Charge ``rows`` queries to the key's budget (shared by every process on the state store)."""
+        if self.state.charge(key.key_id, rows, budget=key.policy.budget):
+            if self.batcher is not None:
+                self.batcher.announce()  # this request is on its way to infer(): a waiting batch may wait
             return ALLOW
         return Decision(status=429, decision="budget-exhausted",
                         retry_after_s=self.config.budget_retry_after_s,
@@ -146,26 +182,113 @@ class Gateway:
                                f"cover {rows} more; ask an admin to raise it")
 
     # --- work ---------------------------------------------------------------------------------
-    def predict(self, key: ApiKey, x: np.ndarray, *, input_sha256: str, endpoint: str) -> dict[str, Any]:
+    def parse(self, body: bytes) -> np.ndarray | list[str] | FieldError:
+        """A ``/v1/predict`` body as a validated batch (rows, or strings for a text model), or why not."""
+        if isinstance(self.spec, TextSpec):
+            return parse_texts(body, self.spec)
+        return parse_predict(body, self.spec)
+
+    def predict(self, key: ApiKey, x: np.ndarray | list[str], *, input_sha256: str,
+                endpoint: str) -> dict[str, Any] | Decision:
         """Answer a validated batch as the key's policy allows, after its audit record is committed.
 
-        ``x``: (N, *spec.shape) float32 inside the bounds (``parse_predict``'s output).
+        ``x``: (N, *spec.shape) float32 inside the bounds (``parse_predict``'s output), or N strings
+        for a text model (``parse_texts``'s). The monitors see the batch after inference; their
+        scores and decision go into the audit record, their alerts into the shared state. When they
+        block the key, this request's answer is withheld too (a 403 ``Decision`` is returned): the
+        query that completes a probe must not be answered.
         """
-        probs, labels = self.infer(x)
+        probs, labels = self._answers(x) if self.text else self.infer(np.asarray(x))
+        outcome = self.monitors.observe(key.key_id, x, probs, labels) if self.monitors else None
+        monitored: dict[str, Any] = {}
+        if outcome is not None:
+            monitored = {"monitors": {**outcome.to_dict(), "alert_ids": self._raise_alerts(
+                key, outcome, input_sha256=input_sha256, endpoint=endpoint)}}
+        if outcome is not None and outcome.action == "block":
+            blocked = Decision(status=403, decision="blocked", detail=(
+                f"the key {key.key_id} is blocked ({self.state.blocked(key.key_id) or 'by a monitor'}); this "
+                f"answer is withheld. An admin unblocks it with DELETE /v1/admin/blocks/{key.key_id} or "
+                f"`modelshield serve keys unblock {key.key_id} --config gateway.yaml`"))
+            self.record(key, endpoint=endpoint, status=403, decision="blocked", input_sha256=input_sha256,
+                        extra={"rows": len(x), **monitored})
+            return blocked
         answer = shape_answer(probs, labels, policy=key.policy, round_digits=self.config.round_digits,
                               class_names=self.class_names)
         self.record(key, endpoint=endpoint, status=200, decision="answered", input_sha256=input_sha256,
-                    extra={"rows": len(x), "output": answer})
+                    extra={"rows": len(x), "output": answer, **monitored})
         return answer
 
-    def infer(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-        """The model's (probabilities or None when it answers labels only, labels) for a batch."""
-        xt = torch.from_numpy(x)
+    def _raise_alerts(self, key: ApiKey, outcome: MonitorOutcome, *, input_sha256: str,
+                      endpoint: str) -> list[int]:
+        """Store, count and log the outcome's alerts; block or throttle the key as it says."""
+        ids: list[int] = []
+        for alert in outcome.alerts:
+            ids.append(self.state.add_alert({**alert, "endpoint": endpoint, "input_sha256": input_sha256,
+                                             "role": key.role, "time": time.time()}))
+            self.metrics.alert(str(alert["monitor"]))
+            pending = alert["action"] != "alert" and not alert["acted"]
+            logger.warning("monitor alert %d: key %s, %s (action %s%s): %s", ids[-1], key.key_id,
+                           alert["monitor"], alert["action"], ", not yet acted on" if pending else "",
+                           alert["message"])
+        acted = [a for a in outcome.alerts if a["acted"] and a["action"] == outcome.action]
+        if outcome.action == "block" and acted:
+            first = acted[0]
+            alert_id = ids[outcome.alerts.index(first)]
+            self.state.block(key.key_id, reason=(
+                f"monitor {first['monitor']!r} ({first['detector']}) raised alert {alert_id} at query "
+                f"{first['queries']}: score {first['score']:.4g} against threshold "
+                f"{first['threshold']:.4g}"))
+            logger.warning("key %s blocked by monitor %s", key.key_id, first["monitor"])
+        elif outcome.action == "throttle" and acted:
+            cfg = self.config.monitors
+            self.state.throttle(key.key_id, factor=cfg.throttle_factor, seconds=cfg.throttle_s)
+            logger.warning("key %s throttled %gx for %g s by monitor %s", key.key_id, cfg.throttle_factor,
+                           cfg.throttle_s, acted[0]["monitor"])
+        return ids
+
+    def _answers(self, x: np.ndarray | list[str]) -> tuple[np.ndarray | None, np.ndarray]:
+        """The model's (probabilities or None, labels) for a batch, called directly (no batching)."""
+        if self._text_answers is not None:
+            with self._model_lock:
+                probs = np.asarray(self._text_answers([str(t) for t in x]), dtype=np.float64)
+            return (None if self.labels_only else probs), probs.argmax(axis=1)
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         with self._model_lock, torch.no_grad():
             if self.labels_only:
                 return None, self.model.predict(xt).cpu().numpy()
             scores = self.model.scores(xt).detach().cpu().to(torch.float64)
             return scores.numpy(), scores.argmax(dim=1).numpy()
+
+    # --- monitors' alerts and blocks (admin) --------------------------------------------------
+    def alerts(self, *, key_id: str | None = None, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Stored alerts (every replica's with a shared store), oldest first, ids above ``after``."""
+        return self.state.alerts(key_id=key_id, after=after, limit=limit)
+
+    def blocks(self) -> list[dict[str, Any]]:
+        """The keys blocked now, with the reason of each."""
+        out = []
+        for k in self.keys.list():
+            reason = self.state.blocked(k.key_id)
+            if reason is not None:
+                out.append({"key_id": k.key_id, "name": k.name, "role": k.role, "reason": reason})
+        return out
+
+    def unblock(self, key_id: str) -> bool:
+        """Lift a block (and the key's alert counts); False when the key was not blocked."""
+        self.monitors.forget(key_id)
+        return self.state.unblock(key_id)
+
+    def infer(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """The model's (probabilities or None when it answers labels only, labels) for a batch.
+
+        Concurrent calls share one model call through the micro-batcher (``batch_wait_ms`` > 0).
+        """
+        if self.batcher is None:
+            return self._answers(x)
+        probs, labels = self.batcher.submit(x)
+        if labels is None:
+            raise RuntimeError("Gateway.infer: the model answered no labels; this is a bug")
+        return probs, labels
 
     def record(self, key: ApiKey | None, *, endpoint: str, status: int, decision: str,
                input_sha256: str | None, extra: dict[str, Any] | None = None) -> None:
@@ -229,9 +352,25 @@ def _query_model(target: Target) -> tuple[CallableModel, bool]:
     return model, labels_only
 
 
+def _text_answers(target: Target) -> TextAnswers:
+    """A text target's pipeline as ``list[str] -> (N, C)`` probabilities (one-hot for label answers)."""
+    answers = TextAnswers(target.module, class_names=target.class_names or _data_classes(target),
+                          n_classes=target.n_classes or 2)
+    answers(list(target.texts[:1]) if target.texts else ["hello"])  # the probe sets answers.output
+    return answers
+
+
 def _data_classes(target: Target) -> tuple[str, ...] | None:
     classes = target.data_info.get("classes")
     return tuple(str(c) for c in classes) if isinstance(classes, list) and classes else None
+
+
+def _namespace(name: str) -> str:
+    """A Redis namespace from a model name: its safe characters, else a digest of it."""
+    import hashlib
+
+    safe = "".join(c for c in name if c.isascii() and (c.isalnum() or c in "._-"))[:64].lstrip("._-")
+    return safe or hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 def _is_hex64(value: object) -> bool:

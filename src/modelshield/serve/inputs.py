@@ -19,7 +19,8 @@ import numpy as np
 
 from modelshield.serve.keys import Policy
 
-__all__ = ["DTYPES", "FieldError", "InputSpec", "body_digest", "parse_predict", "retry_after", "shape_answer"]
+__all__ = ["DTYPES", "FieldError", "InputSpec", "TextSpec", "body_digest", "parse_predict", "parse_texts",
+           "retry_after", "shape_answer", "unique_keys"]
 
 DTYPES = ("float32", "float64")
 """The ``dtype`` a request may declare (its values are JSON numbers either way)."""
@@ -36,6 +37,18 @@ class InputSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"shape": list(self.shape), "bounds": list(self.bounds), "max_batch": self.max_batch,
                 "dtypes": list(DTYPES)}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TextSpec:
+    """What one request to a text model may hold: at most ``max_batch`` non-empty strings of at most
+    ``max_chars`` characters each (the whole body is bounded by ``max_body_bytes`` before parsing)."""
+
+    max_batch: int
+    max_chars: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "text", "max_chars": self.max_chars, "max_batch": self.max_batch}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -59,6 +72,17 @@ def _reject_constant(name: str) -> float:
     raise _NonFinite(name)
 
 
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' ``object_pairs_hook`` refusing repeated keys (ValueError): parsers disagree on
+    which copy wins (RFC 8259 §4), so a proxy and the gateway could read different requests."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
 def body_digest(body: bytes) -> str:
     """SHA-256 (hex) of a request body: what the audit log records of the input."""
     return hashlib.sha256(body).hexdigest()
@@ -67,12 +91,12 @@ def body_digest(body: bytes) -> str:
 def parse_predict(body: bytes, spec: InputSpec) -> np.ndarray | FieldError:
     """The ``(N, *shape)`` float32 batch of a ``/v1/predict`` body, or why it is refused."""
     try:
-        payload = json.loads(body, parse_constant=_reject_constant)
+        payload = json.loads(body, parse_constant=_reject_constant, object_pairs_hook=unique_keys)
     except _NonFinite as exc:
         return FieldError(loc=("inputs",), kind="value_error.not_finite",
                           message=f"inputs must hold finite numbers; got {exc.args[0]}. Replace NaN and "
                                   "infinities with values inside the bounds.")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: deep nesting
         return FieldError(loc=(), kind="json_invalid",
                           message=f"the body must be a JSON object; got invalid JSON ({exc}). Send "
                                   '{"inputs": [[...], ...]} with Content-Type: application/json.')
@@ -135,6 +159,59 @@ def parse_predict(body: bytes, spec: InputSpec) -> np.ndarray | FieldError:
     return x.astype(np.float32)
 
 
+def parse_texts(body: bytes, spec: TextSpec) -> list[str] | FieldError:
+    """The messages of a text model's ``/v1/predict`` body ``{"inputs": ["message", ...]}``, or why not.
+
+    Each item must be a non-empty string (not only whitespace) of at most ``spec.max_chars``
+    characters; a bad item is named by its index (``inputs.<i>``).
+    """
+    try:
+        payload = json.loads(body, parse_constant=_reject_constant, object_pairs_hook=unique_keys)
+    except _NonFinite as exc:
+        return FieldError(loc=("inputs",), kind="type_error.string",
+                          message=f"inputs must hold strings; got {exc.args[0]}. Send {{\"inputs\": "
+                                  '["message", ...]}.')
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: deep nesting
+        return FieldError(loc=(), kind="json_invalid",
+                          message=f"the body must be a JSON object; got invalid JSON ({exc}). Send "
+                                  '{"inputs": ["message", ...]} with Content-Type: application/json.')
+    if not isinstance(payload, dict):
+        return FieldError(loc=(), kind="type_error.object",
+                          message=f"the body must be a JSON object; got a {type(payload).__name__}. Send "
+                                  '{"inputs": ["message", ...]}.')
+    extra = sorted(set(payload) - {"inputs"})
+    if extra:
+        return FieldError(loc=(extra[0],), kind="extra_forbidden",
+                          message=f"the body of a text model may hold only 'inputs'; got {extra!r}. "
+                                  "Remove them.")
+    if "inputs" not in payload:
+        return FieldError(loc=("inputs",), kind="missing",
+                          message='inputs is required; got nothing. Send {"inputs": ["message", ...]}.')
+    rows = payload["inputs"]
+    if not isinstance(rows, list) or not rows:
+        return FieldError(loc=("inputs",), kind="type_error.list",
+                          message=f"inputs must be a non-empty list of strings; got {_brief(rows)}. Send "
+                                  '["message", ...].')
+    if len(rows) > spec.max_batch:
+        return FieldError(loc=("inputs",), kind="value_error.batch_size",
+                          message=f"inputs must hold at most {spec.max_batch} messages; got {len(rows)}. "
+                                  "Split the batch into several requests.")
+    for i, item in enumerate(rows):
+        if not isinstance(item, str):
+            return FieldError(loc=("inputs", str(i)), kind="type_error.string",
+                              message=f"inputs[{i}] must be a string; got {_brief(item)} "
+                                      f"({type(item).__name__}). Send each message as a JSON string.")
+        if not item.strip():
+            return FieldError(loc=("inputs", str(i)), kind="value_error.empty",
+                              message=f"inputs[{i}] must be a non-empty message; got {item!r}. Drop it or "
+                                      "send its text.")
+        if len(item) > spec.max_chars:
+            return FieldError(loc=("inputs", str(i)), kind="value_error.too_long",
+                              message=f"inputs[{i}] must have at most {spec.max_chars} characters; got "
+                                      f"{len(item)}. Shorten it or split it into several messages.")
+    return list(rows)
+
+
 def shape_answer(probs: np.ndarray | None, labels: np.ndarray, *, policy: Policy, round_digits: int,
                  class_names: Sequence[str] | None) -> dict[str, Any]:
     """The JSON answer a policy allows: labels always; rounded top-k or all probabilities on request.
@@ -168,4 +245,4 @@ def _brief(value: object) -> str:
 
 def retry_after(seconds: float) -> str:
     """The ``Retry-After`` header value: whole seconds, at least 1."""
-    return str(max(1, math.ceil(seconds)))
+    return str(max(1, math.ceil(seconds if seconds < 31_536_000 else 31_536_000)))  # inf, nan: a year

@@ -28,6 +28,7 @@ from modelshield.errors import ConfigError, DataError
 
 __all__ = [
     "ENDPOINTS",
+    "NAME_PATTERN",
     "OUTPUTS",
     "ROLES",
     "ApiKey",
@@ -41,17 +42,20 @@ Role = Literal["client", "analyst", "admin"]
 Output = Literal["label", "top-k", "probabilities"]
 ROLES: tuple[Role, ...] = ("client", "analyst", "admin")
 OUTPUTS: tuple[Output, ...] = ("label", "top-k", "probabilities")
-ENDPOINTS = ("predict", "audit", "keys.list", "keys.manage")
-"""What a key may call: ``predict`` (POST /v1/predict), ``audit`` (read the audit log), ``keys.list``
-and ``keys.manage`` (create and revoke keys)."""
+ENDPOINTS = ("predict", "audit", "alerts", "keys.list", "keys.manage")
+"""What a key may call: ``predict`` (POST /v1/predict), ``audit`` (read the audit log), ``alerts``
+(read the monitors' alerts), ``keys.list`` and ``keys.manage`` (create and revoke keys, list and
+lift blocks)."""
 ROLE_ENDPOINTS: dict[str, frozenset[str]] = {
     "client": frozenset({"predict"}),
-    "analyst": frozenset({"predict", "audit", "keys.list"}),
+    "analyst": frozenset({"predict", "audit", "alerts", "keys.list"}),
     "admin": frozenset(ENDPOINTS),
 }
 """The most each role may call; a key's policy may allow less, never more."""
 _KEY_RE = re.compile(r"^msk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@-]{0,63}$")
+NAME_PATTERN = _NAME_RE.pattern
+"""What a key's name must match (1-64 letters, digits, spaces or ``_.@-``; the API schema states it)."""
 _DUMMY_HASH = hashlib.sha256(b"modelshield: no such key").hexdigest()
 
 
@@ -93,6 +97,9 @@ class Policy:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"Policy: {name!r} must be an int >= {low}; got {value!r}. "
                                   f"Use e.g. {name}=3.")
+        if self.burst > 1_000_000_000:  # the token bucket holds it as a float
+            raise ConfigError(f"Policy: 'burst' must be at most 1000000000; got {self.burst!r}. "
+                              "Use e.g. burst=100.")
         if (not isinstance(self.rate_per_s, int | float) or isinstance(self.rate_per_s, bool)
                 or not 0 < self.rate_per_s < float("inf")):
             raise ConfigError(f"Policy: 'rate_per_s' must be a number > 0; got {self.rate_per_s!r}. "
@@ -114,6 +121,10 @@ class Policy:
         if extra:
             raise ConfigError(f"Policy: fields must be among {sorted(known)}; got {extra!r}. Remove them.")
         fields = dict(data)
+        for name in ("top_k", "burst", "budget"):
+            value = fields.get(name)
+            if isinstance(value, float) and value.is_integer():  # JSON's 3.0 is the integer 3 (JSON Schema)
+                fields[name] = int(value)
         if "endpoints" in fields:
             if not isinstance(fields["endpoints"], list | tuple):
                 raise ConfigError(f"Policy: 'endpoints' must be a list of endpoint names; got "
@@ -131,7 +142,7 @@ def default_policy(role: str) -> Policy:
     if role == "client":
         return Policy()
     if role == "analyst":
-        return Policy(endpoints=("predict", "audit", "keys.list"), output="top-k", rate_per_s=20.0,
+        return Policy(endpoints=("predict", "audit", "alerts", "keys.list"), output="top-k", rate_per_s=20.0,
                       burst=40, budget=100_000)
     if role == "admin":
         return Policy(endpoints=ENDPOINTS, output="probabilities", rate_per_s=50.0, burst=100, budget=None)
@@ -229,7 +240,7 @@ class KeyStore:
         Raises:
             ConfigError: bad name or role, or a policy allowing endpoints beyond the role's.
         """
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):  # match's $ allows a final newline
             raise ConfigError(f"KeyStore: 'name' must be 1-64 letters, digits, spaces or _.@- ; got "
                               f"{name!r}. Name the client, e.g. 'billing-app'.")
         pol = policy if policy is not None else default_policy(role)

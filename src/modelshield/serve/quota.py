@@ -12,7 +12,7 @@ import bisect
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["LATENCY_BUCKETS_S", "Metrics", "TokenBuckets"]
@@ -51,7 +51,13 @@ class Metrics:
     audit_records: int = 0
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
     latency_sum: float = 0.0
+    alerts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def alert(self, monitor: str) -> None:
+        """Count one alert raised by ``monitor`` in this process."""
+        with self._lock:
+            self.alerts[monitor] += 1
 
     def observe(self, *, endpoint: str, status: int, decision: str, seconds: float | None = None,
                 rows: int = 0, audited: int = 0) -> None:
@@ -64,8 +70,9 @@ class Metrics:
                 self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
                 self.latency_sum += seconds
 
-    def render(self, *, active_keys: int, ready: bool) -> str:
-        """The metrics as Prometheus text."""
+    def render(self, *, active_keys: int, ready: bool, alerts: Mapping[str, int] | None = None) -> str:
+        """The metrics as Prometheus text; ``alerts``: alerts by monitor (e.g. the shared store's count,
+        every replica's), else this process's."""
         with self._lock:
             lines = ["# HELP modelshield_requests_total Requests by endpoint and HTTP status.",
                      "# TYPE modelshield_requests_total counter"]
@@ -97,4 +104,9 @@ class Metrics:
                   "# HELP modelshield_ready 1 when the gateway is ready to answer.",
                   "# TYPE modelshield_ready gauge",
                   f"modelshield_ready {int(ready)}"]
+        with self._lock:
+            counted = dict(self.alerts if alerts is None else alerts)
+        lines += ["# HELP modelshield_alerts_total Alerts raised by the live monitors, by monitor.",
+                  "# TYPE modelshield_alerts_total counter"]
+        lines += [f'modelshield_alerts_total{{monitor="{m}"}} {n}' for m, n in sorted(counted.items())]
         return "\n".join(lines) + "\n"
