@@ -223,11 +223,19 @@ def create_app(target: Target, config: GatewayConfig) -> Any:
         x = gw.parse(body)
         if isinstance(x, FieldError):
             return await refuse(key, path, x, digest=digest)
-        charged = await run_in_threadpool(gw.charge, key, len(x))
-        if not charged.allowed:
-            return await refuse(key, path, charged, digest=digest)
+
+        def charge_and_answer() -> tuple[Decision | None, dict[str, Any] | Decision]:
+            """One thread hop for the budget charge and the answer: (refusal to audit, None) or
+            (None, answer or a monitor's already-audited block)."""
+            charged = gw.charge(key, len(x))
+            if not charged.allowed:
+                return charged, charged
+            return None, gw.predict(key, x, input_sha256=digest, endpoint=path)
+
+        refused, answer = await run_in_threadpool(charge_and_answer)
+        if refused is not None:
+            return await refuse(key, path, refused, digest=digest)
         note(rows=len(x), decision="answered")
-        answer = await run_in_threadpool(gw.predict, key, x, input_sha256=digest, endpoint=path)
         if isinstance(answer, Decision):  # a monitor blocked the key on this request (already audited)
             note(decision=answer.decision)
             gw.metrics.observe(endpoint=path, status=answer.status, decision=answer.decision, audited=1)
