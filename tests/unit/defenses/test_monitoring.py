@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
+import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +22,7 @@ from modelshield.defenses.monitoring import (
     knn_scores,
     train_contrastive_encoder,
 )
-from modelshield.errors import ConfigError, InputError, NotFittedError
+from modelshield.errors import ConfigError, EvaluationWarning, InputError, NotFittedError
 from modelshield.models import as_black_box
 
 
@@ -233,6 +236,145 @@ def test_blacklight_memory_is_bounded() -> None:
         Blacklight().update("a", x[:1])
     with pytest.raises(InputError, match="window"):
         Blacklight(window=100).fit(x)
+
+
+def test_fingerprint_is_keyed_and_batch_independent() -> None:
+    x = torch.rand(6, 64, generator=gen(3))
+    def fp(t: Tensor, key: int) -> list[tuple[int, ...]]:
+        return fingerprint(t, step=0.2, window=8, stride=1, top_n=20, key=key)
+
+    assert fp(x, 7) == fp(x.clone(), 7)  # deterministic for a given key
+    assert fp(x, 7) == [fp(x[i:i + 1], 7)[0] for i in range(6)]  # a row's print ignores its batch
+    assert fp(x, 0) == fingerprint(x, step=0.2, window=8, stride=1, top_n=20)  # key 0 is the default
+    for a, b in zip(fp(x, 7), fp(x, 2**100 + 7), strict=True):  # another key: other hashes
+        assert len(set(a) & set(b)) <= 1
+    det = Blacklight(window=8, top_n=20, key=7)
+    assert det.fingerprints(x.view(6, 8, 8)) == fp(x, 7)
+    assert "key" not in repr(det)  # a secret stays out of logs
+
+
+def test_fingerprint_keeps_the_largest_hashes_of_distinct_windows() -> None:
+    # rows built from few distinct values, so windows repeat within and across rows
+    x = torch.randint(0, 3, (5, 40), generator=gen(4)).float() * 0.25 + 0.01
+    window, stride = 6, 2
+    every = fingerprint(x, step=0.2, window=window, stride=stride, top_n=1000)
+    for row, hashes in zip(x, every, strict=True):
+        q = torch.floor(row / 0.2).long().tolist()
+        windows = {tuple(q[i:i + window]) for i in range(0, 40 - window + 1, stride)}
+        assert len(hashes) == len(windows)  # equal windows hash alike, different ones do not collide
+        assert list(hashes) == sorted(hashes, reverse=True) and all(0 < h < 2**64 for h in hashes)
+    top = fingerprint(x, step=0.2, window=window, stride=stride, top_n=5)
+    assert [t for t in top] == [h[:5] for h in every]
+    # the windows' hashes depend on their content only: a row's windows shared with another row
+    # (the same quantised values) give the same hashes
+    a = torch.zeros(1, 40)
+    a[0, 20:] = 0.9
+    b = torch.zeros(1, 40)
+    b[0, 10:30] = 0.9
+    (ha,), (hb,) = fingerprint(a, step=0.2, window=4, stride=1, top_n=1000), fingerprint(
+        b, step=0.2, window=4, stride=1, top_n=1000)
+    assert len(ha) == 5 and len(hb) == 8  # 0000, 0004, 0044, 0444, 4444; b also 4440, 4400, 4000
+    assert set(ha) < set(hb)
+
+
+def test_offset_centres_discrete_values_in_their_bins() -> None:
+    g = gen(8)
+    x = torch.randint(-1, 2, (20, 30), generator=g).float()  # tabular values in {-1, 0, 1}
+    noise = 0.3 * (2 * torch.rand(20, 30, generator=g) - 1)  # |noise| < 0.5
+    kw: dict[str, Any] = {"step": 1.0, "window": 4, "stride": 1, "top_n": 50}
+    assert fingerprint(x, offset=0.5, **kw) == fingerprint(x + noise, offset=0.5, **kw)
+    clean, noisy = fingerprint(x, **kw), fingerprint(x + noise, **kw)
+    shared = sum(len(set(a) & set(b)) for a, b in zip(clean, noisy, strict=True))
+    # without the offset, any negative noise moves a value to the bin below
+    assert shared < 0.5 * sum(len(a) for a in clean)
+    with pytest.raises(ConfigError, match="'offset'"):
+        Blacklight(offset=math.nan)
+
+
+def test_blacklight_warns_when_a_query_has_fewer_windows_than_top_n() -> None:
+    x = torch.randint(-1, 2, (200, 30), generator=gen(9)).float()
+    with pytest.warns(EvaluationWarning, match=r"27 windows .* fewer than top_n=50"):
+        Blacklight(step=1.0, window=4, offset=0.5).fit(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Blacklight(step=1.0, window=4, top_n=27, offset=0.5).fit(x)  # every window fits: no warning
+
+
+@pytest.mark.parametrize("key", [-1, "s3cret-value", 1.5, True])
+def test_blacklight_key_errors_do_not_echo_the_key(key: object) -> None:
+    with pytest.raises(ConfigError, match="'key' must be a non-negative int") as info:
+        Blacklight(key=key)  # type: ignore[arg-type]  # the invalid value under test
+    assert "s3cret" not in str(info.value) and "1.5" not in str(info.value)
+
+
+def stored_hashes(det: Blacklight) -> tuple[list[set[int]], dict[int, tuple[int, ...]], int]:
+    table = det._global
+    prints = [{int(h) for h in row if h} for row in table.prints]
+    return prints, table.index, table.added
+
+
+@pytest.mark.parametrize("bucket", [1, 3, 1000])
+def test_blacklight_eviction_keeps_the_index_consistent(bucket: int) -> None:
+    history = 40
+    det = Blacklight(window=8, top_n=20, history=history, bucket=bucket).fit(
+        torch.rand(20, 64, generator=gen()))
+    # near-duplicates of a few base images: many hashes are held by several stored queries
+    bases = torch.rand(4, 64, generator=gen(1))
+    x = (bases[torch.arange(130) % 4] + 0.03 * torch.randn(130, 64, generator=gen(2))).clamp(0, 1)
+    every = [set(fp) for fp in det.fingerprints(x)]
+    for start, stop in ((0, 25), (25, 40), (40, 41), (41, 97), (97, 130)):  # history + 90 queries in all
+        det.update("c", x[start:stop])
+        prints, index, added = stored_hashes(det)
+        last = list(range(max(0, stop - history), stop))  # the queries stored, oldest first
+        assert added == stop and prints == [every[t] for t in last]
+        # the index holds exactly the hashes of the stored queries, each with the ring slots of
+        # its most recent holders (at most bucket of them, oldest first)
+        assert set(index) == set().union(*prints)
+        for h, slots in index.items():
+            holders = [t % history for t in last if h in every[t]]
+            assert slots == tuple(holders[-bucket:])
+
+
+def test_blacklight_match_is_the_most_hashes_shared_with_one_stored_query() -> None:
+    det = Blacklight(window=8, top_n=30, history=25, bucket=1000, fpr=0.01).fit(
+        torch.rand(20, 64, generator=gen()))
+    base = torch.rand(64, generator=gen(1))
+    x = probe_stream(base, 60, 0.01, seed=3)
+    every = [set(fp) for fp in det.fingerprints(x)]
+    scores = det.score_stream(x).tolist()
+    for t in range(60):
+        expected = max((len(every[t] & every[s]) for s in range(max(0, t - 25), t)), default=0)
+        assert scores[t] == expected
+    assert max(scores) > 10  # the near-duplicates do share hashes
+
+
+def test_blacklight_memory_per_stored_query_is_small() -> None:
+    for history, n in ((500, 500), (200, 700)):  # filling, then at steady state with evictions
+        det = Blacklight(step=0.05, window=8, top_n=50, history=history).fit(
+            torch.rand(20, 64, generator=gen()))
+        x = torch.rand(n, 64, generator=gen(1))  # 57 windows per query: 50 hashes stored each, hardly shared
+        det.reset()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(0, n, 50):
+                det.update("c", x[i:i + 50])
+            used = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        prints, index, _ = stored_hashes(det)
+        assert len(prints) == history and len(index) > 0.99 * 50 * history  # it did store them all
+        assert used / history < 8_000, used / history  # bytes per stored query (was about 37 KB)
+
+
+def test_blacklight_flags_near_duplicate_digits(digits: tuple[Tensor, Tensor, Tensor]) -> None:
+    train, test, _ = digits
+    for key in (0, 12345):
+        det = Blacklight(window=8, fpr=0.005, key=key, scope="client").fit([train[:700], train[700:]])
+        assert len(det.update("benign", test)) / test.shape[0] <= 0.005
+        for i in range(5):  # probes: 20 near-duplicates of a test digit each
+            alerts = det.update(f"probe-{i}", probe_stream(test[i], 20, 0.01, seed=i))
+            assert len(alerts) >= 15 and det.queries_to_detection_[f"probe-{i}"] <= 5
 
 
 # --- attacks through a monitored API ----------------------------------------------------------
