@@ -49,6 +49,7 @@ import dataclasses
 import inspect
 import logging
 import math
+import secrets
 import threading
 import time
 import zlib
@@ -97,10 +98,10 @@ Outcome = Literal["none", "throttle", "block"]
 MAX_CLIENTS = 1000
 """Keys whose state a monitor keeps at once (least recently seen forgotten first); a monitor's own
 ``max_clients`` parameter overrides it."""
-BLACKLIGHT_HISTORY = 256
+BLACKLIGHT_HISTORY = 1000
 BLACKLIGHT_CLIENTS = 128
-"""Blacklight's per-key tables: fingerprints kept per key and keys kept (its hash table costs about
-43 KB per stored query, so the default worst case is about 1.4 GB; raise with care)."""
+"""Blacklight's per-key tables: fingerprints kept per key and keys kept (a stored query costs about
+4.5 KB at top_n=50, so the default worst case is about 580 MB; raise with care)."""
 PRADA_WINDOW = 2_000
 """PRADA's per-key history restarts after this many queries, so its Shapiro-Wilk test stays bounded."""
 TEXT_DIM = 256
@@ -610,7 +611,10 @@ def _build_blacklight(spec: MonitorSpec, ctx: MonitorContext) -> LiveMonitor:
     # client to send a popular input (set scope: global for the paper's cross-account table)
     defaults: dict[str, Any] = {"window": max(4, min(20, dim // 8)), "step": 0.2 * (hi - lo),
                                 "scope": "client", "history": BLACKLIGHT_HISTORY,
-                                "max_clients": BLACKLIGHT_CLIENTS}
+                                "max_clients": BLACKLIGHT_CLIENTS,
+                                # a secret hash key per gateway process, so a client cannot predict
+                                # which windows of its query are sampled (see Blacklight.key)
+                                "key": secrets.randbits(63)}
     det = _construct(Blacklight, spec, {"fpr": spec.fpr}, defaults)
     return _Blacklight(det.fit(ctx.streams()))
 
