@@ -97,6 +97,8 @@ class _ShieldGroup(TyperGroup):
                 raise  # a group called without a command: click prints its help and exits 2
             if "ClickException" in names:  # e.g. --n abc, an unknown option: one line too, exit 2
                 render.fail(_usage_line(exc), code=render.EXIT_USAGE)
+            if isinstance(exc.__cause__, KeyboardInterrupt):  # Ctrl-C in a C extension's import
+                render.fail("interrupted", code=render.EXIT_INTERRUPTED)  # ('initialization failed')
             render.crash(exc)
 
 

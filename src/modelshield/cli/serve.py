@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +17,8 @@ from modelshield.errors import ConfigError
 __all__ = ["serve_app"]
 
 serve_app = typer.Typer(
-    help="Serve a model behind API keys, quotas and a tamper-evident audit log (needs the 'serve' extra).",
+    help="Serve a model behind API keys, quotas, live attack monitors and a tamper-evident audit log "
+         "(needs the 'serve' extra).",
     invoke_without_command=True,
     no_args_is_help=False,
 )
@@ -43,8 +45,8 @@ def serve(
         return
     if model is None or config is None:
         raise ConfigError("modelshield serve: '--model' and '--config' are required; got "
-                          f"--model {model!r} --config {config!r}. Run e.g. 'modelshield serve --model "
-                          "digits-cnn --config gateway.yaml'.")
+                          f"--model {model!r} --config {None if config is None else str(config)!r}. Run e.g. "
+                          "'modelshield serve --model digits-cnn --config gateway.yaml'.")
     from modelshield.serve import create_app, load_config
     from modelshield.serve.app import require_serve_extra
 
@@ -56,6 +58,12 @@ def serve(
         for line in lines:
             typer.secho(f"error: {line}", err=True, fg="red")
         render.fail(last, code=render.EXIT_USAGE)
+    _check_state_dir(cfg.state_dir)
+    _check_listen(host, port)  # before the model loads and the state folder is written
+    if cfg.state_store:  # likewise: an unreachable Redis must not leave a new state folder behind
+        from modelshield.serve.store import RedisState
+
+        RedisState(cfg.state_store).close()
     import uvicorn
 
     from modelshield.targets import load_target
@@ -77,6 +85,55 @@ def serve(
                 access_log=cfg.log_format != "json")  # JSON: the gateway logs each request itself
 
 
+def _check_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` once and let it go: a bad --host or a port in use fails now, in one line, exit 2.
+
+    (uvicorn would report it after start-up and exit 3, the code of a modelshield bug.)
+    """
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn binds a host
+        infos = socket.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"modelshield serve: '--host' must be an address or name of this machine; got "
+                          f"{host!r} ({exc}). Use e.g. --host 127.0.0.1 (this machine only) or --host "
+                          "0.0.0.0 (every interface).") from None
+    family, kind, proto, _, addr = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            sock.bind(addr)
+    except OSError as exc:
+        raise ConfigError(f"modelshield serve: '--host'/'--port' must be free to listen on; got "
+                          f"{host}:{port} ({exc.strerror or exc}). Stop what uses the port or pick another "
+                          "(--port), and give an address of this machine (--host).") from None
+
+
+def _check_state_dir(path: Path) -> None:
+    """state_dir must be a folder (or not exist yet): not a file, a broken link or a link loop."""
+    problem = ("a file, not a folder" if path.exists() and not path.is_dir() else
+               "a broken link or a link loop" if path.is_symlink() and not path.exists() else
+               "a folder this user may not write" if path.is_dir() and not os.access(path, os.W_OK | os.X_OK)
+               else "")
+    if problem:
+        raise ConfigError(f"gateway config: 'state_dir' must be a folder the gateway may write; got "
+                          f"{str(path)!r}, {problem}. Point state_dir at a new or the gateway's own folder, "
+                          "e.g. state_dir: ./gateway-state.")
+
+
+def _existing_store(state: Path) -> Path:
+    """``<state>/keys.db``, which must exist (listing or revoking keys must not create a state folder)."""
+    path = state.expanduser() / "keys.db"
+    if not path.is_file():
+        raise ConfigError(f"modelshield serve keys: '--state' must be the gateway's state folder (holding "
+                          f"keys.db); got {str(state)!r}, which has none. Pass the state_dir of "
+                          "gateway.yaml, or create a key first with 'modelshield serve keys create --state "
+                          "DIR --name NAME'.")
+    return path
+
+
 @keys_app.command("create")
 def create(
     state: StateOpt,
@@ -96,6 +153,9 @@ def create(
     fields = default_policy(role).to_dict()
     given = {"output": output, "top_k": top_k, "rate_per_s": rate, "burst": burst, "budget": budget}
     fields.update({k: v for k, v in given.items() if v is not None})
+    if unlimited and budget is not None:
+        raise ConfigError(f"modelshield serve keys create: '--budget' and '--unlimited' exclude each other; "
+                          f"got --budget {budget} --unlimited. Pass one of them.")
     if unlimited:
         fields["budget"] = None
     with KeyStore.open(state / "keys.db") as store:
@@ -113,7 +173,7 @@ def revoke(key_id: Annotated[str, typer.Argument(help="The key id ('keys list').
     """Revoke a key: its next request gets 401."""
     from modelshield.serve import KeyStore
 
-    with KeyStore.open(state / "keys.db") as store:
+    with KeyStore.open(_existing_store(state)) as store:
         store.revoke(key_id)
     render.say(f"Revoked key {escape(key_id)}.")
 
@@ -123,7 +183,7 @@ def list_keys(state: StateOpt, json_out: JsonOpt = False) -> None:
     """List keys (ids, roles, policies, queries used; never secrets)."""
     from modelshield.serve import KeyStore
 
-    with KeyStore.open(state / "keys.db") as store:
+    with KeyStore.open(_existing_store(state)) as store:
         keys = store.list()
     if json_out:
         render.out().print_json(json.dumps({"keys": [k.to_dict() for k in keys]}))
@@ -156,6 +216,10 @@ def unblock(
                           "state_store; got none. Pass the first 16 hex digits of the model's sha256 (GET "
                           "/v1/model; else the model's name), or call DELETE /v1/admin/blocks/KEY_ID on the "
                           "gateway.")
+    if not cfg.state_store and not (cfg.state_dir / "alerts.db").is_file():
+        raise ConfigError(f"modelshield serve keys unblock: the gateway's state_dir must hold its alerts.db; "
+                          f"got {str(cfg.state_dir)!r}, which has none (no gateway ran there, so no key is "
+                          "blocked). Pass the --config the gateway runs with.")
     state = open_state(cfg.state_store, state_dir=cfg.state_dir, namespace=namespace or "default")
     try:
         was = state.unblock(key_id)

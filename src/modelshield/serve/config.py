@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from modelshield.errors import ConfigError
 
-__all__ = ["LOG_LEVELS", "MONITOR_ACTIONS", "MONITOR_NAMES", "GatewayConfig", "MonitorSpec", "MonitorsConfig",
-           "load_config"]
+__all__ = ["LOG_LEVELS", "MAX_CONFIG_BYTES", "MAX_CONFIG_NODES", "MONITOR_ACTIONS", "MONITOR_NAMES",
+           "GatewayConfig", "MonitorSpec", "MonitorsConfig", "load_config"]
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -25,6 +25,10 @@ MONITOR_NAMES = ("stateful", "blacklight", "prada", "coverage", "squeezing", "st
 MONITOR_ACTIONS = ("alert", "throttle", "block")
 """What a monitor's alert does to the key: record it only, divide its rate limit, or refuse it (403)."""
 MonitorAction = Literal["alert", "throttle", "block"]
+MAX_CONFIG_BYTES = 1 << 20
+"""The largest ``gateway.yaml`` read (a real one is a few kilobytes)."""
+MAX_CONFIG_NODES = 100_000
+"""The most values a ``gateway.yaml`` may hold once its YAML aliases are expanded."""
 _MONITOR_SECTION = ("fpr", "reference", "throttle_s", "throttle_factor")
 _MONITOR_ENTRY = ("action", "fpr", "act_after", "act_window")
 
@@ -249,17 +253,51 @@ def load_config(path: str | Path) -> GatewayConfig:
 
     p = Path(path).expanduser()
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as fh:  # bounded: /dev/zero or a huge file must not fill the memory
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"modelshield serve: '--config' must be a readable YAML file; got {str(p)!r} "
                           f"({exc.strerror or exc}). Write one (see modelshield.serve.config).") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p.name}: the config must be at most {MAX_CONFIG_BYTES} bytes; got a larger file "
+                          f"({str(p)!r}). Pass the gateway.yaml itself (a few dozen lines).")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p.name}: the config must be UTF-8 text (YAML); got a byte it cannot decode at "
+                          f"offset {exc.start} (a binary file?). Pass the gateway.yaml, saved as UTF-8."
+                          ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         head = " ".join(str(exc).split())[:200]
         raise ConfigError(f"{p.name}: the config must be valid YAML; got a parse error ({head}). "
                           "Fix the syntax at the line named.") from exc
+    if _expanded_size(data, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
+        raise ConfigError(f"{p.name}: the config must expand to at most {MAX_CONFIG_NODES} values; got more "
+                          "(YAML aliases expanding exponentially, a 'billion laughs'). Write the settings "
+                          "out without nested aliases.")
     return GatewayConfig.from_mapping({} if data is None else data, source=p.name)
+
+
+def _expanded_size(data: object, limit: int) -> int:
+    """How many values ``data`` holds once YAML aliases are expanded, counting stops past ``limit``.
+
+    ``yaml.safe_load`` shares an aliased node's object, so a file of a few hundred bytes can stand
+    for 10**9 values (the 'billion laughs'); anything walking it (validation, an error message's
+    repr) would then run for hours.
+    """
+    seen = 0
+    stack = [data]
+    while stack and seen <= limit:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return seen
 
 
 def _error_line(source: str, err: Mapping[str, Any]) -> str:
@@ -269,25 +307,38 @@ def _error_line(source: str, err: Mapping[str, Any]) -> str:
     top = loc[0] if loc else ""
     if len(loc) > 1 and f"{top}.{loc[-1]}" in _FIXES:  # a nested setting with its own fix
         top = f"{top}.{loc[-1]}"
+    elif len(loc) == 2 and top == "monitors" and loc[1] in MONITOR_NAMES:  # a monitor's own check
+        top = "monitors.act_window"
     if err.get("type") == "extra_forbidden":
         known = ", ".join(sorted(k for k in _FIXES if "." not in k))
         if loc[:1] == ["monitors"] and len(loc) == 2:
             return (f"{source}: {field!r} is not a monitor or a monitors setting; got {field}: "
-                    f"{err.get('input')!r}. Use one of the monitors {', '.join(MONITOR_NAMES)} or the "
+                    f"{_shown(err.get('input'))}. Use one of the monitors {', '.join(MONITOR_NAMES)} or the "
                     f"settings {', '.join(_MONITOR_SECTION)}.")
-        return (f"{source}: {field!r} is not a setting; got {field}: {err.get('input')!r}. Remove it or fix "
-                f"its spelling (settings: {known}).")
+        return (f"{source}: {field!r} is not a setting; got {field}: {_shown(err.get('input'))}. Remove it "
+                f"or fix its spelling (settings: {known}).")
     if err.get("type") == "missing":
         return f"{source}: {field!r} is required; got nothing. {_FIXES.get(top, 'Add it')}."
     msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
     msg = msg[:1].lower() + msg[1:]
-    return f"{source}: {field!r} {msg}; got {err.get('input')!r}. {_FIXES.get(top, 'Fix the value')}."
+    got = _shown(err.get("input"))
+    if top == "state_store" and isinstance(err.get("input"), str):  # never print its password
+        from modelshield.serve.store import redact_url
+
+        got = _shown(redact_url(err["input"]))
+    return f"{source}: {field!r} {msg}; got {got}. {_FIXES.get(top, 'Fix the value')}."
+
+
+def _shown(value: object, limit: int = 120) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a pasted blob must not flood the error line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @functools.cache
 def _schema() -> Any:
     """The pydantic model of gateway.yaml (built on first use: pydantic is the serve extra's)."""
-    from pydantic import BaseModel, ConfigDict, Field, field_validator
+    from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
     class _MonitorYaml(BaseModel):
         model_config = ConfigDict(extra="allow", strict=False)  # extras: the monitor's own parameters
@@ -296,6 +347,14 @@ def _schema() -> Any:
         fpr: float | None = Field(default=None, gt=0.0, lt=1.0)
         act_after: int = Field(default=1, ge=1, le=1000)
         act_window: int = Field(default=0, ge=0, le=1_000_000)
+
+        @model_validator(mode="after")
+        def _reachable(self) -> _MonitorYaml:
+            # act_after alerts within a window of fewer queries can never happen: the action never fires
+            if 0 < self.act_window < self.act_after:
+                raise ValueError(f"act_after ({self.act_after}) must be at most act_window "
+                                 f"({self.act_window}), else the action never applies")
+            return self
 
     class _MonitorsYaml(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=False)
@@ -330,6 +389,24 @@ def _schema() -> Any:
         batch_wait_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
         log_format: LogFormat = "json"
         monitors: _MonitorsYaml | None = None
+
+        @field_validator("state_store")
+        @classmethod
+        def _redis_db(cls, value: str | None) -> str | None:
+            # redis-py ignores a path that is not a number and uses db 0: another gateway's data
+            if value is not None and value.startswith(("redis://", "rediss://")):
+                from urllib.parse import urlsplit
+
+                try:
+                    parts = urlsplit(value)
+                    parts.port  # noqa: B018  # raises ValueError when out of range or not a number
+                except ValueError as exc:
+                    raise ValueError(f"must be a valid redis:// URL ({exc})") from None
+                db = parts.path.removeprefix("/")
+                if db and not (db.isdigit() and db.isascii()):
+                    raise ValueError(f"must end with a database number (redis://host:port/0); its path is "
+                                     f"{db!r}")
+            return value
 
         @field_validator("bounds")
         @classmethod

@@ -187,6 +187,7 @@ CREATE TABLE IF NOT EXISTS keys (
     revoked REAL
 )
 """
+_COLUMNS = frozenset({"key_id", "key_hash", "name", "role", "policy", "used", "created", "revoked"})
 
 
 class KeyStore:
@@ -214,14 +215,24 @@ class KeyStore:
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(p), check_same_thread=False, isolation_level=None, timeout=10.0)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across crashes, not power loss
-            conn.execute(_SCHEMA)
-            p.chmod(0o600)
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(keys)")}
+            foreign = bool(tables) and ("keys" not in tables or not columns >= _COLUMNS)
+            if not foreign:  # an SQLite file of something else is refused before anything is written to it
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across crashes, not power loss
+                conn.execute(_SCHEMA)
+                p.chmod(0o600)
         except (OSError, sqlite3.Error) as exc:
             raise DataError(f"KeyStore: the key store must be a writable SQLite file; got {str(p)!r} "
-                            f"({type(exc).__name__}: {exc}). Check the --state folder and its permissions."
-                            ) from exc
+                            f"({type(exc).__name__}: {exc}). Check the state folder (state_dir, --state) and "
+                            "its permissions.") from exc
+        if foreign:
+            conn.close()
+            got = (f"a 'keys' table without the columns {sorted(_COLUMNS - columns)}" if "keys" in tables
+                   else f"an SQLite file of other tables ({', '.join(sorted(tables)[:5])})")
+            raise DataError(f"KeyStore: {str(p)!r} must be a modelshield key store; got {got}. Point "
+                            "state_dir (--state) at the gateway's own folder, or move that file away.")
         return cls(conn, p)
 
     def close(self) -> None:
