@@ -270,3 +270,12 @@ def test_state_dir_that_is_not_a_folder_is_named(tmp_path: Path, kind: str) -> N
     if kind == "file":
         assert state.read_text() == "not a folder"
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_monitor_parameter_typo_writes_no_state(tmp_path: Path) -> None:
+    text = f"state_dir: {tmp_path / 'state'}\nmonitors:\n  stateful: {{kk: 10}}\n"
+    line = one_error_line(serve(write(tmp_path / "g.yaml", text), model="digits-cnn"))
+    assert "'monitors.stateful.kk' is not a parameter" in line
+    # before: keys.db, audit.db and its signing key were created before the monitors were built
+    state = tmp_path / "state"
+    assert not any(state.glob("*.db")) if state.exists() else True

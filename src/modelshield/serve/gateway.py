@@ -71,12 +71,10 @@ class Gateway:
         answer = gw.predict(key, x, input_sha256=digest)
     """
 
-    def __init__(self, *, target: Target, config: GatewayConfig, keys: KeyStore, audit: AuditLog,
-                 state: SharedState | None = None) -> None:
+    def __init__(self, *, target: Target, config: GatewayConfig, keys: KeyStore | None = None,
+                 audit: AuditLog | None = None, state: SharedState | None = None) -> None:
         self.target = target
         self.config = config
-        self.keys = keys
-        self.audit = audit
         self.metrics = Metrics()
         self.text = target.text
         self.spec: InputSpec | TextSpec = (
@@ -91,41 +89,43 @@ class Gateway:
         name = str(target.model_info.get("name") or "model")
         digest = target.model_info.get("weights_sha256") or target.model_info.get("file_sha256")
         self.artifact = Artifact(name=name, sha256=digest if _is_hex64(digest) else None)
-        # rate limits, budgets, blocks, throttles, alerts: this process's, or Redis's shared by replicas
-        # (namespaced by the model's digest, so two models on one Redis keep separate quotas)
-        self.state: SharedState = state if state is not None else open_state(
-            config.state_store, state_dir=config.state_dir, keys=keys,
-            namespace=self.artifact.sha256[:16] if self.artifact.sha256 else _namespace(name))
         self._model_lock = threading.Lock()
         # one model call for the rows of concurrent requests (serve.batching); None: batching off
         self.batcher: MicroBatcher | None = None if config.batch_wait_ms <= 0 or self.text else MicroBatcher(
             self._answers, max_rows=config.batch_max_rows, wait_s=config.batch_wait_ms / 1000.0)
         self._since_checkpoint = 0
         self._checkpoint_lock = threading.Lock()
-        # live monitors, calibrated now on benign reference rows (config errors surface at start)
+        # live monitors, calibrated now on benign reference rows: before any store is opened or
+        # created, so a monitor's config error leaves the state folder as it was
         self.monitors: MonitorBank = build_monitors(
             target, config.monitors, predict=self._answers,
             model=self.model if self.text else target.module)
+        self.keys = keys if keys is not None else KeyStore.open(config.key_store)
+        try:
+            self.audit = audit if audit is not None else open_audit_log(config.audit_target)
+            try:
+                # rate limits, budgets, blocks, throttles, alerts: this process's, or Redis's shared by
+                # replicas (namespaced by the model's digest: two models on one Redis keep separate quotas)
+                self.state: SharedState = state if state is not None else open_state(
+                    config.state_store, state_dir=config.state_dir, keys=self.keys,
+                    namespace=self.artifact.sha256[:16] if self.artifact.sha256 else _namespace(name))
+            except BaseException:
+                self.audit.close()
+                raise
+        except BaseException:
+            self.keys.close()
+            raise
 
     @classmethod
     def open(cls, target: Target, config: GatewayConfig) -> Gateway:
-        """Open the key store and the audit log of ``config`` (creating them when absent).
+        """Calibrate the monitors, then open the key store, the audit log and the shared state of
+        ``config`` (creating them when absent).
 
         Raises:
+            ConfigError: a monitor's setting is refused (nothing has been written then).
             DataError: the state folder or the audit log cannot be opened.
         """
-        keys = KeyStore.open(config.key_store)
-        try:
-            audit = open_audit_log(config.audit_target)
-        except BaseException:
-            keys.close()
-            raise
-        try:
-            return cls(target=target, config=config, keys=keys, audit=audit)
-        except BaseException:
-            audit.close()
-            keys.close()
-            raise
+        return cls(target=target, config=config)
 
     def close(self) -> None:
         """Sign a final audit checkpoint (when the signing key is at hand) and close the stores."""
