@@ -8,6 +8,7 @@
     ├── IntegrityError(ValueError)          a signature, manifest or trust-policy check failed
     ├── ModelCapabilityError(TypeError)     the model cannot do what the caller needs
     ├── QueryBudgetExceeded(RuntimeError)   a query budget ran out
+    ├── QueryRefused(RuntimeError)          a served model refused a query (blocked, rate-limited, down)
     └── NotFittedError(ValueError, AttributeError)
 
     EvaluationWarning(UserWarning)          "this result may be misleading"
@@ -29,6 +30,7 @@ __all__ = [
     "ModelShieldError",
     "NotFittedError",
     "QueryBudgetExceeded",
+    "QueryRefused",
 ]
 
 
@@ -62,6 +64,25 @@ class ModelCapabilityError(ModelShieldError, TypeError):
 
 class QueryBudgetExceeded(ModelShieldError, RuntimeError):
     """A model's query budget ran out."""
+
+
+class QueryRefused(ModelShieldError, RuntimeError):
+    """A served model (a modelshield gateway) refused a query, so a query attack must stop.
+
+    Attributes:
+        status: the HTTP status (401, 403, 413, 429, 5xx), or None when no answer came (network).
+        decision: the gateway's decision name ("blocked", "rate-limited", "budget-exhausted", ...).
+        detail: the gateway's own explanation.
+        retry_after_s: the ``Retry-After`` seconds sent with the refusal, if any.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, decision: str = "refused",
+                 detail: str = "", retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.decision = decision
+        self.detail = detail
+        self.retry_after_s = retry_after_s
 
 
 class NotFittedError(ModelShieldError, ValueError, AttributeError):

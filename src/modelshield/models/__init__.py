@@ -17,6 +17,7 @@ from modelshield.models.black_box import BlackBoxOutput, as_black_box, black_box
 from modelshield.models.device import module_device, parameter_device, resolve_device
 from modelshield.models.outputs import evaluating, predict_labels
 from modelshield.models.refs import ModelFormat, ModelProvenance, ModelRef, load_model_ref
+from modelshield.models.remote import HttpModel
 from modelshield.models.text import TextAnswers, TextModel, as_text_model
 from modelshield.models.training import (
     EpochDecision,
@@ -34,6 +35,7 @@ __all__ = [
     "EpochDecision",
     "EpochInfo",
     "GradientModel",
+    "HttpModel",
     "Model",
     "ModelFormat",
     "ModelLike",
