@@ -165,7 +165,7 @@ def test_the_example_config_loads_with_every_monitor_and_an_image_the_model_take
     assert cfg.state_store is None and "# state_store: redis://" in text  # shown, commented out
     assert cfg.monitors.names == MONITOR_NAMES
     blocking = [e for e in cfg.monitors.entries if e.action == "block"]
-    assert blocking and all(e.act_after >= 2 and e.act_window > 0 for e in blocking)
+    assert blocking and all(e.alerts_to_act >= 2 and e.act_window > 0 for e in blocking)
     x = json.loads((REPO / "examples" / "digit.json").read_text(encoding="utf-8"))["inputs"]
     assert len(x) == 1 and len(x[0]) == 1 and len(x[0][0]) == 8 and all(len(r) == 8 for r in x[0][0])
     assert all(0.0 <= v <= 1.0 for r in x[0][0] for v in r)

@@ -7,6 +7,7 @@ a frozen :class:`GatewayConfig`, so nothing downstream depends on pydantic.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,7 @@ _FIXES = {
     "monitors.throttle_factor": "Give the divisor of a throttled key's rate, between 1 and 1000000, e.g. "
                                 "throttle_factor: 10",
     "monitors.act_after": "Give the alerts of this monitor a key may raise before its action applies, "
-                          "between 1 and 1000, e.g. act_after: 1",
+                          "between 1 and 1000, e.g. act_after: 5, or drop it for the automatic count",
     "monitors.act_window": "Give the key's queries within which act_after alerts must fall, between 0 "
                            "(no window) and 1000000, e.g. act_window: 100",
 }
@@ -78,24 +79,61 @@ class MonitorSpec:
             rate limit by ``throttle_factor`` for ``throttle_s``) or ``"block"`` (403 until an admin
             unblocks the key).
         fpr: the false-positive rate its threshold is chosen for on benign reference traffic.
-        act_after: alerts of this monitor a key raises before the action applies (1: the first).
+        act_after: alerts of this monitor a key raises before the action applies (1: the first);
+            None (the default): for ``stateful`` and ``blacklight``, the smallest count that a benign
+            key, raising false alerts independently at rate ``fpr``, reaches within ``act_window``
+            queries with probability at most ``ACT_FPR`` (the binomial tail); 1 for the others
+            (see :attr:`alerts_to_act`). Query attacks raise
+            alerts in bursts, so this costs them a few queries; a single false alarm never acts.
         act_window: when > 0, those ``act_after`` alerts must fall within the key's last
-            ``act_window`` queries (a per-query false-positive rate of p gives a benign key about
-            ``C(act_window, act_after) * p**act_after`` chance per window; an attack's alerts come
-            in bursts); 0: alerts count since the key was last unblocked.
+            ``act_window`` queries; 0: alerts count since the key was last unblocked (then the
+            automatic ``act_after`` is 1, since a long benign stream reaches any count).
         params: the monitor's own constructor parameters, as given (checked when the monitors are built).
     """
 
     name: str
     action: MonitorAction = "alert"
     fpr: float = 0.005
-    act_after: int = 1
-    act_window: int = 0
+    act_after: int | None = None
+    act_window: int = 100
     params: tuple[tuple[str, Any], ...] = ()
 
+    @property
+    def alerts_to_act(self) -> int:
+        """``act_after``; when None, for the per-query monitors (``PER_QUERY_MONITORS``) the smallest m
+        with P(Binomial(act_window, fpr) >= m) <= ACT_FPR, and 1 for the others, whose thresholds
+        already bound a benign client's chance of any alert (coverage, squeezing, STRIP: per client;
+        PRADA and drift: per test of the client's history or window)."""
+        if self.act_after is not None:
+            return self.act_after
+        if self.name in PER_QUERY_MONITORS and self.act_window > 0:
+            return binomial_count(self.act_window, self.fpr, ACT_FPR)
+        return 1
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "action": self.action, "fpr": self.fpr, "act_after": self.act_after,
+        return {"name": self.name, "action": self.action, "fpr": self.fpr, "act_after": self.alerts_to_act,
                 "act_window": self.act_window, "params": dict(self.params)}
+
+
+PER_QUERY_MONITORS = frozenset({"stateful", "blacklight"})
+"""Monitors whose threshold is a per-query false-positive rate (their benign false alerts are
+isolated queries; an attack's come one after another)."""
+ACT_FPR = 0.001
+"""Chance per ``act_window`` queries that a benign key's independent false alerts reach the
+automatic ``act_after`` of a monitor (so its action, e.g. a block, applies to an honest client)."""
+
+
+def binomial_count(n: int, p: float, tail: float) -> int:
+    """The smallest m >= 1 with P(X >= m) <= tail for X ~ Binomial(n, p) (n when none is smaller)."""
+    below = 0.0  # P(X < m)
+    log_q = math.log1p(-p)
+    for m in range(1, n + 1):
+        i = m - 1
+        below += math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+                          + i * math.log(p) + (n - i) * log_q)
+        if 1.0 - below <= tail:
+            return m
+    return n
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -235,8 +273,8 @@ def _monitors(parsed: Any) -> MonitorsConfig:
         entries.append(MonitorSpec(
             name=name, action=entry.action if entry is not None else "alert",
             fpr=float(entry.fpr if entry is not None and entry.fpr is not None else parsed.fpr),
-            act_after=entry.act_after if entry is not None else 1,
-            act_window=entry.act_window if entry is not None else 0,
+            act_after=entry.act_after if entry is not None else None,
+            act_window=entry.act_window if entry is not None else 100,
             params=tuple(sorted(extra.items()))))
     return MonitorsConfig(fpr=parsed.fpr, reference=parsed.reference, throttle_s=parsed.throttle_s,
                           throttle_factor=parsed.throttle_factor, entries=tuple(entries))
@@ -345,13 +383,13 @@ def _schema() -> Any:
 
         action: MonitorAction = "alert"
         fpr: float | None = Field(default=None, gt=0.0, lt=1.0)
-        act_after: int = Field(default=1, ge=1, le=1000)
-        act_window: int = Field(default=0, ge=0, le=1_000_000)
+        act_after: int | None = Field(default=None, ge=1, le=1000)
+        act_window: int = Field(default=100, ge=0, le=1_000_000)
 
         @model_validator(mode="after")
         def _reachable(self) -> _MonitorYaml:
             # act_after alerts within a window of fewer queries can never happen: the action never fires
-            if 0 < self.act_window < self.act_after:
+            if self.act_after is not None and 0 < self.act_window < self.act_after:
                 raise ValueError(f"act_after ({self.act_after}) must be at most act_window "
                                  f"({self.act_window}), else the action never applies")
             return self

@@ -342,8 +342,11 @@ def _query_model(target: Target) -> tuple[CallableModel, bool]:
     """The target as a black box, and whether it answers labels only."""
     if isinstance(target.module, nn.Module):
         return as_query_model(target), False
-    model = as_query_model(target, labels_only=target.n_outputs is None)
-    labels_only = target.n_outputs is None or model.score_kind == "margins"
+    # n_outputs is the probe's answer width for user models; zoo estimators leave it None but
+    # answer probabilities through predict_proba
+    probabilistic = target.n_outputs is not None or callable(getattr(target.module, "predict_proba", None))
+    model = as_query_model(target, labels_only=not probabilistic)
+    labels_only = not probabilistic or model.score_kind == "margins"
     try:
         if not labels_only:
             model.scores(target.x[:1])

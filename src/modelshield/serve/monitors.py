@@ -235,7 +235,7 @@ class _Recent:
     def add(self, spec: MonitorSpec, key_id: str, at: int) -> int:
         """Record an alert of spec's monitor at the key's query ``at``; the alerts within its window."""
         k = (spec.name, key_id)
-        recent = self._alerts.pop(k, None) or deque(maxlen=spec.act_after)
+        recent = self._alerts.pop(k, None) or deque(maxlen=spec.alerts_to_act)
         recent.append(at)
         self._alerts[k] = recent
         while len(self._alerts) > self.cap:
@@ -307,7 +307,7 @@ class MonitorBank:
             for a in raised:
                 with self._count_lock:
                     count = self._recent.add(spec, key_id, at)
-                acted = spec.action != "alert" and count >= spec.act_after
+                acted = spec.action != "alert" and count >= spec.alerts_to_act
                 if acted and _SEVERITY[spec.action] > _SEVERITY[action]:
                     action = "block" if spec.action == "block" else "throttle"
                 alerts.append({"key_id": key_id, "monitor": spec.name, "detector": a.detector,
@@ -597,7 +597,11 @@ class _Generic:
 def _build_stateful(spec: MonitorSpec, ctx: MonitorContext) -> LiveMonitor:
     k = dict(spec.params).get("k", 10)
     # min_history = k as in the authors' code: a client's first retry of an input is not an alert
-    defaults: dict[str, Any] = {"k": 10, "history": 1000, "max_clients": MAX_CLIENTS, "min_history": k}
+    # clear_on_alert False: a probing key keeps alerting on every near-duplicate query (Chen et al.
+    # clear the history at each detection, which spaces alerts k + 1 queries apart), so the burst
+    # rule of act_after sees the attack at once while a benign key's isolated false alerts stay rare
+    defaults: dict[str, Any] = {"k": 10, "history": 1000, "max_clients": MAX_CLIENTS, "min_history": k,
+                                "clear_on_alert": False}
     if ctx.target.text:
         defaults["encoder"] = "pixels"  # the 3-gram embedding is already a small, metric space
     det = _construct(StatefulDetector, spec, {"fpr": spec.fpr}, defaults)

@@ -32,25 +32,33 @@ def _gateway(tmp_path: Path, monitors: dict[str, object]) -> Gateway:
     return Gateway.open(_target(), config)
 
 
-def _probe(gw: Gateway, key_id: str, n: int, *, sigma: float = 0.01) -> list[str]:
-    """n near-duplicates of one image through the bank; the action of each step."""
+def _probe(gw: Gateway, key_id: str, n: int, *, sigma: float = 0.01,
+           alerted: list[bool] | None = None) -> list[str]:
+    """n near-duplicates of one image through the bank; the action of each step (and, into
+    ``alerted``, whether each step raised an alert)."""
     gen = np.random.default_rng(1)
     base = gw.target.x[0].numpy()
     actions: list[str] = []
     for _ in range(n):
         x = np.clip(base + gen.normal(0.0, sigma, base.shape), 0, 1).astype(np.float32)[None]
         probs, labels = gw._answers(x)
-        actions.append(gw.monitors.observe(key_id, x, probs, labels).action)
+        outcome = gw.monitors.observe(key_id, x, probs, labels)
+        actions.append(outcome.action)
+        if alerted is not None:
+            alerted.append(bool(outcome.alerts))
     return actions
 
 
 def test_act_after_delays_the_action_until_that_many_alerts(tmp_path: Path) -> None:
     gw = _gateway(tmp_path, {"reference": 200, "stateful": {"action": "block", "act_after": 3, "k": 3}})
     try:
-        actions = _probe(gw, "k1", 40)
+        alerted: list[bool] = []
+        actions = _probe(gw, "k1", 40, alerted=alerted)
         first_block = actions.index("block")
-        # alerts from query k+1 on (min_history = k), cleared after each: the 3rd alert acts
-        assert first_block >= 3 * 3
+        # alerts from query k+1 on (min_history = k), one per near-duplicate query (the gateway keeps
+        # the history after an alert): the 3rd alert acts, two queries after the first
+        assert sum(alerted[:first_block + 1]) == 3 and alerted[first_block]
+        assert first_block == alerted.index(True) + 2 and first_block >= 3
         assert set(actions[:first_block]) == {"none"}
     finally:
         gw.close()
@@ -67,8 +75,12 @@ def test_act_window_counts_only_recent_alerts(tmp_path: Path) -> None:
     assert recent.add(spec, "k", 35) == 2
     recent.reset("k")
     assert recent.add(spec, "k", 36) == 1
-    forever = MonitorSpec(name="stateful", action="block", act_after=2)
+    forever = MonitorSpec(name="stateful", action="block", act_after=2, act_window=0)
     assert recent.add(forever, "j", 1) == 1 and recent.add(forever, "j", 10_000) == 2
+    # left out, act_after is the binomial count: P(Bin(100, 0.005) >= 5) = 0.00017 <= 0.001 < P(>= 4)
+    auto = MonitorSpec(name="stateful", action="block")
+    assert (auto.act_after, auto.act_window, auto.alerts_to_act) == (None, 100, 5)
+    assert MonitorSpec(name="stateful", action="block", act_window=0).alerts_to_act == 1
     assert GatewayConfig.from_mapping({"state_dir": str(tmp_path), "monitors": {
         "stateful": {"act_after": 3, "act_window": 100}}}).monitors.entries[0].act_window == 100
 
@@ -191,3 +203,28 @@ def test_metrics_render_alert_counters() -> None:
     assert 'modelshield_alerts_total{monitor="stateful"} 2' in text
     shared = m.render(active_keys=1, ready=True, alerts={"blacklight": 5})
     assert 'modelshield_alerts_total{monitor="blacklight"} 5' in shared and 'monitor="stateful"' not in shared
+
+
+def test_an_estimator_with_predict_proba_is_served_with_probabilities() -> None:
+    """Zoo estimators carry no probe width (n_outputs None) but answer predict_proba: before, the
+    gateway served them labels only, whatever the key's policy allowed."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    from modelshield.serve.gateway import _query_model
+    from modelshield.targets import Target
+
+    gen = np.random.default_rng(0)
+    x = gen.choice([-1.0, 0.0, 1.0], size=(120, 6)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+
+    def target(module: object) -> Target:
+        return Target(module=module, x=torch.from_numpy(x[:10]), y=torch.from_numpy(y[:10]),
+                      bounds=(-1.0, 1.0), model_info={"name": "t"}, data_info={}, kind="sklearn")
+
+    model, labels_only = _query_model(target(LogisticRegression().fit(x, y)))
+    assert labels_only is False
+    probs = model.scores(torch.from_numpy(x[:4])).numpy()
+    assert probs.shape == (4, 2) and np.allclose(probs.sum(axis=1), 1.0)
+    assert _query_model(target(LinearSVC().fit(x, y)))[1] is True  # no probabilities to give
