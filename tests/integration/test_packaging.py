@@ -73,7 +73,8 @@ def _extras() -> dict[str, set[str]]:
 def _imported_top_levels() -> dict[str, list[tuple[str, bool]]]:
     """Top-level module name -> ('file:line', lazy) of each import anywhere in src.
 
-    ``lazy`` is True for an import inside a function body (run only when the function is).
+    ``lazy`` is True for an import inside a function body (run only when the function is) or under
+    ``if TYPE_CHECKING:`` (never run).
     """
     found: dict[str, list[tuple[str, bool]]] = {}
     for path in sorted(SRC.rglob("*.py")):
@@ -82,6 +83,10 @@ def _imported_top_levels() -> dict[str, list[tuple[str, bool]]]:
             id(inner)
             for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
             for inner in ast.walk(fn)
+        } | {
+            id(inner)
+            for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
+            for stmt in block.body for inner in ast.walk(stmt)
         }
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -95,6 +100,11 @@ def _imported_top_levels() -> dict[str, list[tuple[str, bool]]]:
                 where = f"{path.relative_to(REPO)}:{node.lineno}"
                 found.setdefault(top, []).append((where, id(node) in lazy_nodes))
     return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def _all_module_names() -> list[str]:
