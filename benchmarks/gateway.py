@@ -7,25 +7,25 @@ each bounded in requests and seconds, each saved as soon as it is done (``--resu
 already in the output file, ``--parts`` picks some):
 
 - ``detection``: a gateway with the live monitors on (``stateful``, ``blacklight``, ``prada``,
-  ``coverage``; each ``action: block`` but PRADA, which throttles) in front of ``mnist-cnn`` (the zoo trains it once if not
-  cached: ``zoo_load_s``) and of the tabular ``phishing-gbm`` (UCI phishing). modelshield's own
-  Square (L-inf), HopSkipJump and SimBA (untargeted, one image per client key) and a Knockoff Nets
-  thief (natural out-of-distribution pool: Fashion-MNIST for MNIST; for the tabular model, random
-  rows of the feature grid, i.e. synthetic queries) run through ``modelshield.models.HttpModel``
-  with a probabilities key: queries answered until the first alert (the alert's own query count)
-  and until the key was refused with 403; the targets are <= 50 for query-based evasion and
-  <= 200 for extraction. ``benign``: held-out test-set streams (one key each, one row per
-  request, images not used by the gateway's reference rows; a blocked key is unblocked by the
-  admin and goes on), the per-query false-positive rate (alerts / queries; target <= 0.5%; the
-  gateway's detectors keep a key's state across an unblock, so PRADA, once its statistic is under
-  the threshold, alerts again at its next check) and how many benign keys were blocked at least
-  once, and at which query first (the client's view). ``adaptive``: the
-  same attacks with each query blinded before it is sent (Gaussian noise of std ``--sigma`` and,
-  for images, a random roll of up to one pixel; ``adaptive_strong``: std ``--strong-sigma`` and up
-  to two pixels; the twist the stateful-detection papers evaluate):
-  how many queries then pass before the block, and whether the attack still succeeded
-  (re-checked on the model itself, in process). ART 1.20.1 has no stateful query detector to
-  put beside the gateway (its unmerged prototype is compared offline in benchmarks/monitors.py).
+  ``coverage``; each ``action: block`` but PRADA, which throttles) in front of ``mnist-cnn`` (the
+  zoo trains it once if not cached: ``zoo_load_s``) and of the tabular ``phishing-gbm`` (UCI
+  phishing). modelshield's own Square (L-inf), HopSkipJump and SimBA (untargeted, one image per
+  client key) and a Knockoff Nets thief (natural out-of-distribution pool: Fashion-MNIST for MNIST;
+  for the tabular model, random rows of the feature grid, i.e. synthetic queries) run through
+  ``modelshield.models.HttpModel`` with a probabilities key: queries answered until the first alert
+  (the alert's own query count) and until the key was refused with 403; the targets are <= 50 for
+  query-based evasion and <= 200 for extraction. ``benign``: held-out test-set streams (one key
+  each, one row per request, images not used by the gateway's reference rows; a blocked key is
+  unblocked by the admin and goes on), the per-query false-positive rate (alerts / queries; target
+  <= 0.5%; the gateway's detectors keep a key's state across an unblock, so PRADA, once its
+  statistic is under the threshold, alerts again at its next check) and how many benign keys were
+  blocked at least once, and at which query first (the client's view). ``adaptive``: the same
+  attacks with each query blinded before it is sent (Gaussian noise of std ``--sigma`` and, for
+  images, a random roll of up to one pixel; ``adaptive_strong``: std ``--strong-sigma`` and up to
+  two pixels; the twist the stateful-detection papers evaluate): how many queries then pass before
+  the block, and whether the attack still succeeded (re-checked on the model itself, in process).
+  ART 1.20.1 has no stateful query detector to put beside the gateway (its unmerged prototype is
+  compared offline in benchmarks/monitors.py).
 - ``load``: ``mnist-cnn`` with all four monitors on and with none; 1, 8 and 64 concurrent clients
   (one key each, distinct held-out test images, one row per request) in a separate process (an
   asyncio httpx client): requests/s, p50 and p99 latency; the in-process model call of the same

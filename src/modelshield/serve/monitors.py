@@ -623,18 +623,24 @@ def _build_blacklight(spec: MonitorSpec, ctx: MonitorContext) -> LiveMonitor:
     return _Blacklight(det.fit(ctx.streams()))
 
 
+PRADA_STREAMS = 200
+PRADA_STREAM_LEN = 250
+
+
 def _build_prada(spec: MonitorSpec, ctx: MonitorContext) -> LiveMonitor:
+    """PRADA with δ calibrated on ``PRADA_STREAMS`` simulated benign clients: each a seeded random
+    draw (without replacement) of ``PRADA_STREAM_LEN`` reference rows. The reference cut into a few
+    500-query streams gives δ = the lowest of about 4 statistics (floor(fpr * 4) = 0 streams may be
+    flagged), which held-out clients undercut about once in 5 (1.25% of MNIST test queries alerted);
+    200 draws put δ at the benign statistic's fpr-quantile."""
     det = _construct(PRADA, spec, {}, {"check_every": 10})
-    streams = [(x, ctx.labels[i:i + x.shape[0]]) for x, i in _offsets(ctx.streams())]
+    n = ctx.x.shape[0]
+    length = min(PRADA_STREAM_LEN, n)
+    gen = torch.Generator().manual_seed(0)
+    draws = [torch.randperm(n, generator=gen)[:length] for _ in range(PRADA_STREAMS)] if n > length else [
+        torch.arange(n)]
+    streams = [(ctx.x[idx], ctx.labels[idx]) for idx in draws]
     return _Prada(det.calibrate(streams, max_fpr=spec.fpr))
-
-
-def _offsets(streams: list[Tensor]) -> list[tuple[Tensor, int]]:
-    out, at = [], 0
-    for s in streams:
-        out.append((s, at))
-        at += s.shape[0]
-    return out
 
 
 def _build_coverage(spec: MonitorSpec, ctx: MonitorContext) -> LiveMonitor:

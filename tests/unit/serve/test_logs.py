@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import logging.config
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from fastapi.testclient import TestClient
 
 from modelshield.serve.logs import (
     REQUEST_LOGGER,
@@ -57,12 +59,39 @@ def _app() -> FastAPI:
     return app
 
 
+class AsgiClient:
+    """The app called in-process over httpx's ASGI transport (starlette's AsgiClient would need the
+    httpx2 package); ``post``/``get`` return httpx responses."""
+
+    def __init__(self, app: FastAPI, *, raise_server_exceptions: bool = True) -> None:
+        self.transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_server_exceptions)
+
+    def __enter__(self) -> AsgiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        async def go() -> httpx.Response:
+            async with httpx.AsyncClient(transport=self.transport, base_url="http://gateway") as client:
+                return await client.request(method, path, **kw)
+
+        return asyncio.run(go())
+
+    def post(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("POST", path, **kw)
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("GET", path, **kw)
+
+
 def _lines(stream: io.StringIO) -> list[dict[str, object]]:
     return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
 
 
 def test_one_json_line_per_request_with_the_routes_fields(captured: io.StringIO) -> None:
-    with TestClient(_app()) as client:
+    with AsgiClient(_app()) as client:
         r = client.post("/v1/predict", headers={"X-Request-ID": "req-42"})
     assert r.status_code == 200 and r.headers["x-request-id"] == "req-42"
     (line,) = _lines(captured)
@@ -75,7 +104,7 @@ def test_one_json_line_per_request_with_the_routes_fields(captured: io.StringIO)
 
 
 def test_request_ids_are_generated_when_absent_or_unsafe(captured: io.StringIO) -> None:
-    with TestClient(_app()) as client:
+    with AsgiClient(_app()) as client:
         a = client.post("/v1/predict")
         b = client.post("/v1/predict", headers={"X-Request-ID": "bad id\twith spaces"})
     ids = [str(line["request_id"]) for line in _lines(captured)]
@@ -84,7 +113,7 @@ def test_request_ids_are_generated_when_absent_or_unsafe(captured: io.StringIO) 
 
 
 def test_a_failing_request_is_logged_with_its_exception(captured: io.StringIO) -> None:
-    with TestClient(_app(), raise_server_exceptions=False) as client:
+    with AsgiClient(_app(), raise_server_exceptions=False) as client:
         assert client.get("/boom").status_code == 500
     lines = _lines(captured)
     assert len(lines) == 1 and lines[0]["status"] == 500 and lines[0]["level"] == "error"
@@ -93,7 +122,7 @@ def test_a_failing_request_is_logged_with_its_exception(captured: io.StringIO) -
 
 def test_nothing_is_logged_below_info(captured: io.StringIO) -> None:
     logging.getLogger(REQUEST_LOGGER).setLevel(logging.WARNING)
-    with TestClient(_app()) as client:
+    with AsgiClient(_app()) as client:
         client.post("/v1/predict")
     assert captured.getvalue() == ""
 
