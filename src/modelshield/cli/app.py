@@ -30,6 +30,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "certify": ("modelshield.cli.defend", "certify"),
     "demo": ("modelshield.cli.assess", "demo"),
     "extract": ("modelshield.cli.extract", "extract"),
+    "explain": ("modelshield.cli.explain", "explain"),
     "poison": ("modelshield.cli.data", "poison"),
     "validate-data": ("modelshield.cli.data", "validate_data"),
     "scan": ("modelshield.cli.scan", "scan"),
