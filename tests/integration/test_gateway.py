@@ -7,10 +7,9 @@ a thread on a pre-bound free port; requests go over HTTP with httpx.
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import socket
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,37 +19,20 @@ from typing import Any
 import httpx
 import pytest
 import torch
-import uvicorn
 
 from modelshield.errors import ConfigError
 from modelshield.secure.audit import AuditLog
 from modelshield.serve import GatewayConfig, KeyStore, Policy, create_app, load_config
 from modelshield.targets import Target, load_target
 
+_spec = importlib.util.spec_from_file_location("gateway_support",
+                                               Path(__file__).with_name("gateway_support.py"))
+assert _spec is not None and _spec.loader is not None
+support = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(support)
+
 MAX_BODY = 64 * 1024
 MAX_BATCH = 32
-
-
-def _train_digits_cnn(path: Path) -> None:
-    """cnn-8x8 trained for a few epochs on the digits train split (about a second), saved to path."""
-    from sklearn.datasets import load_digits
-
-    from modelshield.models.archs import build
-    from modelshield.models.load import save_model
-
-    digits = load_digits()
-    x = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.as_tensor(digits.target, dtype=torch.long)
-    net = build("cnn-8x8", seed=0)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(4):
-        for idx in torch.randperm(len(y), generator=gen).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            opt.step()
-    net.eval()
-    save_model(net, path, arch="cnn-8x8")
 
 
 @dataclass
@@ -89,7 +71,7 @@ class Server:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("gateway")
     model_path = root / "digits-cnn.pt"
-    _train_digits_cnn(model_path)
+    support.train_digits_cnn(model_path)
     target = load_target(str(model_path), data="digits", data_dir=None, arch=None, n=64)
     config = GatewayConfig(state_dir=root / "state", max_body_bytes=MAX_BODY, max_batch=MAX_BATCH)
     with KeyStore.open(config.key_store) as store:
@@ -100,27 +82,13 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             "slow": store.create(name="slow", role="client", policy=Policy(rate_per_s=0.05, burst=2))[1],
             "small": store.create(name="small", role="client", policy=Policy(budget=5, burst=100))[1],
         }
-    app = create_app(target, config)
-    # proto IPPROTO_TCP: asyncio sets TCP_NODELAY only on such sockets (else each answer waits ~40 ms
-    # for the client's delayed ACK, as a socket from plain socket.socket() does)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start within 10 s"
-    srv = Server(url=f"http://127.0.0.1:{port}", state=config.state_dir, target=target, keys=made,
-                 thread=thread, server=server)
+    run = support.start_uvicorn(create_app(target, config), timeout_s=10)
+    srv = Server(url=run.url, state=config.state_dir, target=target, keys=made, thread=run.thread,
+                 server=run.server)
     try:
         yield srv
     finally:
-        srv.stop()
-        sock.close()
+        run.stop()
 
 
 def _rows(target: Target, n: int) -> list[Any]:

@@ -11,8 +11,8 @@ clients replaying held-out test-set streams are never blocked; the audit chain v
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,36 +24,19 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
 
 from modelshield.errors import ModelCapabilityError, QueryRefused
 from modelshield.models import HttpModel
 from modelshield.serve import GatewayConfig, KeyStore, Policy, create_app
 from modelshield.targets import Target, load_target
 
+_spec = importlib.util.spec_from_file_location("gateway_support",
+                                               Path(__file__).with_name("gateway_support.py"))
+assert _spec is not None and _spec.loader is not None
+support = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(support)
+
 MAX_BATCH = 16
-
-
-def _train_digits_cnn(path: Path) -> None:
-    """cnn-8x8 trained for a few epochs on the digits train split (about a second), saved to path."""
-    from sklearn.datasets import load_digits
-
-    from modelshield.models.archs import build
-    from modelshield.models.load import save_model
-
-    digits = load_digits()
-    x = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.as_tensor(digits.target, dtype=torch.long)
-    net = build("cnn-8x8", seed=0)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(4):
-        for idx in torch.randperm(len(y), generator=gen).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            opt.step()
-    net.eval()
-    save_model(net, path, arch="cnn-8x8")
 
 
 @dataclass
@@ -65,16 +48,13 @@ class Running:
     target: Target
     keys: dict[str, str]
     app: Any
-    server: Any
-    thread: threading.Thread
+    run: Any  # gateway_support.Uvicorn
 
     def get(self, path: str, key: str) -> httpx.Response:
         return httpx.get(self.url + path, headers={"Authorization": f"Bearer {key}"}, timeout=10.0)
 
     def stop(self) -> None:
-        if self.thread.is_alive():
-            self.server.should_exit = True
-            self.thread.join(timeout=10)
+        self.run.stop()
 
 
 @contextlib.contextmanager
@@ -86,30 +66,18 @@ def serve(target: Target, config: GatewayConfig,
         made = {name: store.create(name=name, role=role, policy=policy)[1]
                 for name, (role, policy) in keys.items()}
     app = create_app(target, config)
-    # IPPROTO_TCP: asyncio sets TCP_NODELAY only on such sockets (else ~40 ms per answer)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start within 20 s"
-    running = Running(url=f"http://127.0.0.1:{sock.getsockname()[1]}", state=config.state_dir,
-                      target=target, keys=made, app=app, server=server, thread=thread)
+    run = support.start_uvicorn(app)
+    running = Running(url=run.url, state=config.state_dir, target=target, keys=made, app=app, run=run)
     try:
         yield running
     finally:
-        running.stop()
-        sock.close()
+        run.stop()
 
 
 @pytest.fixture(scope="module")
 def digits_target(tmp_path_factory: pytest.TempPathFactory) -> Target:
     root = tmp_path_factory.mktemp("digits-model")
-    _train_digits_cnn(root / "digits-cnn.pt")
+    support.train_digits_cnn(root / "digits-cnn.pt")
     # every test point of the digits split (540): the guarded gateway's benign streams replay them
     # (its monitors calibrate on the training split's rows, never on these)
     return load_target(str(root / "digits-cnn.pt"), data="digits", data_dir=None, arch=None, n=None)

@@ -12,10 +12,8 @@ record of a predict request carries the monitors' scores and the chain verifies.
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
 from typer.testing import CliRunner
 
 from modelshield.errors import ConfigError
@@ -34,32 +31,16 @@ from modelshield.serve import Gateway, GatewayConfig, KeyStore, Policy, create_a
 from modelshield.serve.store import open_state
 from modelshield.targets import Target, load_target
 
+_spec = importlib.util.spec_from_file_location("gateway_support",
+                                               Path(__file__).with_name("gateway_support.py"))
+assert _spec is not None and _spec.loader is not None
+support = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(support)
+
 MONITORS = {"fpr": 0.005, "reference": 1000, "stateful": {"action": "block"},
             "blacklight": {"action": "block"}, "prada": {"action": "alert"}}
 BENIGN_CLIENTS = 3
 BENIGN_ROWS = 120  # per client, disjoint slices of the digits test split (540 rows)
-
-
-def _train_digits_cnn(path: Path) -> None:
-    """cnn-8x8 trained for a few epochs on the digits data (about a second), saved to path."""
-    from sklearn.datasets import load_digits
-
-    from modelshield.models.archs import build
-    from modelshield.models.load import save_model
-
-    digits = load_digits()
-    x = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.as_tensor(digits.target, dtype=torch.long)
-    net = build("cnn-8x8", seed=0)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(4):
-        for idx in torch.randperm(len(y), generator=gen).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            opt.step()
-    net.eval()
-    save_model(net, path, arch="cnn-8x8")
 
 
 @dataclass
@@ -70,8 +51,7 @@ class Server:
     target: Target
     keys: dict[str, str]
     app: Any
-    thread: threading.Thread
-    server: Any
+    run: Any  # gateway_support.Uvicorn
 
     def request(self, method: str, path: str, *, key: str | None = None, **kw: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
@@ -83,31 +63,20 @@ class Server:
 
 def _serve(target: Target, config: GatewayConfig, keys: dict[str, str]) -> Server:
     app = create_app(target, config)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start within 20 s"
-    return Server(url=f"http://127.0.0.1:{port}", state=config.state_dir, config=config, target=target,
-                  keys=keys, app=app, thread=thread, server=server)
+    run = support.start_uvicorn(app)
+    return Server(url=run.url, state=config.state_dir, config=config, target=target, keys=keys, app=app,
+                  run=run)
 
 
 def _stop(srv: Server) -> None:
-    srv.server.should_exit = True
-    srv.thread.join(timeout=10)
+    srv.run.stop()
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("monitored")
     model_path = root / "digits-cnn.pt"
-    _train_digits_cnn(model_path)
+    support.train_digits_cnn(model_path)
     target = load_target(str(model_path), data="digits", data_dir=None, arch=None, n=None)
     config = GatewayConfig.from_mapping({"state_dir": str(root / "state"), "max_batch": 32,
                                          "monitors": MONITORS})
@@ -376,7 +345,7 @@ def test_all_seven_monitors_block_a_probe_and_spare_the_whole_test_split(tmp_pat
     """All monitors on, as recommended for production (block after 2 alerts within 100 queries):
     four benign clients stream the whole digits test split, a probe is blocked."""
     model_path = tmp_path / "digits-cnn.pt"
-    _train_digits_cnn(model_path)
+    support.train_digits_cnn(model_path)
     target = load_target(str(model_path), data="digits", data_dir=None, arch=None, n=None)
     strict = {"action": "block", "act_after": 2, "act_window": 100}
     monitors = {"stateful": strict, "blacklight": strict, "prada": {}, "coverage": {}, "squeezing": {},

@@ -8,12 +8,12 @@ pool; they share keys.db, the audit log and the Redis namespace of the model's d
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import logging
 import socket
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
-import uvicorn
 
 from modelshield.secure.audit import AuditLog
 from modelshield.serve import GatewayConfig, KeyStore, Policy, create_app
@@ -31,35 +29,18 @@ from modelshield.serve.logs import REQUEST_LOGGER, JsonFormatter
 from modelshield.serve.store import RedisState
 from modelshield.targets import Target, load_target
 
-
-def _train_digits_cnn(path: Path) -> None:
-    """cnn-8x8 trained briefly on sklearn digits, saved as a modelshield-v1 file (as test_gateway.py)."""
-    from sklearn.datasets import load_digits
-
-    from modelshield.models.archs import build
-    from modelshield.models.load import save_model
-
-    digits = load_digits()
-    x = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.as_tensor(digits.target, dtype=torch.long)
-    net = build("cnn-8x8", seed=0)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for idx in torch.randperm(len(y), generator=gen).split(64):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-        opt.step()
-    net.eval()
-    save_model(net, path, arch="cnn-8x8")
+_spec = importlib.util.spec_from_file_location("gateway_support",
+                                               Path(__file__).with_name("gateway_support.py"))
+assert _spec is not None and _spec.loader is not None
+support = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(support)
 
 
 @dataclass
 class Replica:
     url: str
     app: Any
-    server: uvicorn.Server
-    thread: threading.Thread
-    sock: socket.socket
+    run: Any  # gateway_support.Uvicorn
 
     @property
     def gateway(self) -> Any:
@@ -70,26 +51,13 @@ class Replica:
                           headers={"Authorization": f"Bearer {key}", **kw.pop("headers", {})}, timeout=10.0)
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
+        self.run.stop()
 
 
 def _start(target: Target, config: GatewayConfig) -> Replica:
     app = create_app(target, config)
-    # IPPROTO_TCP: asyncio sets TCP_NODELAY only on such sockets (see test_gateway.py)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start within 10 s"
-    return Replica(url=f"http://127.0.0.1:{sock.getsockname()[1]}", app=app, server=server, thread=thread,
-                   sock=sock)
+    run = support.start_uvicorn(app, timeout_s=10)
+    return Replica(url=run.url, app=app, run=run)
 
 
 @dataclass
@@ -108,7 +76,7 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("replicas")
-    _train_digits_cnn(root / "digits-cnn.pt")
+    support.train_digits_cnn(root / "digits-cnn.pt")
     target = load_target(str(root / "digits-cnn.pt"), data="digits", data_dir=None, arch=None, n=16)
     config = GatewayConfig(state_dir=root / "state", state_store=redis_url, max_batch=8)
     made: dict[str, tuple[str, str]] = {}

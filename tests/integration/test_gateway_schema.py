@@ -11,15 +11,11 @@ After the run the audit chain verifies with one record per ``/v1`` request the s
 from __future__ import annotations
 
 import importlib.util
-import socket
-import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import unquote
 
@@ -29,7 +25,6 @@ pytest.importorskip("schemathesis")
 pytest.importorskip("uvicorn")
 
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.config import SchemathesisConfig
 
@@ -37,29 +32,23 @@ from modelshield.secure.audit import AuditLog
 from modelshield.serve import ENDPOINTS, GatewayConfig, KeyStore, Policy, create_app
 from modelshield.targets import Target, load_target
 
+_spec = importlib.util.spec_from_file_location("gateway_support",
+                                               Path(__file__).with_name("gateway_support.py"))
+assert _spec is not None and _spec.loader is not None
+support = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(support)
+
 MAX_BODY = 64 * 1024
 MAX_BATCH = 8
 FAST_EXAMPLES = 15  # per operation, mode and key: 11 operations x 2 x 2 x 15, about 30 s on 2 cores
 DEEP_EXAMPLES = 100  # about 3-4 min
 
 
-def gateway_test_helpers() -> ModuleType:
-    """tests/integration/test_gateway.py as a module (its model trainer), loaded by path once."""
-    name = "_modelshield_test_gateway_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_gateway.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def digits_target(root: Path) -> Target:
     """cnn-8x8 trained for about a second on digits, saved and loaded back through load_target."""
     model_path = root / "digits-cnn.pt"
     if not model_path.exists():
-        gateway_test_helpers()._train_digits_cnn(model_path)
+        support.train_digits_cnn(model_path)
     return load_target(str(model_path), data="digits", data_dir=None, arch=None, n=64)
 
 
@@ -101,9 +90,7 @@ class LiveGateway:
     target: Target
     keys: dict[str, str]
     key_ids: dict[str, str]
-    server: uvicorn.Server
-    thread: threading.Thread
-    sock: socket.socket
+    run: Any  # gateway_support.Uvicorn
     app: CountingApp
 
     @property
@@ -112,10 +99,7 @@ class LiveGateway:
         return host, int(port)
 
     def stop(self) -> None:
-        if self.thread.is_alive():
-            self.server.should_exit = True
-            self.thread.join(timeout=15)
-        self.sock.close()
+        self.run.stop()
 
 
 def serve_in_thread(root: Path, *, target: Target | None = None, policies: dict[str, tuple[str, Policy]],
@@ -130,20 +114,9 @@ def serve_in_thread(root: Path, *, target: Target | None = None, policies: dict[
         for name, (role, policy) in policies.items():
             key_ids[name], keys[name] = store.create(name=name, role=role, policy=policy)
     app = CountingApp(create_app(target, config))
-    # IPPROTO_TCP: asyncio sets TCP_NODELAY only on such sockets (see test_gateway.py)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="on", **uvicorn_options))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start within 15 s"
-    return LiveGateway(url=f"http://127.0.0.1:{port}", state=config.state_dir, target=target, keys=keys,
-                       key_ids=key_ids, server=server, thread=thread, sock=sock, app=app)
+    run = support.start_uvicorn(app, log_level="critical", timeout_s=15, **uvicorn_options)
+    return LiveGateway(url=run.url, state=config.state_dir, target=target, keys=keys, key_ids=key_ids,
+                       run=run, app=app)
 
 
 def verify_audit(state: Path) -> tuple[Any, list[Any]]:

@@ -26,7 +26,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -37,19 +36,14 @@ pytest.importorskip("uvicorn")
 from modelshield.secure.audit import AuditLog
 from modelshield.serve import ENDPOINTS, KeyStore, Policy
 
+_spec = importlib.util.spec_from_file_location("gateway_support",
+                                               Path(__file__).with_name("gateway_support.py"))
+assert _spec is not None and _spec.loader is not None
+support = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(support)
+
 START_TIMEOUT_S = 60.0  # importing torch and loading the model on a busy 2-core machine
 EXIT_BOUND_S = 15.0
-
-
-def _gateway_helpers() -> ModuleType:
-    name = "_modelshield_test_gateway_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_gateway.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @dataclass
@@ -73,7 +67,7 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
     root = tmp_path_factory.mktemp("gateway-shutdown")
     model = root / "digits-cnn.pt"
-    _gateway_helpers()._train_digits_cnn(model)
+    support.train_digits_cnn(model)
     from sklearn.datasets import load_digits
 
     images = load_digits().images / 16.0
