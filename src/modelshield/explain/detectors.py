@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
+from modelshield.attacks.ops import make_generator
 from modelshield.errors import ConfigError, InputError, NotFittedError
 from modelshield.explain.gradients import Saliency
 from modelshield.explain.permutation import PermutationImportance
@@ -378,11 +379,7 @@ class PatchTransplantDetector:
         n, k = int(x.shape[0]), int(canv.shape[0])
         m = mask.to(x.device)
         m = m[:, None] if x.dim() == 4 else m  # broadcast over channels
-        gen = torch.Generator(device="cpu")
-        if self.seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(self.seed)
+        gen = make_generator(self.seed, torch.device("cpu"))
         lo, hi = self.bounds
         fooled = torch.zeros(n, dtype=torch.float64)
         inert = torch.zeros(n, dtype=torch.float64)
@@ -645,11 +642,7 @@ class ImportanceShift:
         x, y = self._check_xy(x, y)
         self.reference_ = self.importances(model, x, y)
         models = list(retrains) if len(retrains) else [model]
-        gen = torch.Generator()
-        if self.seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(self.seed)
+        gen = make_generator(self.seed, torch.device("cpu"))
         n = int(x.shape[0])
         null = torch.empty(self.n_boot, dtype=torch.float64)
         for b in range(self.n_boot):

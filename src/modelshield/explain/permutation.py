@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
+from modelshield.attacks.ops import make_generator
 from modelshield.errors import InputError
 from modelshield.explain.shapley import check_tabular, probability_fn
 
@@ -123,11 +124,7 @@ class PermutationImportance:
             raise InputError(f"PermutationImportance: feature_names must name the {d} columns; got "
                              f"{len(feature_names)}. Pass one name per column.")
         fn = probability_fn(model)
-        gen = torch.Generator()
-        if self.seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(self.seed)
+        gen = make_generator(self.seed, torch.device("cpu"))
         yy = y.long().cpu()
         base = float(_metric(fn(x).double().cpu()[None], yy, self.metric)[0])
         perms = torch.stack([torch.randperm(n, generator=gen) for _ in range(self.repeats * d)])  # (R*D, N)

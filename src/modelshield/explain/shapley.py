@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
+from modelshield.attacks.ops import make_generator
 from modelshield.errors import InputError
 from modelshield.explain.result import Attribution
 from modelshield.models import TorchModel, as_model, eval_mode, probabilities
@@ -377,11 +378,7 @@ class KernelShap:
                  background: Tensor) -> Attribution:
         """Attributions ``(N, *input_shape)`` of x for target (None: the predicted class)."""
         start = time.perf_counter()
-        gen = torch.Generator()
-        if self.seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(self.seed)
+        gen = make_generator(self.seed, torch.device("cpu"))
         game, tgt, f_x, f_null, details = _prepare("KernelShap", model, x, background, target,
                                                    max_background=self.background, generator=gen,
                                                    memory_mb=self.memory_mb)
@@ -433,11 +430,7 @@ class ExactShapley:
         if d > MAX_EXACT_FEATURES:
             raise InputError(f"ExactShapley: at most {MAX_EXACT_FEATURES} features can be enumerated "
                              f"(2^D coalitions); got D={d}. Use KernelShap for more features.")
-        gen = torch.Generator()
-        if self.seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(self.seed)
+        gen = make_generator(self.seed, torch.device("cpu"))
         game, tgt, f_x, f_null, details = _prepare("ExactShapley", model, x, background, target,
                                                    max_background=self.background, generator=gen,
                                                    memory_mb=self.memory_mb)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from modelshield._checks import check_range
+from modelshield.attacks.ops import make_generator
 from modelshield.errors import InputError
 from modelshield.explain.result import Attribution
 from modelshield.explain.shapley import kernel_coalitions, solve_kernel_shap
@@ -177,11 +178,7 @@ class TextKernelShap:
         p_x = _probs(tm, [*texts, ""])
         p_empty, p_x = p_x[-1], p_x[:-1]
         tgt = _targets("TextKernelShap", p_x, target)
-        gen = torch.Generator()
-        if self.seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(self.seed)
+        gen = make_generator(self.seed, torch.device("cpu"))
         parsed = [tokenize(t) for t in texts]
         plans: list[tuple[Tensor, Tensor]] = []
         queries: list[str] = []
