@@ -31,6 +31,7 @@ from modelshield.attacks.ops import make_generator
 from modelshield.errors import ConfigError, InputError, NotFittedError
 from modelshield.explain.gradients import Saliency
 from modelshield.explain.permutation import PermutationImportance
+from modelshield.explain.ranks import average_ranks, rank_correlation
 from modelshield.explain.result import Attribution
 from modelshield.explain.shapley import probability_fn
 
@@ -68,32 +69,18 @@ def auroc(negative: Tensor, positive: Tensor) -> float:
     pos = positive.detach().double().flatten().cpu()
     if neg.numel() == 0 or pos.numel() == 0:
         return 0.5
-    ranks = _ranks(torch.cat([neg, pos])[None])[0] + 1.0  # 1-based, ties averaged
+    ranks = average_ranks(torch.cat([neg, pos])[None])[0] + 1.0  # 1-based, ties averaged
     n_neg, n_pos = neg.numel(), pos.numel()
     u = float(ranks[n_neg:].sum()) - n_pos * (n_pos + 1) / 2.0
     return u / (n_neg * n_pos)
 
 
-def _ranks(v: Tensor) -> Tensor:
-    """Average ranks (0-based; ties share their mean rank) along the last axis of ``(N, D)``; float64."""
-    srt = v.sort(dim=-1).values.contiguous()
-    vc = v.contiguous()
-    less = torch.searchsorted(srt, vc, right=False)
-    leq = torch.searchsorted(srt, vc, right=True)
-    return (less + leq - 1).double() / 2.0
-
-
 def spearman(a: Tensor, b: Tensor) -> Tensor:
     """Row-wise Spearman rank correlation of ``(N, D)`` tensors (1-D inputs are one row): ``(N,)``
     float64 in [-1, 1]; a constant row correlates 0 with anything."""
-    a2 = a.detach().reshape(1, -1) if a.dim() == 1 else a.detach().flatten(1)
-    b2 = b.detach().reshape(1, -1) if b.dim() == 1 else b.detach().flatten(1)
-    ra, rb = _ranks(a2), _ranks(b2)
-    ra = ra - ra.mean(1, keepdim=True)
-    rb = rb - rb.mean(1, keepdim=True)
-    den = (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-12)
-    rho: Tensor = (ra * rb).sum(1) / den
-    return rho
+    a2 = a.detach().reshape(1, -1) if a.dim() == 1 else a.detach()
+    b2 = b.detach().reshape(1, -1) if b.dim() == 1 else b.detach()
+    return rank_correlation(a2, b2)
 
 
 def median_filter(x: Tensor, size: int = 3) -> Tensor:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from modelshield._checks import check_choice, check_range
 from modelshield.errors import ConfigError, EvaluationWarning, InputError, ModelCapabilityError
+from modelshield.explain.ranks import rank_correlation
 from modelshield.explain.result import Attribution
 from modelshield.models import Optimization, TorchModel, train_module
 
@@ -72,29 +73,6 @@ Explainers: TypeAlias = Mapping[str, Any] | Sequence[Any] | _Explainer
 
 
 # ----------------------------------------------------------------------------------------- maths
-
-
-def _average_ranks(values: Tensor) -> Tensor:
-    """(N, D) -> (N, D) float64 0-based ranks within each row, ties given their average rank."""
-    v = values.detach().double().contiguous()
-    ordered, _ = v.sort(dim=1)
-    low = torch.searchsorted(ordered, v, right=False)
-    high = torch.searchsorted(ordered, v, right=True)
-    return (low + high - 1).double() / 2.0
-
-
-def rank_correlation(a: Tensor, b: Tensor) -> Tensor:
-    """Spearman rank correlation of each row of a with the same row of b: (N, ...) x2 -> (N,) float64.
-
-    Ties get their average rank (Spearman's rho is then the Pearson correlation of the ranks). A row
-    that is constant in a or in b shares no rank order with the other and scores 0.
-    """
-    ra, rb = _average_ranks(a.flatten(1)), _average_ranks(b.flatten(1))
-    ra = ra - ra.mean(dim=1, keepdim=True)
-    rb = rb - rb.mean(dim=1, keepdim=True)
-    norm = ra.norm(dim=1) * rb.norm(dim=1)
-    rho = (ra * rb).sum(dim=1) / norm.clamp_min(1e-300)
-    return torch.where(norm > 0, rho, torch.zeros_like(rho))
 
 
 def _normalised_maps(values: Tensor) -> Tensor:
