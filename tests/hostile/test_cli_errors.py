@@ -20,26 +20,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from testkit.cli import invoke, one_error_line
 from typer.testing import CliRunner
 
 from modelshield.cli.app import app
 
 runner = CliRunner()
-
-
-def invoke(*args: str) -> Any:
-    return runner.invoke(app, ["--threads", "1", *args])
-
-
-def one_error_line(result: Any, code: int = 2) -> str:
-    """The single non-blank stderr line of a failed command, checked to be the documented error."""
-    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:"), lines[0]
-    assert "Traceback (most recent call last)" not in result.output
-    line: str = lines[0]
-    return line
 
 
 def _save_untrained(path: Path, arch: str, dataset: str) -> Path:

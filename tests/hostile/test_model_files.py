@@ -6,15 +6,14 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
+from testkit.cli import invoke
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
 from modelshield import zoo
-from modelshield.cli.app import app
 from modelshield.errors import DataError, ModelCapabilityError
 from modelshield.models.load import UnsafeModelFileError, load_model
 
@@ -68,10 +67,6 @@ def evil_file(path: Path, marker: Path) -> Path:
     _script_save(_EvilDigits(str(marker)), path)
     assert not marker.exists()
     return path
-
-
-def invoke(*args: str) -> Any:
-    return runner.invoke(app, ["--threads", "1", *args])
 
 
 def test_the_exploit_is_real_when_trusted(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit.cli import one_error_line
 from typer.testing import CliRunner
 
 import modelshield
@@ -45,15 +46,6 @@ def invoke(*args: str) -> Any:
 def fast(*args: str) -> Any:
     """invoke with one torch thread: much faster for the small model on a busy machine."""
     return invoke("--threads", "1", *args)
-
-
-def one_error_line(result: Any) -> str:
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:")
-    assert "Traceback" not in result.output
-    line: str = lines[0]
-    return line
 
 
 def test_version() -> None:

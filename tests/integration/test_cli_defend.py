@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit.cli import invoke, one_error_line
 from typer.testing import CliRunner
 
 from modelshield.cli.app import app
@@ -14,19 +15,6 @@ from modelshield.models.load import load_model
 
 runner = CliRunner()
 FAST_EVAL = ("--n", "20", "--eval-steps", "3", "--square-queries", "20")
-
-
-def invoke(*args: str) -> Any:
-    return runner.invoke(app, ["--threads", "1", *args])
-
-
-def one_error_line(result: Any) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:") and "Traceback" not in result.output
-    line: str = lines[0]
-    return line
 
 
 def train(out: Path, *extra: str) -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from testkit.cli import one_error_line
 from typer.testing import CliRunner
 
 from modelshield.cli.app import app
@@ -37,13 +38,6 @@ def digits_cnn_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
 
 def fast(*args: str) -> Any:
     return runner.invoke(app, ["--threads", "1", *args])
-
-
-def one_error_line(result: Any) -> str:
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:") and "Traceback" not in result.output
-    return str(lines[0])
 
 
 @pytest.mark.parametrize("device", ["cpu", "auto"])

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit.cli import one_error_line
 from typer.testing import CliRunner
 
 from modelshield.cli.app import app
@@ -19,15 +20,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def fast(*args: str) -> Any:
     return runner.invoke(app, ["--threads", "1", *args])
-
-
-def one_error_line(result: Any) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:") and "Traceback" not in result.output
-    line: str = lines[0]
-    return line
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from testkit.cli import one_error_line
 from typer.testing import CliRunner
 
 from modelshield.cli.app import app
@@ -34,14 +35,6 @@ def zoo_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def extract(*args: str) -> Any:
     return runner.invoke(app, ["--threads", "1", "extract", "--victim", "digits-cnn", *args])
-
-
-def one_error_line(result: Any) -> str:
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:") and "Traceback" not in result.output
-    line: str = lines[0]
-    return line
 
 
 def test_help_lists_the_options() -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
+from testkit.cli import invoke, one_error_line
 from typer.testing import CliRunner
 
-from modelshield.cli.app import app
 from modelshield.data.sms_spam import read_labelled_texts
 
 runner = CliRunner()
@@ -39,18 +38,6 @@ SPAM = [
     "win a brand new car text CAR to 85000",
     "free ringtones reply STOP to end txt 87077",
 ]
-
-
-def invoke(*args: str) -> Any:
-    return runner.invoke(app, ["--threads", "1", *args])
-
-
-def one_error_line(result: Any) -> str:
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:") and "Traceback" not in result.output
-    line: str = lines[0]
-    return line
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ a thread on a pre-bound free port; requests go over HTTP with httpx.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 from collections import Counter
@@ -19,17 +18,12 @@ from typing import Any
 import httpx
 import pytest
 import torch
+from testkit import gateway as support
 
 from modelshield.errors import ConfigError
 from modelshield.secure.audit import AuditLog
 from modelshield.serve import GatewayConfig, KeyStore, Policy, create_app, load_config
 from modelshield.targets import Target, load_target
-
-_spec = importlib.util.spec_from_file_location("gateway_support",
-                                               Path(__file__).with_name("gateway_support.py"))
-assert _spec is not None and _spec.loader is not None
-support = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(support)
 
 MAX_BODY = 64 * 1024
 MAX_BATCH = 32

@@ -11,7 +11,6 @@ clients replaying held-out test-set streams are never blocked; the audit chain v
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import socket
 import time
 from collections import Counter
@@ -24,17 +23,12 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from testkit import gateway as support
 
 from modelshield.errors import ModelCapabilityError, QueryRefused
 from modelshield.models import HttpModel
 from modelshield.serve import GatewayConfig, KeyStore, Policy, create_app
 from modelshield.targets import Target, load_target
-
-_spec = importlib.util.spec_from_file_location("gateway_support",
-                                               Path(__file__).with_name("gateway_support.py"))
-assert _spec is not None and _spec.loader is not None
-support = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(support)
 
 MAX_BATCH = 16
 
@@ -48,7 +42,7 @@ class Running:
     target: Target
     keys: dict[str, str]
     app: Any
-    run: Any  # gateway_support.Uvicorn
+    run: Any  # testkit.gateway.Uvicorn
 
     def get(self, path: str, key: str) -> httpx.Response:
         return httpx.get(self.url + path, headers={"Authorization": f"Bearer {key}"}, timeout=10.0)
@@ -297,7 +291,6 @@ def test_benign_test_set_streams_are_never_blocked(guarded: Running) -> None:
         expected = guarded.target.module(x[s * per:(s + 1) * per]).argmax(1)
         assert answers.argmax(1).tolist() == expected.tolist()
         assert not any(a.get("acted") for a in _alerts(guarded, _key_id(secret)))
-
 
 
 @pytest.mark.slow

@@ -12,7 +12,6 @@ record of a predict request carries the monitors' scores and the chain verifies.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from testkit import gateway as support
 from typer.testing import CliRunner
 
 from modelshield.errors import ConfigError
@@ -30,12 +30,6 @@ from modelshield.secure.audit import AuditLog
 from modelshield.serve import Gateway, GatewayConfig, KeyStore, Policy, create_app, load_config
 from modelshield.serve.store import open_state
 from modelshield.targets import Target, load_target
-
-_spec = importlib.util.spec_from_file_location("gateway_support",
-                                               Path(__file__).with_name("gateway_support.py"))
-assert _spec is not None and _spec.loader is not None
-support = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(support)
 
 MONITORS = {"fpr": 0.005, "reference": 1000, "stateful": {"action": "block"},
             "blacklight": {"action": "block"}, "prada": {"action": "alert"}}
@@ -51,7 +45,7 @@ class Server:
     target: Target
     keys: dict[str, str]
     app: Any
-    run: Any  # gateway_support.Uvicorn
+    run: Any  # testkit.gateway.Uvicorn
 
     def request(self, method: str, path: str, *, key: str | None = None, **kw: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key is not None else {}

@@ -8,7 +8,6 @@ pool; they share keys.db, the audit log and the Redis namespace of the model's d
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import logging
@@ -22,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from testkit import gateway as support
 
 from modelshield.secure.audit import AuditLog
 from modelshield.serve import GatewayConfig, KeyStore, Policy, create_app
@@ -29,18 +29,12 @@ from modelshield.serve.logs import REQUEST_LOGGER, JsonFormatter
 from modelshield.serve.store import RedisState
 from modelshield.targets import Target, load_target
 
-_spec = importlib.util.spec_from_file_location("gateway_support",
-                                               Path(__file__).with_name("gateway_support.py"))
-assert _spec is not None and _spec.loader is not None
-support = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(support)
-
 
 @dataclass
 class Replica:
     url: str
     app: Any
-    run: Any  # gateway_support.Uvicorn
+    run: Any  # testkit.gateway.Uvicorn
 
     @property
     def gateway(self) -> Any:

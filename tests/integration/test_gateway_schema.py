@@ -10,7 +10,6 @@ After the run the audit chain verifies with one record per ``/v1`` request the s
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -27,16 +26,11 @@ pytest.importorskip("uvicorn")
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 from schemathesis.config import SchemathesisConfig
+from testkit import gateway as support
 
 from modelshield.secure.audit import AuditLog
 from modelshield.serve import ENDPOINTS, GatewayConfig, KeyStore, Policy, create_app
 from modelshield.targets import Target, load_target
-
-_spec = importlib.util.spec_from_file_location("gateway_support",
-                                               Path(__file__).with_name("gateway_support.py"))
-assert _spec is not None and _spec.loader is not None
-support = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(support)
 
 MAX_BODY = 64 * 1024
 MAX_BATCH = 8
@@ -90,7 +84,7 @@ class LiveGateway:
     target: Target
     keys: dict[str, str]
     key_ids: dict[str, str]
-    run: Any  # gateway_support.Uvicorn
+    run: Any  # testkit.gateway.Uvicorn
     app: CountingApp
 
     @property

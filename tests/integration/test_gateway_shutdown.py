@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import importlib.util
 import json
 import os
 import signal
@@ -33,14 +32,10 @@ import pytest
 
 pytest.importorskip("uvicorn")
 
+from testkit import gateway as support
+
 from modelshield.secure.audit import AuditLog
 from modelshield.serve import ENDPOINTS, KeyStore, Policy
-
-_spec = importlib.util.spec_from_file_location("gateway_support",
-                                               Path(__file__).with_name("gateway_support.py"))
-assert _spec is not None and _spec.loader is not None
-support = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(support)
 
 START_TIMEOUT_S = 60.0  # importing torch and loading the model on a busy 2-core machine
 EXIT_BOUND_S = 15.0

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testkit.cli import one_error_line
 from typer.testing import CliRunner
 
 from modelshield.cli.app import app
@@ -16,13 +17,6 @@ runner = CliRunner()
 
 def invoke(*args: str | Path) -> Any:
     return runner.invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result: Any) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    return str(lines[0])
 
 
 @pytest.fixture()

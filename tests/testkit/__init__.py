@@ -1,0 +1,1 @@
+"""Shared test helpers (importable from any test: pytest puts tests/ on sys.path)."""
