@@ -194,6 +194,9 @@ class AssessmentContext:
             else None. Sections draw attacker pools or validate training data from it.
         user_model: the user's model object as loaded (e.g. a scikit-learn estimator), for
             sections that refit a clone of it; None for zoo models.
+        earlier: the sections already run in this assessment, by id (``run`` fills it in as it
+            goes), for sections that build on another's finding (``"explain"`` reads
+            ``"backdoor"``); empty when a section is run on its own.
     """
 
     model: TorchModel | CallableModel
@@ -209,6 +212,7 @@ class AssessmentContext:
     text_model: Any = None
     train: tuple[Any, Tensor] | None = None
     user_model: Any = None
+    earlier: Mapping[str, Section] = field(default_factory=dict)
 
 
 def is_text_model(ctx: AssessmentContext) -> bool:

@@ -19,10 +19,12 @@ __all__ = [
     "DEFAULT_BUDGETS",
     "DEFAULT_EPS",
     "DEFAULT_MAX_CHANGES",
+    "EXPLAIN_METHODS",
     "AssessmentPlan",
     "BlackBoxPlan",
     "DefensesPlan",
     "EvasionPlan",
+    "ExplainPlan",
     "ExtractionPlan",
     "SupplyChainPlan",
     "TabularPlan",
@@ -197,6 +199,78 @@ class EvasionPlan:
             "norm": self.norm,
             "steps": self.steps,
         }
+
+
+EXPLAIN_METHODS: tuple[str, ...] = (
+    "saliency", "smoothgrad", "gradient-x-input", "integrated-gradients", "guided-backprop",
+)
+"""Gradient attribution methods the ``"explain"`` section may use on image models; the order is the
+fallback order when a method fails the sanity check (plain gradients first: they pass it)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExplainPlan:
+    """The explanation part of an assessment (section ``"explain"``): what the model looked at.
+
+    Image models: ``attack`` is run on the first ``n`` assessment points, the ``worst`` successful
+    evasions are explained with ``method`` (clean and adversarial input), after the method passed a
+    cheap Adebayo et al. (2018) model-randomisation check (``sanity_points`` points, the top
+    ``sanity_layers`` layers); a method that fails it is reported untrustworthy and replaced by the
+    first of ``EXPLAIN_METHODS`` that passes. Tabular and text models: ``rows`` rows or messages.
+
+    Args:
+        method: a name from ``EXPLAIN_METHODS`` (default ``"saliency"``: Integrated Gradients and
+            gradient x input keep the input's shape under randomisation, so the check flags them on
+            small CNNs; see ``modelshield.explain.sanity.DEFAULT_THRESHOLD``).
+        attack: the evasion attack (``EVASION_ATTACKS``) whose worst evasions are explained.
+        eps: its budget; None uses the evasion plan's ``headline_eps``.
+        attack_steps: its iterations.
+        n: points attacked and explained (the first n of the assessment points).
+        worst: evasions (image, text) or rows (tabular) shown.
+        ig_steps: integration steps when the method is Integrated Gradients.
+        sanity_points: points of the randomisation check. sanity_layers: layers it randomises
+            (top first). sanity_threshold: its verdict threshold on the mean rank correlation.
+
+    Raises:
+        ConfigError: an unknown method or attack, a non-positive eps, count or step number, or a
+            threshold outside (0, 1].
+    """
+
+    method: str = "saliency"
+    attack: str = "pgd"
+    eps: float | None = None
+    attack_steps: int = 20
+    n: int = 64
+    worst: int = 3
+    ig_steps: int = 16
+    sanity_points: int = 16
+    sanity_layers: int = 2
+    sanity_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        own = "ExplainPlan"
+        check_choice("method", self.method, EXPLAIN_METHODS, owner=own,
+                     fix="Pick a gradient method, e.g. method='saliency'.")
+        check_choice("attack", self.attack, tuple(EVASION_ATTACKS), owner=own,
+                     fix="Pick a name from modelshield.attacks.evasion.registry.EVASION_ATTACKS, e.g. 'pgd'.")
+        if self.eps is not None:
+            check_range("eps", self.eps, owner=own, low=0.0, low_open=True,
+                        fix="Give the attack budget in input units, e.g. eps=0.1, or None for the "
+                            "evasion plan's headline eps.")
+            object.__setattr__(self, "eps", float(self.eps))
+        for name, example in (("attack_steps", 20), ("n", 64), ("worst", 3), ("ig_steps", 16),
+                              ("sanity_points", 16), ("sanity_layers", 2)):
+            check_range(name, getattr(self, name), owner=own, low=1, integer=True,
+                        fix=f"Use a positive integer, e.g. {name}={example}.")
+        check_range("sanity_threshold", self.sanity_threshold, owner=own, low=0.0, high=1.0, low_open=True,
+                    fix="Give a rank-correlation threshold in (0, 1], e.g. sanity_threshold=0.5.")
+        object.__setattr__(self, "sanity_threshold", float(self.sanity_threshold))
+
+    def to_dict(self) -> dict[str, object]:
+        return {"method": self.method, "attack": self.attack, "eps": self.eps,
+                "attack_steps": self.attack_steps, "n": self.n, "worst": self.worst,
+                "ig_steps": self.ig_steps, "sanity_points": self.sanity_points,
+                "sanity_layers": self.sanity_layers, "sanity_threshold": self.sanity_threshold}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -423,6 +497,7 @@ class AssessmentPlan:
         defenses: the sub-plan of the ``"defenses"`` section (defended vs undefended model).
         extraction: overrides for the ``"extraction"`` section (query budgets, thief epochs).
         supply_chain: the sub-plan of the ``"supply-chain"`` section (signature, manifest, audit log).
+        explain: the sub-plan of the ``"explain"`` section (what the model looked at).
 
     Raises:
         ConfigError: bad n, batch_size or seed, or an empty section list.
@@ -441,6 +516,7 @@ class AssessmentPlan:
     defenses: DefensesPlan = field(default_factory=DefensesPlan)
     extraction: ExtractionPlan = field(default_factory=ExtractionPlan)
     supply_chain: SupplyChainPlan = field(default_factory=SupplyChainPlan)
+    explain: ExplainPlan = field(default_factory=ExplainPlan)
 
     def __post_init__(self) -> None:
         sections = tuple(self.sections)
@@ -468,6 +544,7 @@ class AssessmentPlan:
             **({"defenses": self.defenses.to_dict()} if "defenses" in self.sections else {}),
             **({"extraction": self.extraction.to_dict()} if "extraction" in self.sections else {}),
             **({"supply_chain": self.supply_chain.to_dict()} if "supply-chain" in self.sections else {}),
+            **({"explain": self.explain.to_dict()} if "explain" in self.sections else {}),
         }
 
 

@@ -268,11 +268,16 @@ def run(
         info["weights_sha256"] = weights_sha256(m.module)
     data = {**dict(data_info), "n": int(x_t.shape[0]), "points_sha256": _points_sha256(x_t, y_t)}
     data.setdefault("name", None)
+    earlier: dict[str, Section] = {}  # filled in as sections finish: later ones may read it
     ctx = AssessmentContext(model=m, x=x_t, y=y_t, plan=plan, model_info=info, data_info=data,
                             bounds=m.bounds, seed=plan.seed, batch_size=plan.batch_size,
                             texts=texts, text_model=text_model, train=train,
-                            user_model=user_model)
-    sections = tuple(run_section(SECTIONS[sid], ctx, progress) for sid in plan.sections)
+                            user_model=user_model, earlier=earlier)
+    done: list[Section] = []
+    for sid in plan.sections:
+        done.append(run_section(SECTIONS[sid], ctx, progress))
+        earlier[sid] = done[-1]
+    sections = tuple(done)
     return Assessment(
         plan=plan, model_info=info, data_info=data, sections=sections,
         generated_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

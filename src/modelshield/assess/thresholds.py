@@ -39,6 +39,7 @@ HEADLINE_METRICS: Mapping[str, tuple[str, ...]] = {
                   "poisoned_malicious_recall"),
     "text-evasion": ("text_evasion_success_rate", "text_evasion_median_words_changed"),
     "supply-chain": ("supply_chain_blocking_findings", "supply_chain_signature_verified"),
+    "explain": ("explain_rank_correlation",),
 }
 """Headline summary metrics of each built-in section (a section's other numbers are
 ``<section>.<metric>``), known before the assessment runs so a misspelt threshold fails at once."""

@@ -175,7 +175,9 @@ def assess(
     sections: Annotated[str | None, typer.Option(
         help="Comma-separated report sections: evasion, blackbox, extraction, backdoor, defenses "
              "(image models), tabular, blackbox, extraction, poisoning (tabular models), poisoning, "
-             "text-evasion, extraction (text models). Default: evasion,blackbox,extraction for image "
+             "text-evasion, extraction (text models), explain (any model: what the model looked at for "
+             "its worst evasions and, after backdoor, a backdoor finding; opt-in). Default: "
+             "evasion,blackbox,extraction for image "
              "models (plus defenses with --defended), tabular,blackbox,extraction for tabular models "
              "(plus poisoning, a label-flip sweep refitting your model, on your own data), "
              "poisoning,text-evasion,extraction for text models (a section that cannot run on the "

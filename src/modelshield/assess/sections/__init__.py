@@ -7,6 +7,7 @@ from modelshield.assess.sections.backdoor import BackdoorSection
 from modelshield.assess.sections.blackbox import BlackBoxSection, TabularSection
 from modelshield.assess.sections.defenses import DefensesSection
 from modelshield.assess.sections.evasion import SEVERITY_THRESHOLDS, EvasionSection, evasion_severity
+from modelshield.assess.sections.explain import ExplainSection
 from modelshield.assess.sections.extraction import ExtractionSection
 from modelshield.assess.sections.spam import PoisoningSection, TextEvasionSection
 from modelshield.assess.sections.supply_chain import SupplyChainSection
@@ -17,6 +18,7 @@ __all__ = [
     "BlackBoxSection",
     "DefensesSection",
     "EvasionSection",
+    "ExplainSection",
     "ExtractionSection",
     "PoisoningSection",
     "SupplyChainSection",
@@ -43,3 +45,5 @@ if "defenses" not in SECTIONS:
     register_section(DefensesSection())
 if "supply-chain" not in SECTIONS:
     register_section(SupplyChainSection())
+if "explain" not in SECTIONS:
+    register_section(ExplainSection())
