@@ -87,6 +87,15 @@ def test_tabular_writes_bar_charts(phishing_data: None, tmp_path: Path) -> None:
     assert max(d["completeness_gap"]) < 1e-6  # Kernel SHAP imposes efficiency
 
 
+def test_tree_models_default_to_tree_shap_with_names(phishing_data: None, tmp_path: Path) -> None:
+    out = tmp_path / "gbm"  # phishing-gbm is a HistGradientBoostingClassifier
+    result = fast("explain", "--model", "phishing-gbm", "--n", "2", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    d = json.loads((out / "summary.json").read_text())
+    assert d["method"] == "tree-shap" and len(d["result"]["feature_names"]) == 30
+    assert max(d["completeness_gap"]) < 1e-6  # TreeSHAP's local accuracy
+
+
 def test_existing_folder_is_not_overwritten_without_force(digits_cache: None, tmp_path: Path) -> None:
     out = tmp_path / "busy"
     out.mkdir()

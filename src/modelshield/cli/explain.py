@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,23 +35,12 @@ def usable_methods(target: Target) -> tuple[str, ...]:
     if target.text:
         return ("occlusion", "kernel-shap")
     if target.tabular or not target.white_box:
-        if _is_tree_model(target.module):
+        from modelshield.explain.trees import is_tree_model
+
+        if is_tree_model(target.module):
             return ("tree-shap", "kernel-shap", "permutation")
         return ("kernel-shap", "permutation")
     return GRADIENT_METHODS
-
-
-def _is_tree_model(module: object) -> bool:
-    """True for the models TreeShap explains: XGBoost, LightGBM, scikit-learn DecisionTree*,
-    RandomForest*, ExtraTrees* and GradientBoosting* (not HistGradientBoosting*)."""
-    kind = type(module)
-    name, home = kind.__name__, kind.__module__
-    if home.startswith(("xgboost", "lightgbm")):
-        return True
-    forests = ("GradientBoosting", "RandomForest", "ExtraTrees")
-    if home.startswith("sklearn.ensemble") and name.startswith(forests):
-        return True
-    return home.startswith("sklearn.tree") and hasattr(module, "tree_")
 
 
 def _check_zoo_method(model: str, key: str | None) -> None:
@@ -146,10 +134,11 @@ def _run(target: Target, method: str, *, n: int, steps: int | None, seed: int, t
     tgt = _target_tensor(target_class, min(n, x.shape[0]), n_classes)
     if method == "tree-shap":
         explainer = ex.TreeShap()
-        return explainer(model, x[:n].cpu(), tgt), {"config": _config(explainer)}
+        att = explainer(model, x[:n].cpu(), tgt, feature_names=target.feature_names)
+        return att, {"config": _config(explainer)}
     background = x[n:] if x.shape[0] > n else x
     explainer = ex.KernelShap(seed=seed)
-    att = explainer(model, x[:n].cpu(), tgt, background=background.cpu())
+    att = explainer(model, x[:n].cpu(), tgt, background=background.cpu(), feature_names=target.feature_names)
     return att, {"config": _config(explainer), "background": ("test rows after the explained ones"
                                                                 if x.shape[0] > n else "the explained rows")}
 
@@ -276,8 +265,6 @@ def explain(
                               "(the default here). Drop --steps or pick ig.")
         progress(0, 1, f"{key} on {n} inputs")
         result, extra = _run(target, key, n=n, steps=steps, seed=seed, target_class=target_class)
-        if target.feature_names is not None and getattr(result, "feature_names", "") is None:
-            result = replace(result, feature_names=tuple(target.feature_names))
         progress(1, 1, f"{key} on {n} inputs")
         out.mkdir(parents=True, exist_ok=True)
         rows = _pictures(target, result, key, out, force)

@@ -115,8 +115,14 @@ def _spans(n: int, size: int) -> Iterator[slice]:
 
 
 def _grad_ready(x: Tensor) -> Tensor:
-    """A fresh leaf sharing nothing writable with x, requiring grad (Captum wants that flag)."""
-    return x.detach().clone().requires_grad_(True)
+    """A fresh leaf over x's storage, requiring grad (Captum wants that flag), without a copy: x's
+    own flag is untouched and autograd refuses in-place writes to a leaf that requires grad."""
+    return x.detach().requires_grad_(True)
+
+
+def _join(parts: list[Tensor]) -> Tensor:
+    """The passes' results in order; one pass is returned as it is (no copy)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _pick(logits: Tensor, target: Tensor) -> Tensor:
@@ -162,9 +168,13 @@ class _Logits(nn.Module):
         super().__init__()
         self.inner = model.module
         self.adapter = model
+        self.kept: list[Tensor] | None = None  # when a list: each pass's logits, detached
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.adapter.logits(x)
+        out = self.adapter.logits(x)
+        if self.kept is not None:
+            self.kept.append(out.detach())
+        return out
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -173,12 +183,21 @@ class _Call:
     forward: _Logits
     x: Tensor
     target: Tensor
-    score: Tensor
+    score: Tensor | None  # None: read from the attribution passes' own forward (forward.kept)
     plan: MemoryPlan
 
     @property
     def rows(self) -> int:
         return self.plan.rows_per_pass
+
+    @property
+    def scores(self) -> Tensor:
+        """``(N,)`` the target logit at x."""
+        if self.score is not None:
+            return self.score
+        if self.forward.kept is None or sum(k.shape[0] for k in self.forward.kept) != self.x.shape[0]:
+            raise RuntimeError("explain: the attribution passes did not score every input once")
+        return _pick(torch.cat(self.forward.kept), self.target)
 
     def backward(self, rows: int) -> None:
         self.model.queries.add_backward(rows)
@@ -209,9 +228,13 @@ def _check_target(m: TorchModel, target: object, x: Tensor, owner: str) -> Tenso
 
 def _prepare(
     owner: str, m: TorchModel, x: Tensor, target: Tensor | None, *, max_memory_mb: float | None,
-    backward: bool, copies: int,
+    backward: bool, copies: int, scores_from_passes: bool = False,
 ) -> _Call:
-    """Probe the row cost, plan the passes, read the scores and default the target (eval mode on)."""
+    """Probe the row cost, plan the passes, read the scores and default the target (eval mode on).
+
+    With ``scores_from_passes`` and a given target no separate forward pass is run: the
+    attribution's passes (one forward over each row of x, in order) keep their logits instead,
+    which saves a forward pass and the memory it leaves behind."""
     fwd = _Logits(m)
     probe_target = target if target is not None else torch.zeros(1, dtype=torch.long, device=x.device)
     cost = probe_row_cost(fwd, m.module, x, probe_target, backward=backward)
@@ -221,6 +244,9 @@ def _prepare(
     prefer = CPU_PASS_BYTES if max_memory_mb is None and x.device.type == "cpu" else None
     plan = plan_rows(owner, cost, budget=memory_budget(max_memory_mb, x.device),
                      extra_row_bytes=copies * row_input, extra_fixed_bytes=held, prefer_bytes=prefer)
+    if scores_from_passes and target is not None:
+        fwd.kept = []
+        return _Call(model=m, forward=fwd, x=x, target=target, score=None, plan=plan)
     with torch.no_grad():
         logits = torch.cat([fwd(x[s]) for s in _spans(x.shape[0], plan.rows_per_pass)])
     t = safe_argmax(logits) if target is None else target
@@ -239,12 +265,14 @@ def _explain(
     t = _check_target(m, target, x_t, owner)
     with eval_mode(m):
         call = _prepare(owner, m, x_t, t, max_memory_mb=explainer.max_memory_mb, backward=backward,
-                        copies=copies)
+                        copies=copies, scores_from_passes=getattr(explainer, "scores_from_passes", False))
         values, baseline_score, details = attribute(call)
+        score = call.scores
+    call.forward.kept = None
     details = {**details, "memory": call.plan.to_dict()}
     return Attribution(
         method=explainer.name, values=values.detach(), target=call.target,
-        score=call.score.detach(), baseline_score=baseline_score, details=details,
+        score=score.detach(), baseline_score=baseline_score, details=details,
         config=_config(explainer), seconds=time.perf_counter() - started,
     )
 
@@ -259,7 +287,7 @@ def _gradient_rows(call: _Call, x: Tensor, target: Tensor, run: Callable[[Tensor
     for s in _spans(x.shape[0], call.rows):
         out.append(run(_grad_ready(x[s]), target[s]).detach())
         call.backward(s.stop - s.start)
-    return torch.cat(out)
+    return _join(out)
 
 
 def _saliency_rows(call: _Call, x: Tensor, target: Tensor, *, absolute: bool) -> Tensor:
@@ -305,7 +333,7 @@ def _integrated_rows(
         )
         out.append(values.detach())
         call.backward(n * steps)
-    return torch.cat(out)
+    return _join(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,6 +361,7 @@ class Saliency:
     max_memory_mb: float | None = None
 
     name: ClassVar[str] = "saliency"
+    scores_from_passes: ClassVar[bool] = True  # one forward per row of x: its logits are the scores
     rows_per_point: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -365,6 +394,7 @@ class GradientTimesInput:
     max_memory_mb: float | None = None
 
     name: ClassVar[str] = "gradient-x-input"
+    scores_from_passes: ClassVar[bool] = True  # one forward per row of x: its logits are the scores
     rows_per_point: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -400,6 +430,7 @@ class GuidedBackprop:
     max_memory_mb: float | None = None
 
     name: ClassVar[str] = "guided-backprop"
+    scores_from_passes: ClassVar[bool] = True  # one forward per row of x: its logits are the scores
     rows_per_point: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -532,8 +563,9 @@ class IntegratedGradients:
             base_score = torch.cat([
                 _pick(call.forward(baseline[s]), call.target[s]) for s in _spans(call.x.shape[0], call.rows)
             ])
-        gap = (values.flatten(1).sum(1).double() - (call.score.double() - base_score.double())).abs()
-        diff = (call.score.double() - base_score.double()).abs().clamp_min(1e-12)
+        score = call.scores
+        gap = (values.flatten(1).sum(1).double() - (score.double() - base_score.double())).abs()
+        diff = (score.double() - base_score.double()).abs().clamp_min(1e-12)
         details = {
             "steps": self.steps, "integration": self.method,
             "completeness_gap": [float(g) for g in gap.cpu()],

@@ -331,6 +331,40 @@ def test_explicit_target_and_result_summary(cnn: tuple[nn.Module, Tensor]) -> No
     assert config["baseline"] == {"tensor": [1, 8, 8], "dtype": "float32"}
 
 
+class _RowCounter(nn.Module):
+    """The wrapped net, counting the rows of every forward call."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.rows = net, 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.rows += x.shape[0]
+        out: Tensor = self.net(x)
+        return out
+
+
+@pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU:UserWarning")
+@pytest.mark.parametrize("explainer", [Saliency(), GradientTimesInput(), GuidedBackprop()],
+                         ids=["saliency", "gradient-x-input", "guided-backprop"])
+def test_given_target_scores_come_from_the_attribution_pass(cnn: tuple[nn.Module, Tensor],
+                                                            explainer: Saliency) -> None:
+    net, x = cnn
+    with torch.no_grad():
+        logits = net(x)
+    t = (logits.argmax(1) + 1) % 10  # not the predicted class
+    rows = {}
+    for target in (t, None):
+        counter = _RowCounter(net)
+        result = explainer(counter, x, target)
+        want = logits[torch.arange(x.shape[0]), result.target]
+        assert torch.allclose(result.score, want, atol=1e-5)  # type: ignore[arg-type]
+        rows["given" if target is not None else "none"] = counter.rows
+    assert torch.equal(result.target, logits.argmax(1))
+    # no separate scoring pass when the target is given: one forward row per input fewer
+    assert rows["none"] - rows["given"] == x.shape[0]
+
+
 # ------------------------------------------------------------------------------------------
 # Bad input: one clear line
 

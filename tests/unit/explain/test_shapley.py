@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
-from torch import nn
+from torch import Tensor, nn
 
 from modelshield.errors import ConfigError, InputError
 from modelshield.explain import ExactShapley, KernelShap, PermutationImportance
@@ -185,3 +185,51 @@ def test_coalitions_are_distinct_weighted_and_never_exceed_what_exists(paired: b
             assert len({tuple(m) for m in masks.tolist()}) == masks.shape[0]
             assert bool((masks.any(1) & ~masks.all(1)).all())  # never the empty or full coalition
             assert abs(float(w.sum()) - 1) < 1e-9 and bool((w > 0).all())
+
+
+def test_kernel_shap_puts_feature_names_on_the_result_and_checks_their_count(logreg: tuple) -> None:
+    model, x_all, _ = logreg
+    x, bg = x_all[200:203], x_all[:20]
+    names = ("a", "b", "c", "d", "e", "f")
+    att = KernelShap(samples=62)(model, x, background=bg, feature_names=list(names))
+    assert att.feature_names == names and att.to_dict()["feature_names"] == list(names)
+    assert KernelShap(samples=62)(model, x, background=bg).feature_names is None
+    with pytest.raises(InputError, match="feature_names must name the 6 features; got 5") as err:
+        KernelShap(samples=62)(model, x, background=bg, feature_names=names[:5])
+    assert "\n" not in str(err.value)
+    with pytest.raises(InputError, match="sequence of strings"):
+        KernelShap(samples=62)(model, x, background=bg, feature_names="abcdef")
+
+
+def test_coalition_sizes_are_importance_sampled_without_bias() -> None:
+    d, samples, seeds = 16, 200, 40
+    mass = torch.tensor([(d - 1) / (s * (d - s)) for s in range(1, d)], dtype=torch.float64)
+    mass /= mass.sum()
+
+    def per_size(power: float) -> tuple[Tensor, Tensor]:
+        weight, count = torch.zeros(d - 1, dtype=torch.float64), torch.zeros(d - 1, dtype=torch.float64)
+        for seed in range(seeds):
+            gen = torch.Generator().manual_seed(seed)
+            masks, w = kernel_coalitions(d, samples, paired=True, generator=gen, size_power=power)
+            sizes = masks.sum(1) - 1
+            weight.index_add_(0, sizes, w)
+            count.index_add_(0, sizes, torch.ones_like(w))
+        return weight / seeds, count / seeds
+
+    for power in (1.0, 0.5, 0.0):
+        weight, _ = per_size(power)
+        # every size keeps its kernel mass on average, whatever the proposal
+        assert torch.allclose(weight, mass, rtol=0.15, atol=2e-3), (power, weight, mass)
+    _, shap_like = per_size(1.0)
+    _, flatter = per_size(0.5)
+    # a flatter proposal draws the middle sizes (6..10) more often and the small ones (2, 14) less
+    middle = slice(5, 10)
+    assert float(flatter[middle].sum()) > 1.1 * float(shap_like[middle].sum())
+    assert float(flatter[[1, 13]].sum()) < 0.9 * float(shap_like[[1, 13]].sum())
+    # size_power=1 gives every drawn coalition of one size the same weight (shap's sampling)
+    masks, w = kernel_coalitions(d, samples, paired=True, generator=torch.Generator().manual_seed(0),
+                                 size_power=1.0)
+    for size in (3, 8):
+        same = w[masks.sum(1) == size]
+        ratio = same / same.min()
+        assert same.numel() > 1 and float((ratio - ratio.round()).abs().max()) < 1e-9  # duplicates: multiples

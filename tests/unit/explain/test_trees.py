@@ -1,5 +1,7 @@
-"""TreeSHAP: brute-force Shapley values of the trees' conditional expectation, the libraries' own
-contributions and margins, local accuracy, bad inputs."""
+"""TreeSHAP: brute-force Shapley values of the trees' conditional expectation (scikit-learn trees,
+forests, gradient boosting and HistGradientBoosting, NaN rows, deep trees with repeated features),
+equality with shap's TreeExplainer, the libraries' own contributions and margins, local accuracy, the
+per-model structure cache, feature names, bad inputs."""
 
 from __future__ import annotations
 
@@ -10,7 +12,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from sklearn.ensemble import ExtraTreesClassifier, GradientBoostingClassifier, RandomForestClassifier
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    GradientBoostingClassifier,
+    GradientBoostingRegressor,
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
@@ -40,7 +50,7 @@ def _cond_exp(tree: Any, x: np.ndarray, subset: set[int]) -> np.ndarray:
         if f in subset:
             return g(left if x[f] <= t.threshold[node] else right)
         cov = t.weighted_n_node_samples
-        return (cov[left] * g(left) + cov[right] * g(right)) / cov[node]
+        return np.asarray((cov[left] * g(left) + cov[right] * g(right)) / cov[node], dtype=np.float64)
 
     return g(0)
 
@@ -48,7 +58,7 @@ def _cond_exp(tree: Any, x: np.ndarray, subset: set[int]) -> np.ndarray:
 def _brute_force(trees: list[Any], x: np.ndarray, d: int) -> np.ndarray:
     """Shapley values (d, K) of v(S) = mean over trees of E[f(x) | x_S], by enumerating all subsets."""
     def v(s: set[int]) -> np.ndarray:
-        return np.mean([_cond_exp(t, x, s) for t in trees], axis=0)
+        return np.asarray(np.mean([_cond_exp(t, x, s) for t in trees], axis=0), dtype=np.float64)
 
     phi = np.zeros((d, np.asarray(v(set())).shape[0]))
     for i in range(d):
@@ -65,7 +75,7 @@ def _brute_force(trees: list[Any], x: np.ndarray, d: int) -> np.ndarray:
     lambda: RandomForestClassifier(n_estimators=4, max_depth=4, random_state=0),
     lambda: ExtraTreesClassifier(n_estimators=3, max_depth=4, random_state=0),
 ], ids=["tree", "forest", "extra-trees"])
-def test_sklearn_treeshap_equals_brute_force_shapley(make: Any, data: tuple) -> None:
+def test_sklearn_treeshap_equals_brute_force_shapley(make: Any, data: tuple[Any, ...]) -> None:
     x, _, y3 = data
     model = make().fit(x, y3)
     rows = torch.as_tensor(x[:6])
@@ -82,7 +92,7 @@ def test_sklearn_treeshap_equals_brute_force_shapley(make: Any, data: tuple) -> 
     assert default.details["output"] == "probability"
 
 
-def test_sklearn_regressor_treeshap(data: tuple) -> None:
+def test_sklearn_regressor_treeshap(data: tuple[Any, ...]) -> None:
     x, _, _ = data
     reg = DecisionTreeRegressor(max_depth=4, random_state=0).fit(x, x[:, 0] * x[:, 1] + x[:, 2])
     att = TreeShap()(reg, torch.as_tensor(x[:3]))
@@ -91,7 +101,7 @@ def test_sklearn_regressor_treeshap(data: tuple) -> None:
 
 
 @pytest.mark.parametrize("classes", [2, 3])
-def test_gradient_boosting_margins_are_decision_function(classes: int, data: tuple) -> None:
+def test_gradient_boosting_margins_are_decision_function(classes: int, data: tuple[Any, ...]) -> None:
     x, y2, y3 = data
     y = y2 if classes == 2 else y3
     gb = GradientBoostingClassifier(n_estimators=15, max_depth=3, random_state=0).fit(x, y)
@@ -112,7 +122,7 @@ def test_gradient_boosting_margins_are_decision_function(classes: int, data: tup
 
 
 @pytest.mark.parametrize("classes", [2, 3])
-def test_xgboost_contributions_and_margins(classes: int, data: tuple) -> None:
+def test_xgboost_contributions_and_margins(classes: int, data: tuple[Any, ...]) -> None:
     xgboost = pytest.importorskip("xgboost")
     x, y2, y3 = data
     y = y2 if classes == 2 else y3
@@ -133,7 +143,7 @@ def test_xgboost_contributions_and_margins(classes: int, data: tuple) -> None:
 
 
 @pytest.mark.parametrize("classes", [2, 3])
-def test_lightgbm_contributions_and_raw_scores(classes: int, data: tuple) -> None:
+def test_lightgbm_contributions_and_raw_scores(classes: int, data: tuple[Any, ...]) -> None:
     lightgbm = pytest.importorskip("lightgbm")
     x, y2, y3 = data
     y = y2 if classes == 2 else y3
@@ -147,16 +157,187 @@ def test_lightgbm_contributions_and_raw_scores(classes: int, data: tuple) -> Non
     assert float(att.completeness_gap.max()) < 1e-6  # type: ignore[union-attr]
 
 
-def test_bad_inputs_give_one_clear_line(data: tuple) -> None:
+def test_bad_inputs_give_one_clear_line(data: tuple[Any, ...]) -> None:
     x, y2, _ = data
     tree = DecisionTreeClassifier(max_depth=3, random_state=0).fit(x, y2)
     with pytest.raises(InputError, match="must have the model's 5 features; got 4"):
         TreeShap()(tree, torch.as_tensor(x[:3, :4]))
     bad = torch.as_tensor(x[:3]).clone()
-    bad[0, 0] = float("nan")
-    with pytest.raises(InputError, match="NaN"):
+    bad[1, 0] = float("nan")
+    gb = GradientBoostingClassifier(n_estimators=3, max_depth=2, random_state=0).fit(x, y2)
+    with pytest.raises(InputError, match=r"NaN values in 1 rows \(first row 1\).*cannot take missing"):
+        TreeShap()(gb, bad)
+    bad[1, 0] = float("inf")
+    with pytest.raises(InputError, match="infinite"):
         TreeShap()(tree, bad)
+    with pytest.raises(InputError, match="feature_names must name the 5 columns of x; got 2 names"):
+        TreeShap()(tree, torch.as_tensor(x[:2]), feature_names=("a", "b"))
+    with pytest.raises(ModelCapabilityError, match="not fitted"):
+        TreeShap()(RandomForestClassifier(), torch.as_tensor(x[:2]))
     with pytest.raises(InputError, match="target must be class indices"):
         TreeShap()(tree, torch.as_tensor(x[:2]), target=torch.tensor([0, 2]))
     with pytest.raises(ModelCapabilityError, match="Use KernelShap"):
         TreeShap()(LogisticRegression().fit(x, y2), torch.as_tensor(x[:2]))
+
+
+def _cond_exp_arrays(arrs: tuple[np.ndarray, ...], x: np.ndarray, subset: set[int]) -> float:
+    """E[f(x) | x_S] of one tree given as (left, right, feature, threshold, missing_left, cover, value)
+    arrays: follow x (NaN by the missing direction) on features in S, average by cover elsewhere."""
+    left, right, feat, thr, miss, cover, value = arrs
+
+    def g(node: int) -> float:
+        if left[node] < 0:
+            return float(value[node])
+        f = int(feat[node])
+        if f in subset:
+            go_left = bool(miss[node]) if np.isnan(x[f]) else bool(x[f] <= thr[node])
+            return g(int(left[node]) if go_left else int(right[node]))
+        lc, rc = int(left[node]), int(right[node])
+        return float((cover[lc] * g(lc) + cover[rc] * g(rc)) / cover[node])
+
+    return g(0)
+
+
+def _hgb_arrays(predictor: Any) -> tuple[np.ndarray, ...]:
+    n = predictor.nodes
+    leaf = n["is_leaf"].astype(bool)
+    return (np.where(leaf, -1, n["left"].astype(np.int64)), np.where(leaf, -1, n["right"].astype(np.int64)),
+            n["feature_idx"], n["num_threshold"], n["missing_go_to_left"], n["count"].astype(float),
+            n["value"])
+
+
+def _shapley(v: Any, d: int) -> np.ndarray:
+    phi = np.zeros(d)
+    for i in range(d):
+        others = [j for j in range(d) if j != i]
+        for size in range(d):
+            w = math.factorial(size) * math.factorial(d - size - 1) / math.factorial(d)
+            for s in combinations(others, size):
+                phi[i] += w * (v(set(s) | {i}) - v(set(s)))
+    return phi
+
+
+@pytest.fixture(scope="module")
+def nan_data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(600, 4))
+    x[rng.random(x.shape) < 0.15] = np.nan
+    y = (np.nan_to_num(x[:, 0]) + np.nan_to_num(x[:, 1]) * np.isnan(x[:, 2]) > 0).astype(int)
+    return x, y
+
+
+def test_hist_gradient_boosting_equals_brute_force_with_missing_values(nan_data: tuple[Any, ...]) -> None:
+    """Path-dependent Shapley values of a two-iteration HistGradientBoosting model by enumeration of
+    all subsets, NaN rows included, and local accuracy against decision_function."""
+    x, y = nan_data
+    hgb = HistGradientBoostingClassifier(max_iter=2, max_leaf_nodes=8, random_state=0).fit(x, y)
+    rows = x[:8]
+    assert np.isnan(rows).any()
+    att = TreeShap()(hgb, torch.as_tensor(rows), target=torch.ones(8, dtype=torch.long),
+                     feature_names=("a", "b", "c", "d"))
+    assert att.feature_names == ("a", "b", "c", "d")
+    arrs = [_hgb_arrays(it[0]) for it in hgb._predictors]
+    for r in range(8):
+        ref = _shapley(lambda s, r=r: sum(_cond_exp_arrays(a, rows[r], s) for a in arrs), 4)
+        assert np.allclose(att.values[r].numpy(), ref, atol=1e-12)
+    raw = hgb.decision_function(rows)
+    assert np.allclose(att.score.numpy(), raw, atol=1e-10)  # type: ignore[union-attr]
+    assert np.allclose(att.values.sum(1).numpy() + att.baseline_score.numpy(), raw, atol=1e-10)  # type: ignore[union-attr]
+
+
+_CASES = [
+    (lambda: HistGradientBoostingClassifier(max_iter=20, random_state=0), 2),
+    (lambda: HistGradientBoostingClassifier(max_iter=20, random_state=0), 3),
+    (lambda: HistGradientBoostingRegressor(max_iter=20, random_state=0), 1),
+    (lambda: GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0), 2),
+    (lambda: GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0), 3),
+    (lambda: GradientBoostingRegressor(n_estimators=20, max_depth=3, random_state=0), 1),
+    (lambda: RandomForestClassifier(n_estimators=20, max_depth=8, random_state=0), 2),
+    (lambda: RandomForestClassifier(n_estimators=20, max_depth=8, random_state=0), 3),
+    (lambda: RandomForestRegressor(n_estimators=10, max_depth=10, random_state=0), 1),
+]
+
+
+@pytest.mark.parametrize(("make", "classes"), _CASES, ids=[
+    "hgb-clf2", "hgb-clf3", "hgb-reg", "gb-clf2", "gb-clf3", "gb-reg", "rf-clf2", "rf-clf3", "rf-reg"])
+def test_equals_shap_tree_explainer_and_local_accuracy(make: Any, classes: int, data: tuple[Any, ...],
+                                                       nan_data: tuple[Any, ...]) -> None:
+    """Equal to shap's C++ TreeExplainer, and score / local accuracy against the model's own output
+    (predict_proba for forests, decision_function for boosting, predict for regressors); NaN rows for
+    the models that take them."""
+    shap = pytest.importorskip("shap")
+    model = make()
+    is_clf = hasattr(model, "predict_proba")
+    takes_nan = type(model).__name__.startswith(("Hist", "RandomForest"))
+    if takes_nan:
+        x, y = nan_data
+        y = y + (np.nan_to_num(x[:, 3]) > 0.7) if classes == 3 else y
+    else:
+        x, y2, y3 = data
+        y = y2 if classes == 2 else y3
+    target = y if is_clf else np.nan_to_num(x[:, 0]) * 2 + np.nan_to_num(x[:, 1]) * np.nan_to_num(x[:, 2])
+    model.fit(x, target)
+    rows = x[:40]
+    proba_space = type(model).__name__.startswith("RandomForest")
+    out = model.predict_proba(rows) if proba_space and is_clf else (
+        model.decision_function(rows) if is_clf else model.predict(rows))
+    out = np.asarray(out).reshape(40, -1)
+    try:
+        ref = np.asarray(shap.TreeExplainer(model).shap_values(rows))
+    except Exception as exc:  # shap 0.51 refuses multiclass GradientBoostingClassifier
+        assert "only supported for binary" in str(exc)
+        ref = None
+    if ref is not None:
+        ref = ref[..., None] if ref.ndim == 2 else ref  # (N, D, K)
+        assert ref.shape[2] == out.shape[1]
+    margin_binary = is_clf and out.shape[1] == 1  # one log-odds column: explained as class 1
+    for col in range(out.shape[1]):
+        cls = 1 if margin_binary else col
+        att = TreeShap()(model, torch.as_tensor(rows), target=torch.full((40,), cls, dtype=torch.long))
+        if ref is not None:
+            diff = np.abs(att.values.numpy() - ref[:, :, col]).max()
+            assert diff < 1e-10, diff
+        assert np.allclose(att.score.numpy(), out[:, col], atol=1e-8)  # type: ignore[union-attr]
+        assert float(att.completeness_gap.max()) < 1e-10  # type: ignore[union-attr]
+
+
+def test_deep_tree_with_repeated_features_equals_brute_force() -> None:
+    """Depth 14 on 3 features: every path splits each feature many times (the merged-factor and
+    telescoping steps) and the Gauss-Legendre rule must be exact at the highest degree."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3000, 3))
+    y = np.sin(3 * x[:, 0]) + x[:, 1] * x[:, 2] + 0.1 * rng.normal(size=3000)
+    from sklearn.tree import DecisionTreeRegressor as Reg
+
+    tree = Reg(max_depth=14, min_samples_leaf=2, random_state=0).fit(x, y)
+    assert tree.get_depth() == 14
+    rows = x[:5].astype(np.float32).astype(np.float64)
+    att = TreeShap()(tree, torch.as_tensor(rows))
+    for r in range(5):
+        ref = _brute_force([tree], rows[r], 3)[:, 0]
+        assert np.allclose(att.values[r].numpy(), ref, atol=1e-10)
+    assert np.allclose(att.score.numpy(), tree.predict(rows), atol=1e-10)  # type: ignore[union-attr]
+
+
+def test_compiled_structure_is_cached_and_refit_invalidates_it(data: tuple[Any, ...]) -> None:
+    from modelshield.explain import trees
+
+    x, y2, y3 = data
+    rf = RandomForestClassifier(n_estimators=5, max_depth=4, random_state=0).fit(x, y2)
+    TreeShap()(rf, torch.as_tensor(x[:2]))
+    first = trees._CACHE[rf]
+    TreeShap()(rf, torch.as_tensor(x[:2]))
+    assert trees._CACHE[rf] is first
+    rf.fit(x, y3)  # now three classes: a stale structure would give two
+    att = TreeShap()(rf, torch.as_tensor(x[:4]), target=torch.full((4,), 2, dtype=torch.long))
+    assert trees._CACHE[rf] is not first
+    assert np.allclose(att.score.numpy(), rf.predict_proba(x[:4])[:, 2], atol=1e-12)  # type: ignore[union-attr]
+
+
+def test_categorical_hist_gradient_boosting_is_refused(data: tuple[Any, ...]) -> None:
+    x, y2, _ = data
+    xc = x.copy()
+    xc[:, 0] = (x[:, 0] > 0).astype(float) + (x[:, 0] > 1)
+    hgb = HistGradientBoostingClassifier(max_iter=3, categorical_features=[0], random_state=0).fit(xc, y2)
+    with pytest.raises(ModelCapabilityError, match="categorical splits"):
+        TreeShap()(hgb, torch.as_tensor(xc[:2]))
