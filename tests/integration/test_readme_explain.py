@@ -1,0 +1,108 @@
+"""The README's "Explain what a model looked at" commands and Python, run as written (issue #19).
+
+The shell commands are read from README.md between ``<!-- explain-examples -->`` and
+``<!-- /explain-examples -->``, the Python between ``<!-- explain-python -->`` and
+``<!-- /explain-python -->``. By default (fast) the blocks are checked for shape: every command is
+``modelshield explain`` with options the command has, and the Python compiles and imports names that
+exist. With ``-m slow`` each command runs in a shell from the repository root, exactly as written but
+for ``explained/`` pointing into a temporary folder, and writes its pictures and summary; the Python
+runs in a fresh interpreter and prints what its comments say.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+from modelshield.cli.app import app
+
+REPO = Path(__file__).resolve().parents[2]
+OUT = re.compile(r"(?<![\w/])explained/")
+
+
+def block(name: str, fence: str) -> str:
+    text = (REPO / "README.md").read_text()
+    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    assert begin in text and end in text, f"README.md lost its {name} markers"
+    body = text.split(begin, 1)[1].split(end, 1)[0]
+    return body.split(f"```{fence}", 1)[1].rsplit("```", 1)[0]
+
+
+def commands() -> list[str]:
+    return [line.strip() for line in block("explain-examples", "bash").splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def explain_options() -> set[str]:
+    group = typer.main.get_command(app)
+    sub = group.get_command(group.context_class(group), "explain")  # type: ignore[attr-defined]  # lazy
+    assert sub is not None
+    return {opt for p in sub.params for opt in p.opts}
+
+
+def test_commands_use_options_explain_has() -> None:
+    cmds = commands()
+    assert len(cmds) >= 4
+    known = explain_options()
+    for cmd in cmds:
+        argv = shlex.split(cmd)
+        assert argv[:2] == ["modelshield", "explain"], cmd
+        used = {a for a in argv if a.startswith("--")}
+        assert used <= known, f"{cmd}: unknown options {used - known}"
+        assert "--out" in used and OUT.search(cmd), cmd
+
+
+def test_python_compiles_and_imports_exist() -> None:
+    tree = ast.parse(block("explain-python", "python"))
+    imports = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert imports
+    for node in imports:
+        assert node.module is not None
+        mod = importlib.import_module(node.module)
+        for alias in node.names:
+            found = hasattr(mod, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}")
+            assert found, f"{node.module} has no {alias.name}"
+
+
+@pytest.mark.slow
+def test_commands_run_as_written(tmp_path: Path) -> None:
+    data = os.environ.get("MODELSHIELD_DATA", str(REPO.parent / "shared/data"))
+    env = {**os.environ, "MODELSHIELD_DATA": data}
+    for cmd in commands():
+        run = OUT.sub(f"{tmp_path}/", cmd)
+        proc = subprocess.run(run, shell=True, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{cmd}\n{proc.stderr[-2000:]}"
+        folder = Path(shlex.split(run)[shlex.split(run).index("--out") + 1])
+        summary = json.loads((folder / "summary.json").read_text())
+        pngs = sorted(folder.glob("*.png"))
+        assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+        if "--n" in cmd:
+            assert len(pngs) == int(shlex.split(cmd)[shlex.split(cmd).index("--n") + 1])
+        if "--method ig" in cmd:
+            assert summary["result"]["method"] == "integrated-gradients"
+            assert summary["result"]["details"]["completeness_gap_relative_max"] < 0.01
+
+
+@pytest.mark.slow
+def test_python_runs_and_prints_what_it_says() -> None:
+    proc = subprocess.run([sys.executable, "-c", block("explain-python", "python")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("torch.Size([8, 1, 8, 8])")
+    assert lines[1] == "('guided-backprop',)"
+    m = re.fullmatch(r"TPR ([\d.]+) at FPR ([\d.]+), AUROC ([\d.]+)", lines[2])
+    assert m is not None, lines[2]
+    tpr, fpr, auroc = map(float, m.groups())
+    assert fpr <= 0.1 and tpr > 2 * fpr and auroc > 0.75
