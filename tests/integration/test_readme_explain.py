@@ -3,10 +3,11 @@
 The shell commands are read from README.md between ``<!-- explain-examples -->`` and
 ``<!-- /explain-examples -->``, the Python between ``<!-- explain-python -->`` and
 ``<!-- /explain-python -->``. By default (fast) the blocks are checked for shape: every command is
-``modelshield explain`` with options the command has, and the Python compiles and imports names that
-exist. With ``-m slow`` each command runs in a shell from the repository root, exactly as written but
-for ``explained/`` pointing into a temporary folder, and writes its pictures and summary; the Python
-runs in a fresh interpreter and prints what its comments say.
+``modelshield explain`` (or ``assess`` with the explain section) with options the command has, and
+the Python compiles and imports names that exist. With ``-m slow`` each command runs in a shell from
+the repository root, exactly as written but for ``explained/`` pointing into a temporary folder, and
+writes its pictures and summary (or report); the Python runs in a fresh interpreter and prints what
+its comments say.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ def commands() -> list[str]:
             if line.strip() and not line.lstrip().startswith("#")]
 
 
-def explain_options() -> set[str]:
+def options(command: str) -> set[str]:
     group = typer.main.get_command(app)
-    sub = group.get_command(group.context_class(group), "explain")  # type: ignore[attr-defined]  # lazy
+    sub = group.get_command(group.context_class(group), command)  # type: ignore[attr-defined]  # lazy
     assert sub is not None
     return {opt for p in sub.params for opt in p.opts}
 
@@ -54,13 +55,15 @@ def explain_options() -> set[str]:
 def test_commands_use_options_explain_has() -> None:
     cmds = commands()
     assert len(cmds) >= 4
-    known = explain_options()
     for cmd in cmds:
         argv = shlex.split(cmd)
-        assert argv[:2] == ["modelshield", "explain"], cmd
+        assert argv[0] == "modelshield" and argv[1] in ("explain", "assess"), cmd
         used = {a for a in argv if a.startswith("--")}
+        known = options(argv[1])
         assert used <= known, f"{cmd}: unknown options {used - known}"
         assert "--out" in used and OUT.search(cmd), cmd
+    assert any("explain" in shlex.split(c)[shlex.split(c).index("--sections") + 1].split(",")
+               for c in cmds if "--sections" in c)
 
 
 def test_python_compiles_and_imports_exist() -> None:
@@ -84,6 +87,11 @@ def test_commands_run_as_written(tmp_path: Path) -> None:
         proc = subprocess.run(run, shell=True, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{cmd}\n{proc.stderr[-2000:]}"
         folder = Path(shlex.split(run)[shlex.split(run).index("--out") + 1])
+        if shlex.split(cmd)[1] == "assess":
+            report = json.loads((folder / "report.json").read_text())
+            section = next(s for s in report["sections"] if s["id"] == "explain")
+            assert section["figures"] and "data:image/png;base64," in (folder / "report.html").read_text()
+            continue
         summary = json.loads((folder / "summary.json").read_text())
         pngs = sorted(folder.glob("*.png"))
         assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
