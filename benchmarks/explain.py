@@ -60,10 +60,9 @@ part may add its own under its ``"targets"`` key.
 
 Usage: python benchmarks/explain.py [--quick] [--parts kernelshap,gradients] [--fresh] [--threads 2]
 Needs ``$MODELSHIELD_DATA`` (default ``../shared/data``) for MNIST; ``shap`` and ``captum``.
-Runtime measured 2026-12-02 on 2 CPU cores shared with other jobs (load average 5-6, so every
-timing is inflated), one torch thread (the default; ``kernelshap`` also times KernelShap with two):
-``kernelshap`` 158 s (reference 61 s, shap 49 s) + ``gradients`` 147 s, about 5.2 minutes in all;
-``--quick`` 68 s (23 s + 43 s).
+Runtime measured 2026-12-02 on 2 quiet CPU cores with ``--threads 2 --fresh``: 385 s for all five
+parts (``kernelshap`` 75 s, ``gradients`` 103 s, ``patch`` 53 s, ``disagreement`` 40 s, ``treeshap``
+113 s); ``--quick`` about 70 s for the first two under load. A rerun resumes from the saved parts.
 """
 
 from __future__ import annotations
