@@ -206,11 +206,36 @@ def adversarial_training(
                                               "(Madry et al.'s MNIST model) for MNIST at eps 0.3.")] = None,
     trust_torchscript: TrustTorchScriptOption = False,
     device: DeviceOption = "cpu",
+    nproc: Annotated[int, typer.Option(help="Train on this many local processes with "
+                                            "DistributedDataParallel (gloo on the CPU, NCCL with one GPU "
+                                            "each); the batch is split between them. Under torchrun "
+                                            "the launcher's processes are used instead.")] = 1,
+    oversubscribe: Annotated[bool, typer.Option("--oversubscribe", help="Allow --nproc above the "
+                                                "number of CPU cores.")] = False,
 ) -> None:
     """Adversarially train (PGD, TRADES or fast FGSM), save, then evaluate under Ensemble.standard
     and the gradient-masking checks (the model is saved before the evaluation, so an interrupt
-    there keeps it; the evaluation is added to its metadata at the end); exits 2 on bad input."""
+    there keeps it; the evaluation is added to its metadata at the end); exits 2 on bad input.
+    With --nproc N (or under torchrun) training is data-parallel; rank 0 saves and evaluates."""
+    from modelshield.defenses.training.launch import (
+        Backend,
+        check_nproc,
+        fit_distributed,
+        init_from_env,
+        torchrun_env,
+    )
+
     owner = f"{OWNER} adversarial-training"
+    check_range("--nproc", nproc, owner=owner, low=1, integer=True,
+                fix="Use --nproc 2 for two processes (1: no distributed training).")
+    launched = torchrun_env(owner=owner)
+    if launched is not None:
+        if nproc not in (1, launched.world_size):
+            raise ConfigError(f"{owner}: '--nproc' must be 1 or WORLD_SIZE ({launched.world_size}) "
+                              f"under torchrun; got {nproc}. Set the process count with torchrun's "
+                              "--nproc-per-node and drop --nproc.")
+        if resolve_device(device, owner=owner).type == "cuda":
+            device = f"cuda:{launched.local_rank}"
     check_new_files([out], overwrite=force, owner=owner)
     if checkpoint_dir is not None:  # a folder we may write into (its files are replaced each epoch)
         check_new_files([checkpoint_dir / "checkpoint"], overwrite=True, owner=owner)
@@ -226,13 +251,30 @@ def adversarial_training(
                                  eps_warmup_epochs=eps_warmup_epochs,
                                  checkpoint_dir=checkpoint_dir, eval_steps=min(eval_steps, 20))
     n_val = min(256, int(s.x_test.shape[0]))
+    backend: Backend = "nccl" if s.x_train.device.type == "cuda" else "gloo"
+    if launched is None:
+        check_nproc(nproc, backend=backend, oversubscribe=oversubscribe, owner=owner)
+    else:
+        init_from_env(launched, backend=backend, owner=owner)
     with render.progress_bar(f"{method} adversarial training") as progress, render.show_warnings():
-        report = trainer.fit(s.module, (s.x_train, s.y_train), resume=resume, progress=progress,
-                             val_data=(s.x_test[:n_val], s.y_test[:n_val]))
+        if launched is not None:  # one rank of a torchrun launch
+            report = trainer.fit(s.module, (s.x_train, s.y_train), resume=resume, progress=progress,
+                                 val_data=(s.x_test[:n_val], s.y_test[:n_val]), distributed=True)
+            torch.distributed.destroy_process_group()
+            if launched.rank != 0:
+                return  # rank 0 saves and evaluates
+        elif nproc > 1:
+            report = fit_distributed(trainer, s.module, (s.x_train, s.y_train), nproc=nproc,
+                                     resume=resume, progress=progress, oversubscribe=oversubscribe,
+                                     val_data=(s.x_test[:n_val], s.y_test[:n_val]))
+        else:
+            report = trainer.fit(s.module, (s.x_train, s.y_train), resume=resume, progress=progress,
+                                 val_data=(s.x_test[:n_val], s.y_test[:n_val]))
         s.module.eval()
         settings = {"method": method, "eps": eps, "epochs": epochs, "steps": steps,
                     "batch_size": batch_size, "lr": lr, "eps_warmup_epochs": eps_warmup_epochs, "seed": seed,
-                    "eval_steps": eval_steps, "square_queries": square_queries}
+                    "eval_steps": eval_steps, "square_queries": square_queries,
+                    "world_size": launched.world_size if launched is not None else nproc}
         meta = {"defence": "adversarial-training", "training": report.to_dict(), "evaluation": None,
                 "provenance": _prov(s, s.module, seed, {"training": settings})}
         # Saved before the (long) evaluation, so an interrupt there keeps the trained model;

@@ -19,6 +19,7 @@ from modelshield.attacks.evasion.fgsm import FGSM
 from modelshield.attacks.evasion.pgd import PGD
 from modelshield.attacks.ops import ce_loss
 from modelshield.defenses.training._inner import maximize_loss
+from modelshield.defenses.training.distributed import join_process_group
 from modelshield.defenses.training.engine import (
     OPTIMIZERS,
     SCHEDULES,
@@ -395,6 +396,7 @@ class AdversarialTrainer:
         val_data: tuple[Tensor, Tensor] | None = None,
         resume: bool = False,
         progress: Progress | None = None,
+        distributed: bool = False,
     ) -> TrainingReport:
         """Train model in place, adversarially; return the per-epoch report.
 
@@ -409,6 +411,19 @@ class AdversarialTrainer:
                 the same settings and data size); without it an existing checkpoint is an error.
             progress: optional ``progress(done, total, message)`` callback (batches), called
                 every 20 batches and after each epoch once its checkpoint is written.
+            distributed: this process is one rank of an initialised torch.distributed group
+                (torchrun, or ``fit_distributed``); every rank calls fit with the same model
+                and full tensor data. The model is wrapped in DistributedDataParallel for the
+                training forward passes; each rank trains on its rows of every global batch of
+                ``batch_size`` (per-rank batch batch_size / world size), generates their
+                adversarial examples itself on the unwrapped module (eval mode, parameters
+                frozen, so no DDP hook or all-reduce is involved in the attack's backward
+                passes), and DDP averages the parameter gradients (weighted to the one-process
+                batch mean). The check and validation attacks run on rank 0, whose decision
+                (stop, roll back) every rank follows; only rank 0 writes checkpoints. The
+                module's weights end equal on every rank; the report is the same on every rank.
+                The random draws differ from a one-process run (per-epoch seeding), so results
+                agree within noise, not bit for bit.
 
         Returns:
             The TrainingReport.
@@ -428,6 +443,8 @@ class AdversarialTrainer:
                          weight_decay=self.weight_decay, schedule=self.schedule,
                          batch_size=self.batch_size, seed=self.seed)
         eps_now = [self.eps]
+        dist = join_process_group(module, owner=owner) if distributed else None
+        net = dist.wrapped if dist is not None else module  # the training forward passes
 
         def step(xb: Tensor, yb: Tensor, t: float, gen: torch.Generator) -> StepOutput:
             eps = self._eps_at(t)
@@ -436,12 +453,12 @@ class AdversarialTrainer:
             with eval_mode(m):
                 clean_pred = m.predict(xb)
                 x_adv = self._adversary(m, xb, yb, eps, gen)
-            logits_adv = module(x_adv)
+            logits_adv = net(x_adv)
             if self.method == "trades":
-                loss = trades_loss(module(xb), logits_adv, yb, self.beta)
+                loss = trades_loss(net(xb), logits_adv, yb, self.beta)
             elif self.mix > 0:
                 loss = ((1 - self.mix) * F.cross_entropy(logits_adv, yb)
-                        + self.mix * F.cross_entropy(module(xb), yb))
+                        + self.mix * F.cross_entropy(net(xb), yb))
             else:
                 loss = F.cross_entropy(logits_adv, yb)
             return StepOutput(loss, int((clean_pred == yb).sum()),
@@ -473,12 +490,16 @@ class AdversarialTrainer:
             stop = overfit and self.stop_on_overfitting
             return EpochEnd(extra=extra, stop=stop, rollback=stop)
 
+        fingerprint = config_fingerprint(self, data, exclude=("checkpoint_dir",))
+        params = json_params(self)
+        if dist is not None:  # a one-process fingerprint stays as before (its checkpoints resume)
+            fingerprint["world_size"] = params["world_size"] = dist.world_size
         outcome = train_loop(
             module, data, cfg, step=step, epoch_end=epoch_end, bounds=self.bounds,
-            fingerprint=config_fingerprint(self, data, exclude=("checkpoint_dir",)),
-            checkpoint_dir=self.checkpoint_dir, resume=resume, progress=progress,
+            fingerprint=fingerprint, checkpoint_dir=self.checkpoint_dir, resume=resume,
+            progress=progress, dist=dist,
         )
-        return report_from(self.method, json_params(self), outcome)
+        return report_from(self.method, params, outcome)
 
     def _check_batch(
         self, data: TrainData, val_data: tuple[Tensor, Tensor] | None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,14 @@ from torch.utils.data import DataLoader
 from modelshield._checks import check_inputs
 from modelshield._typing import Progress
 from modelshield.defenses.mode import require_same_device
+from modelshield.defenses.training.distributed import (
+    DistState,
+    ShardedBatches,
+    all_reduce_sums,
+    broadcast_from_main,
+    epoch_generator_seed,
+    shard_loader,
+)
 from modelshield.errors import ConfigError, DataError, InputError
 from modelshield.models import parameter_device
 from modelshield.models.training import (
@@ -199,6 +208,19 @@ def _load_checkpoint(path: Path, owner: str, fingerprint: dict[str, Any]) -> dic
     return state
 
 
+def _read_start(path: Path | None, owner: str, fingerprint: dict[str, Any],
+                resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from (None: start afresh), checked against this run's settings."""
+    if path is None or not path.exists():
+        return None
+    if not resume:
+        raise ConfigError(
+            f"{owner}: checkpoint_dir must not hold a checkpoint unless resume=True; found "
+            f"{str(path)!r}. Pass resume=True to continue that run, or use an empty folder."
+        )
+    return _load_checkpoint(path, owner, fingerprint)
+
+
 def train_loop(
     module: nn.Module,
     data: TrainData,
@@ -214,6 +236,7 @@ def train_loop(
     progress_offset: int = 0,
     progress_total: int | None = None,
     phase: str = "",
+    dist: DistState | None = None,
 ) -> LoopOutcome:
     """Train module in place with ``step(x, y, t, generator)``; ``t`` is the time in epochs.
 
@@ -223,9 +246,30 @@ def train_loop(
     on error. ``step`` draws from the generator that shuffles the batches. After each epoch
     ``epoch_end(epoch, history)`` may add fields, stop, or roll the weights back to the previous
     epoch; then the checkpoint is written (atomically) and ``progress`` is called.
+
+    With ``dist`` (a torch.distributed run, ``data`` the full (x, y) tensors on every rank) the
+    module given to ``train_module`` is ``dist.wrapped`` (DistributedDataParallel): each epoch's
+    permutation is drawn from ``seed`` and the epoch (every rank draws the same one), each global
+    batch of ``batch_size`` rows is split row-wise between the ranks (DistributedSampler's
+    interleaving, per-rank batch ``batch_size / world_size``) and each rank's loss is weighted by
+    its share of the global batch, so DDP's gradient average is the one-process batch mean. The
+    step's generator is reseeded at each epoch from (seed, epoch, rank), so a resume needs no
+    per-rank generator state. The epoch records are all-reduced; ``epoch_end`` runs on rank 0
+    only and its decision is broadcast; only rank 0 writes the checkpoint, which rank 0 reads on
+    resume and broadcasts to the others.
     """
     device = parameter_device(module)
     loader = isinstance(data, DataLoader)
+    n_rows = 0
+    sampler: ShardedBatches | None = None
+    if dist is not None:
+        if isinstance(data, DataLoader):
+            raise ConfigError(f"{cfg.owner}: distributed training needs the training data as (x, y) "
+                              "tensors (each rank takes its shard); got a DataLoader. Pass tensors.")
+        n_rows = int(data[0].shape[0])
+        data, sampler = shard_loader(data, cfg.batch_size, rank=dist.rank,
+                                     world_size=dist.world_size, seed=cfg.seed)
+        loader = False  # rows already checked, as tensors
     per_epoch = steps_per_epoch(data, cfg.batch_size, owner=cfg.owner)
     gen = torch.Generator(device="cpu")
     gen.manual_seed(cfg.seed)
@@ -235,13 +279,20 @@ def train_loop(
     history: list[dict[str, Any]] = []
     start_epoch, stopped = 0, False
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    if path is not None and path.exists():
-        if not resume:
-            raise ConfigError(
-                f"{cfg.owner}: checkpoint_dir must not hold a checkpoint unless resume=True; found "
-                f"{str(path)!r}. Pass resume=True to continue that run, or use an empty folder."
-            )
-        state = _load_checkpoint(path, cfg.owner, fingerprint)
+    state: dict[str, Any] | None = None
+    if dist is None:
+        state = _read_start(path, cfg.owner, fingerprint, resume)
+    else:  # rank 0 reads (its folder need not be shared); every rank gets the state or the error
+        found: tuple[dict[str, Any] | None, Exception | None] = (None, None)
+        if dist.rank == 0:
+            try:
+                found = (_read_start(path, cfg.owner, fingerprint, resume), None)
+            except (ConfigError, DataError) as exc:
+                found = (None, exc)
+        state, error = broadcast_from_main(found, dist)
+        if error is not None:
+            raise error
+    if state is not None:
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
@@ -249,28 +300,55 @@ def train_loop(
         start_epoch, stopped = int(state["epoch"]), bool(state["stopped"])
     resumed_from = start_epoch
     counts = [0, 0]  # this epoch's clean and adversarial correct predictions
+    sums = [0.0, 0]  # distributed: this rank's summed per-row loss and real rows
+    if sampler is not None:
+        sampler.set_epoch(start_epoch)
 
     def loss(model: nn.Module, xb: Tensor, yb: Tensor, epoch: int, i: int) -> Tensor:
         if loader:
             check_batch_tensors(xb, yb, owner=cfg.owner, device=device, bounds=bounds, what="batch")
+        if dist is None:
+            out = step(xb, yb.long(), epoch + i / per_epoch, gen)
+            counts[0] += out.clean_correct
+            counts[1] += out.adv_correct
+            return out.loss
+        if i == 0:
+            gen.manual_seed(epoch_generator_seed(cfg.seed, epoch, dist.rank))
+        n_global = min(cfg.batch_size, n_rows - i * cfg.batch_size)
+        n_local = len(range(dist.rank, n_global, dist.world_size))  # 0: a stand-in row, weight 0
         out = step(xb, yb.long(), epoch + i / per_epoch, gen)
-        counts[0] += out.clean_correct
-        counts[1] += out.adv_correct
-        return out.loss
+        if n_local:
+            counts[0] += out.clean_correct
+            counts[1] += out.adv_correct
+            sums[0] += float(out.loss.detach()) * n_local
+            sums[1] += n_local
+        weighted: Tensor = out.loss * (n_local * dist.world_size / n_global)
+        return weighted
 
     def on_epoch(info: EpochInfo) -> EpochDecision:
         nonlocal stopped
         hook_start = time.perf_counter()
-        rows = max(info.rows, 1)
+        mean_loss, rows_f = info.loss, float(max(info.rows, 1))
+        if dist is not None:
+            loss_sum, n, clean, adv = all_reduce_sums([sums[0], sums[1], counts[0], counts[1]], dist)
+            mean_loss, rows_f = loss_sum / max(n, 1.0), max(n, 1.0)
+            counts[:] = [int(clean), int(adv)]
+            sums[:] = [0.0, 0]
+            if sampler is not None:
+                sampler.set_epoch(info.epoch + 1)
         record: dict[str, Any] = {
             "epoch": info.epoch + 1,
-            "loss": info.loss,
-            "train_clean_accuracy": counts[0] / rows,
-            "train_adv_accuracy": counts[1] / rows,
+            "loss": mean_loss,
+            "train_clean_accuracy": counts[0] / rows_f,
+            "train_adv_accuracy": counts[1] / rows_f,
             "lr": info.lr,
         }
         counts[:] = [0, 0]
-        end = epoch_end(info.epoch, history) if epoch_end is not None else EpochEnd()
+        if dist is None:
+            end = epoch_end(info.epoch, history) if epoch_end is not None else EpochEnd()
+        else:  # evaluated once, on rank 0; every rank follows its decision
+            mine = epoch_end(info.epoch, history) if epoch_end is not None and dist.rank == 0 else None
+            end = broadcast_from_main(mine, dist) or EpochEnd()
         record.update(end.extra)
         if end.rollback:
             info.roll_back()
@@ -278,7 +356,7 @@ def train_loop(
         record["time_s"] = info.time_s + time.perf_counter() - hook_start
         history.append(record)
         stopped = end.stop
-        if path is not None:
+        if path is not None and (dist is None or dist.rank == 0):
             _atomic_save({
                 "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": info.epoch + 1,
                 "stopped": stopped, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
@@ -290,11 +368,18 @@ def train_loop(
         return EpochDecision(stop=stopped,
                              note=f", adv acc {record['train_adv_accuracy']:.3f}{val}")
 
-    result = train_module(
-        module, data, epochs=cfg.epochs, batch_size=cfg.batch_size, loss=loss,
-        optimization=optimization, optimizer=optimizer, generator=gen,
-        start_epoch=cfg.epochs if stopped else start_epoch, on_epoch=on_epoch, progress=progress,
-        progress_offset=progress_offset, progress_total=progress_total, label=phase, owner=cfg.owner,
-    )
+    with warnings.catch_warnings():
+        # DDP compares a gradient's strides with its bucket's, size-1 dimensions included: a
+        # 1-channel conv weight's gradient (strides 9, 1, 3, 1 against 9, 9, 3, 1) is reported,
+        # though the layouts are the same. A performance note only, raised once per run.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        result = train_module(
+            dist.wrapped if dist is not None else module, data, epochs=cfg.epochs,
+            batch_size=cfg.batch_size, loss=loss,
+            optimization=optimization, optimizer=optimizer, generator=gen,
+            start_epoch=cfg.epochs if stopped else start_epoch, on_epoch=on_epoch,
+            progress=progress if dist is None or dist.rank == 0 else None,
+            progress_offset=progress_offset, progress_total=progress_total, label=phase, owner=cfg.owner,
+        )
     return LoopOutcome(history=history, resumed_from=resumed_from, stopped_early=stopped,
                        time_s=result.time_s, checkpoint=str(path) if path is not None else None)
