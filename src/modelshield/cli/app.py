@@ -31,6 +31,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("modelshield.cli.assess", "demo"),
     "extract": ("modelshield.cli.extract", "extract"),
     "explain": ("modelshield.cli.explain", "explain"),
+    "sweep": ("modelshield.cli.sweep", "sweep"),
     "poison": ("modelshield.cli.data", "poison"),
     "validate-data": ("modelshield.cli.data", "validate_data"),
     "scan": ("modelshield.cli.scan", "scan"),

@@ -1,0 +1,115 @@
+"""``modelshield sweep``: many models x attacks x budgets from a YAML plan, on local processes or Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from modelshield.cli import _render as render
+from modelshield.errors import ConfigError
+
+__all__ = ["BACKENDS", "sweep"]
+
+OWNER = "modelshield sweep"
+BACKENDS = ("inline", "processes", "ray")
+"""``--backend`` names: this process, local worker processes, a Ray cluster."""
+
+
+OWN_FILES = frozenset({"sweep.json", "checkpoints"})
+"""What a sweep writes into --out: a folder holding only these is an earlier sweep's (a rerun resumes)."""
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{OWNER}: '--out' must be a folder; got {str(out)!r}, which is a file. "
+                          "Choose a folder path.")
+    other = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES) if out.is_dir() else []
+    if other and not force:
+        raise ConfigError(f"{OWNER}: '--out' must be a new or empty folder (or an earlier sweep's); got "
+                          f"{str(out)!r}, which holds {other[0]!r}. Pass --force to write into it, or "
+                          "choose another folder.")
+
+
+def _executor(backend: str, workers: int, threads: int, address: str | None) -> Any:
+    from modelshield.runner import InlineExecutor, ProcessExecutor, RayExecutor
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"{OWNER}: '--backend' must be one of {', '.join(BACKENDS)}; got {backend!r}. "
+                          "Use --backend processes for local worker processes.")
+    for name, value in (("--workers", workers), ("--threads-per-worker", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{OWNER}: {name!r} must be an int >= 1; got {value!r}. Use e.g. {name} 2.")
+    if address is not None and backend != "ray":
+        raise ConfigError(f"{OWNER}: '--ray-address' is used by --backend ray; got --backend {backend}. "
+                          "Drop --ray-address or pass --backend ray.")
+    if backend == "inline":
+        return InlineExecutor(threads=threads)
+    if backend == "processes":
+        return ProcessExecutor(workers=workers, threads_per_worker=threads)
+    return RayExecutor(address=address, workers=workers, threads_per_worker=threads)
+
+
+def _table(result: Any) -> None:
+    counts = result.counts
+    title = (f"sweep: {len(result.rows)} cells, {sum(counts.values())} jobs "
+             f"({counts['done']} run, {counts['cached']} cached, {counts['failed']} failed) on "
+             f"{result.executor}")
+    table = Table(title=escape(title), header_style="bold")
+    for col in ("model", "attack", "eps", "clean acc", "robust acc", "success", "median norm", "queries"):
+        table.add_column(col, overflow="fold")
+
+    def num(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.4g}"
+
+    for r in result.rows:
+        if r.status != "ok":
+            table.add_row(escape(r.model), r.attack, f"{r.eps:g}", "[red]failed[/red]", "", "",
+                          "", escape(str(r.error or ""))[:60])
+            continue
+        table.add_row(escape(r.model), r.attack, f"{r.eps:g}", num(r.clean_accuracy), num(r.robust_accuracy),
+                      num(r.attack_success_rate), num(r.median_norm),
+                      "" if r.queries is None else str(r.queries))
+    render.out().print(table)
+
+
+def sweep(
+    plan: Annotated[Path, typer.Argument(help="YAML plan: models, attacks (name, eps, norm, steps, "
+                                              "max_queries), n, seed, shard_size, batch_size.")],
+    out: Annotated[Path, typer.Option("--out", help="New or empty folder for sweep.json (and checkpoints).")],
+    backend: Annotated[str, typer.Option(help=f"Where jobs run: {', '.join(BACKENDS)}.")] = "inline",
+    workers: Annotated[int, typer.Option(help="Worker processes (processes) or tasks in flight (ray).")] = 2,
+    threads_per_worker: Annotated[int, typer.Option(help="torch threads (and Ray CPUs) per worker.")] = 1,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Ray cluster to join ('auto', 'ray://host:10001'); default: a local one for the run.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="Folder of finished jobs; rerunning resumes from it (default OUT/checkpoints).")] = None,
+    retries: Annotated[int, typer.Option(help="Extra attempts for a failing job.")] = 2,
+    force: Annotated[bool, typer.Option("--force", help="Write into a folder that holds files.")] = False,
+) -> None:
+    """Attack every model of PLAN with every attack at every eps, split into jobs; write sweep.json.
+
+    Zoo models must be trained first (`modelshield zoo train NAME`); a sweep trains nothing.
+    Rerunning the same command resumes: finished jobs come from the checkpoint folder.
+    """
+    from modelshield.assess import write_json
+    from modelshield.runner.sweep import SweepPlan, check_models_cached, run_sweep
+
+    executor = _executor(backend, workers, threads_per_worker, ray_address)
+    if isinstance(retries, bool) or retries < 0:
+        raise ConfigError(f"{OWNER}: '--retries' must be an int >= 0; got {retries!r}. Use e.g. --retries 2.")
+    sweep_plan = SweepPlan.from_yaml(plan)
+    check_models_cached(sweep_plan)
+    ckpt = checkpoint if checkpoint is not None else out / "checkpoints"
+    _check_out(out, force)
+    out.mkdir(parents=True, exist_ok=True)
+    with render.progress_bar(f"sweep on {backend}") as progress, render.show_warnings():
+        result = run_sweep(sweep_plan, executor, checkpoint=ckpt, retries=retries, progress=progress)
+    write_json(out / "sweep.json", result.to_dict(), overwrite=True)
+    _table(result)
+    failed = len(result.failed_jobs)
+    note = f"; {failed} job(s) failed (see failed_jobs)" if failed else ""
+    render.say(f"sweep.json written to {escape(str(out))}{note}")
