@@ -2,11 +2,11 @@
 
 ``ddp(quick, seed)`` is the ``ddp`` part of ``benchmarks/scale.py``: PGD adversarial training of
 the zoo architecture ``cnn-8x8`` on the 8x8 digits (1257 training images; ``quick``: 4 epochs, 3
-inner steps, else 12 epochs, 7 inner steps), or, when ``MODELSHIELD_DATA`` holds MNIST and not
-``quick``, ``lenet-28`` on the first 12800 MNIST images for 3 epochs (300 steps of 128, 5 inner
-steps, Adam lr 1e-3; at eps 0.3 and lr 1e-2 both runs collapsed to chance), all at eps 0.1,
-with ``modelshield.defenses.training.launch.fit_distributed`` on 1 process
-(in this process, one torch thread) and on 2 spawned processes (one thread each, per-rank batch
+inner steps, else 12 epochs, 7 inner steps), or, when MNIST is found (``$MODELSHIELD_DATA``,
+else ``../shared/data``) and not ``quick``, ``lenet-28`` on the first 12800 MNIST images for 3
+epochs (300 steps of 128, 5 inner steps, Adam lr 1e-3; at eps 0.3 and lr 1e-2 both runs
+collapsed to chance), all at eps 0.1, with ``modelshield.defenses.training.launch.fit_distributed``
+on 1 process (in this process, one torch thread) and on 2 spawned processes (one thread each, per-rank batch
 64). Reported per run: wall time (the 2-process one includes spawning the processes, importing
 torch and modelshield in each and joining the gloo group), the summed epoch times of rank 0
 (training only), the final clean accuracy on the test set and PGD-20 robust accuracy on its first
@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,11 +39,14 @@ from modelshield.errors import MissingDataError
 
 __all__ = ["ddp"]
 
+SHARED_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data")
+"""Where MNIST is read when ``$MODELSHIELD_DATA`` is unset (the project's ``../shared/data``)."""
+
 
 def _setup(quick: bool) -> dict[str, Any]:
-    if not quick and os.environ.get("MODELSHIELD_DATA"):
+    if not quick:
         try:
-            ds = load_dataset("mnist")
+            ds = load_dataset("mnist", os.environ.get("MODELSHIELD_DATA") or SHARED_DATA)
         except MissingDataError:
             pass
         else:
