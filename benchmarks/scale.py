@@ -29,9 +29,9 @@ Zoo models are trained first if not cached (``zoo.load``, about 20 s the first t
 never trains them itself.
 
 Usage: python benchmarks/scale.py [--quick] [--parts sweep,ddp] [--fresh]
-Runtime: 150 s measured (2026-12-02) on two CPU cores with a little other work (serial sweep
-45 s, processes 29 s, Ray 27 s on a running cluster and 37 s with its start-up); with other work
-keeping the load average at 2-3, 200-230 s, and the parallel runs were no faster than serial. The
+Runtime measured 2026-12-02 on two quiet CPU cores: ``sweep`` 144 s (serial 48 s, processes
+28.5 s, Ray 26 s on a running cluster and 31 s with its start-up), ``ddp`` 113 s on MNIST; with
+other work keeping the load average at 2-3 the parallel sweeps were no faster than serial. The
 speed-ups need two idle cores: check the recorded load averages before trusting them.
 ``--quick`` (6 steps: a sweep of about 4 s, for checking the script, not the speed-up) about 40 s.
 Ray needs ``pip install 'modelshield[ray]'``; without it the Ray runs are recorded as skipped.
