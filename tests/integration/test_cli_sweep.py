@@ -132,6 +132,20 @@ def test_out_folder_with_other_files_is_refused(plan: Path, tmp_path: Path) -> N
     assert "folder" in one_error_line(invoke("sweep", plan, "--out", tmp_path / "f"))
 
 
+def test_an_earlier_sweep_of_another_plan_is_not_replaced(digits_cache: None, plan: Path,
+                                                           tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    assert invoke("sweep", plan, "--out", out).exit_code == 0
+    before = (out / "sweep.json").read_text()
+    other = tmp_path / "other.yaml"
+    other.write_text(PLAN.replace("seed: 5", "seed: 6"), encoding="utf-8")
+    line = one_error_line(invoke("sweep", other, "--out", out))
+    assert "another plan" in line and "--force" in line
+    assert (out / "sweep.json").read_text() == before
+    assert invoke("sweep", other, "--out", out, "--force").exit_code == 0
+    assert json.loads((out / "sweep.json").read_text())["plan"]["seed"] == 6
+
+
 def _readme_commands() -> list[str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("## Beyond one machine", 1)[1].split("\n## ", 1)[0]

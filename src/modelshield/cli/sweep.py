@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,6 +33,19 @@ def _check_out(out: Path, force: bool) -> None:
         raise ConfigError(f"{OWNER}: '--out' must be a new or empty folder (or an earlier sweep's); got "
                           f"{str(out)!r}, which holds {other[0]!r}. Pass --force to write into it, or "
                           "choose another folder.")
+
+
+def _check_same_plan(path: Path, plan: dict[str, Any], force: bool) -> None:
+    """Refuse to replace an earlier sweep.json written for another plan (a rerun of the same plan resumes)."""
+    if force or not path.is_file():
+        return
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8")).get("plan")
+    except (OSError, ValueError, AttributeError):
+        earlier = None
+    if earlier != json.loads(json.dumps(plan)):
+        raise ConfigError(f"{OWNER}: '--out' holds {str(path)!r} from another plan (or unreadable); got a "
+                          "different plan. Pass --force to replace it, or choose another folder.")
 
 
 def _executor(backend: str, workers: int, threads: int, address: str | None) -> Any:
@@ -105,6 +119,7 @@ def sweep(
     check_models_cached(sweep_plan)
     ckpt = checkpoint if checkpoint is not None else out / "checkpoints"
     _check_out(out, force)
+    _check_same_plan(out / "sweep.json", sweep_plan.to_dict(), force)
     out.mkdir(parents=True, exist_ok=True)
     with render.progress_bar(f"sweep on {backend}") as progress, render.show_warnings():
         result = run_sweep(sweep_plan, executor, checkpoint=ckpt, retries=retries, progress=progress)
