@@ -34,8 +34,9 @@ from modelshield import zoo
 from modelshield.attacks.evasion import PGD
 from modelshield.data import load_dataset
 from modelshield.defenses.training import AdversarialTrainer
-from modelshield.defenses.training.launch import available_cores, fit_distributed, weights_digest
+from modelshield.defenses.training.launch import available_cores, fit_distributed
 from modelshield.errors import MissingDataError
+from modelshield.models.load import weights_sha256
 
 __all__ = ["ddp"]
 
@@ -87,7 +88,7 @@ def ddp(quick: bool, seed: int) -> dict[str, Any]:
                 "wall_s": round(wall, 3), "train_s": round(report.train_time_s, 3),
                 "clean_accuracy": clean, "pgd20_robust_accuracy": robust,
                 "final_train_loss": report.epochs[-1].loss, "epochs": len(report.epochs),
-                "weights_sha256": weights_digest(model),
+                "weights_sha256": weights_sha256(model),
                 "rank_weights_equal": len(set(report.params.get("rank_weights_sha256", ["-"]))) == 1,
             }
     finally:

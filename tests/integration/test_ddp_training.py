@@ -19,9 +19,9 @@ from modelshield import zoo
 from modelshield.attacks.evasion import PGD
 from modelshield.data import load_dataset
 from modelshield.defenses.training import AdversarialTrainer
-from modelshield.defenses.training.launch import fit_distributed, weights_digest
+from modelshield.defenses.training.launch import fit_distributed
 from modelshield.errors import ConfigError
-from modelshield.models.load import load_model
+from modelshield.models.load import load_model, weights_sha256
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +35,15 @@ def test_two_process_smoke(digits: Any, tmp_path: Path) -> None:
     trainer = AdversarialTrainer(method="pgd", eps=0.1, steps=2, epochs=2, lr=1e-2, batch_size=100,
                                  seed=0, eval_steps=3, check_size=64, checkpoint_dir=tmp_path / "ckpt")
     model = zoo.build("cnn-8x8", seed=0)
-    before = weights_digest(model)
+    before = weights_sha256(model)
     report = fit_distributed(trainer, model, (x, y), nproc=2, threads=1)
     digests = report.params["rank_weights_sha256"]
-    assert len(digests) == 2 and digests[0] == digests[1] == weights_digest(model) != before
+    assert len(digests) == 2 and digests[0] == digests[1] == weights_sha256(model) != before
     assert report.params["world_size"] == 2 and report.params["backend"] == "gloo"
     state = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)
     saved = zoo.build("cnn-8x8")
     saved.load_state_dict(state["model"])  # the unwrapped module's keys (no "module." prefix)
-    assert weights_digest(saved) == digests[0] and state["epoch"] == 2
+    assert weights_sha256(saved) == digests[0] and state["epoch"] == 2
     assert [e.epoch for e in report.epochs] == [1, 2]
     for e in report.epochs:  # counted over the 400 rows of both ranks, once each
         assert abs(e.train_clean_accuracy * 400 - round(e.train_clean_accuracy * 400)) < 1e-6
@@ -113,7 +113,7 @@ def test_resume_after_interruption_under_two_processes(digits: Any, tmp_path: Pa
     resumed = zoo.build("cnn-8x8", seed=0)
     report = fit_distributed(trainer(tmp_path / "b"), resumed, data, nproc=2, threads=1, resume=True)
     assert 1 <= report.resumed_from < 4
-    assert weights_digest(resumed) == weights_digest(full)
+    assert weights_sha256(resumed) == weights_sha256(full)
     with pytest.raises(ConfigError, match="resume=True"):  # every rank's error, raised here once
         fit_distributed(trainer(tmp_path / "b"), zoo.build("cnn-8x8"), data, nproc=2, threads=1)
     with pytest.raises(ConfigError, match="same settings"):  # a 1-process resume of a 2-process run

@@ -23,9 +23,9 @@ from modelshield.defenses.training.launch import (
     fit_distributed,
     free_port,
     torchrun_env,
-    weights_digest,
 )
 from modelshield.errors import ConfigError
+from modelshield.models.load import weights_sha256
 
 
 @pytest.mark.parametrize(("n", "batch", "world"), [(1257, 128, 2), (10, 4, 3), (7, 7, 2), (5, 2, 4)])
@@ -115,7 +115,7 @@ def test_distributed_path_resumes_bit_identically(one_rank_group: None, tmp_path
         model = zoo.build("cnn-8x8", seed=0)
         report = trainer.fit(model, data, resume=resume, distributed=True,
                              progress=_stop_after(epochs))
-        return report, weights_digest(model)
+        return report, weights_sha256(model)
 
     full, full_digest = run(3, tmp_path / "a")
     with pytest.raises(ConfigError, match="resume=True"):  # rank 0's check, broadcast to every rank

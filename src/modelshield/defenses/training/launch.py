@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import os
 import queue as queue_mod
 import socket
@@ -34,6 +33,7 @@ from modelshield._typing import Progress
 from modelshield.defenses.training.adversarial import AdversarialTrainer, TrainingReport, as_trainable
 from modelshield.errors import ConfigError, IntegrityError, ModelShieldError
 from modelshield.models import parameter_device
+from modelshield.models.load import weights_sha256
 
 __all__ = [
     "BACKENDS",
@@ -45,7 +45,6 @@ __all__ = [
     "free_port",
     "init_from_env",
     "torchrun_env",
-    "weights_digest",
 ]
 
 Backend = Literal["gloo", "nccl"]
@@ -153,16 +152,6 @@ def free_port(port: int | None = None, *, owner: str = "free_port") -> int:
                               f"which is in use ({exc.strerror}). Pass another port, or none to "
                               "let the OS pick one.") from None
         return int(sock.getsockname()[1])
-
-
-def weights_digest(module: nn.Module) -> str:
-    """SHA-256 of the state dict's names, dtypes, shapes and bytes (CPU copies, sorted by name)."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        c = t.detach().cpu().contiguous()
-        h.update(f"{name}:{c.dtype}:{tuple(c.shape)}".encode())
-        h.update(c.view(torch.uint8).numpy().tobytes() if c.numel() else b"")
-    return h.hexdigest()
 
 
 def fit_distributed(
@@ -336,7 +325,7 @@ def _worker(rank: int, job: _Job, messages: Any) -> None:
         except ModelShieldError as exc:
             messages.put(("error", rank, exc))
             return
-        messages.put(("digest", rank, weights_digest(module)))
+        messages.put(("digest", rank, weights_sha256(module)))
         if rank == 0:
             weights = {k: v.detach().cpu() for k, v in module.state_dict().items()}
             tmp = Path(job.out_dir) / ".weights.pt.tmp"
