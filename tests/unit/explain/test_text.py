@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 import os
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from testkit.shapley import brute_force_shapley
 
 from modelshield.errors import ConfigError, InputError
 from modelshield.explain import TextKernelShap, TextOcclusion
@@ -46,14 +46,7 @@ def _brute_force(text: str, target: int) -> np.ndarray:
     def v(s: set[int]) -> float:
         return float(keyword_model([rebuild(tokens, gaps, tail, [i in s for i in range(d)])])[0, target])
 
-    phi = np.zeros(d)
-    for i in range(d):
-        others = [j for j in range(d) if j != i]
-        for size in range(d):
-            w = math.factorial(size) * math.factorial(d - size - 1) / math.factorial(d)
-            for s in combinations(others, size):
-                phi[i] += w * (v(set(s) | {i}) - v(set(s)))
-    return phi
+    return brute_force_shapley(v, d)
 
 
 def test_text_kernel_shap_is_exact_shapley_over_tokens_when_enumerable() -> None:

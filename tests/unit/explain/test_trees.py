@@ -5,8 +5,6 @@ per-model structure cache, feature names, bad inputs."""
 
 from __future__ import annotations
 
-import math
-from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -23,6 +21,7 @@ from sklearn.ensemble import (
 )
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+from testkit.shapley import brute_force_shapley
 
 from modelshield.errors import InputError, ModelCapabilityError
 from modelshield.explain import TreeShap
@@ -60,14 +59,7 @@ def _brute_force(trees: list[Any], x: np.ndarray, d: int) -> np.ndarray:
     def v(s: set[int]) -> np.ndarray:
         return np.asarray(np.mean([_cond_exp(t, x, s) for t in trees], axis=0), dtype=np.float64)
 
-    phi = np.zeros((d, np.asarray(v(set())).shape[0]))
-    for i in range(d):
-        others = [j for j in range(d) if j != i]
-        for size in range(d):
-            w = math.factorial(size) * math.factorial(d - size - 1) / math.factorial(d)
-            for s in combinations(others, size):
-                phi[i] += w * (v(set(s) | {i}) - v(set(s)))
-    return phi
+    return brute_force_shapley(v, d)
 
 
 @pytest.mark.parametrize("make", [
@@ -206,17 +198,6 @@ def _hgb_arrays(predictor: Any) -> tuple[np.ndarray, ...]:
             n["value"])
 
 
-def _shapley(v: Any, d: int) -> np.ndarray:
-    phi = np.zeros(d)
-    for i in range(d):
-        others = [j for j in range(d) if j != i]
-        for size in range(d):
-            w = math.factorial(size) * math.factorial(d - size - 1) / math.factorial(d)
-            for s in combinations(others, size):
-                phi[i] += w * (v(set(s) | {i}) - v(set(s)))
-    return phi
-
-
 @pytest.fixture(scope="module")
 def nan_data() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(1)
@@ -238,7 +219,7 @@ def test_hist_gradient_boosting_equals_brute_force_with_missing_values(nan_data:
     assert att.feature_names == ("a", "b", "c", "d")
     arrs = [_hgb_arrays(it[0]) for it in hgb._predictors]
     for r in range(8):
-        ref = _shapley(lambda s, r=r: sum(_cond_exp_arrays(a, rows[r], s) for a in arrs), 4)
+        ref = brute_force_shapley(lambda s, r=r: sum(_cond_exp_arrays(a, rows[r], s) for a in arrs), 4)
         assert np.allclose(att.values[r].numpy(), ref, atol=1e-12)
     raw = hgb.decision_function(rows)
     assert np.allclose(att.score.numpy(), raw, atol=1e-10)  # type: ignore[union-attr]
