@@ -116,6 +116,22 @@ def crash(exc: BaseException) -> NoReturn:
          code=EXIT_INTERNAL)
 
 
+def check_out_folder(out: Path, force: bool, *, owner: str, own: frozenset[str] = frozenset(),
+                     own_what: str = "") -> None:
+    """Refuse an ``--out`` that is a file, or a folder holding files (other than the names in
+    ``own``, which a rerun of the same command may reuse, described by ``own_what``) unless force."""
+    from modelshield.errors import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{owner}: '--out' must be a folder; got {str(out)!r}, which is a file. "
+                          "Choose a new folder name.")
+    other = sorted(p.name for p in out.iterdir() if p.name not in own) if out.is_dir() else []
+    if other and not force:
+        also = f" (or {own_what})" if own_what else ""
+        raise ConfigError(f"{owner}: '--out' must be a new or empty folder{also}; got {str(out)!r}, which "
+                          f"holds {other[0]!r}. Pass --force to write into it, or choose another folder.")
+
+
 def say(text: str) -> None:
     """One plain line on stdout (markup allowed)."""
     out().print(text, soft_wrap=True)

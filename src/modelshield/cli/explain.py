@@ -71,15 +71,6 @@ def _check_method(method: str | None) -> str | None:
     raise ConfigError(f"{OWNER}: '--method' must be one of {', '.join(METHODS)}; got {method!r}.{hint}")
 
 
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{OWNER}: '--out' must be a folder; got {str(out)!r}, which is a file. "
-                          "Choose a new folder name.")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ConfigError(f"{OWNER}: '--out' must be a new or empty folder; got {str(out)!r}, which holds "
-                          "files. Pass --force to write into it, or choose another folder.")
-
-
 def _explainer(method: str, steps: int | None, seed: int, shape: tuple[int, ...]) -> Any:
     """The explainer behind a gradient --method name (occlusion: a square patch about 1/7 of the side)."""
     from modelshield import explain as ex
@@ -250,7 +241,7 @@ def explain(
         if key not in (*STEP_METHODS, None):
             raise ConfigError(f"{OWNER}: '--steps' is used by {', '.join(STEP_METHODS)}; got --method {key}. "
                               "Drop --steps.")
-    _check_out(out, force)
+    render.check_out_folder(out, force, owner=OWNER)
     _check_zoo_method(model, key)
     with render.progress_bar("loading model") as progress, render.show_warnings():
         target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=n + BACKGROUND,

@@ -24,17 +24,6 @@ OWN_FILES = frozenset({"sweep.json", "checkpoints"})
 """What a sweep writes into --out: a folder holding only these is an earlier sweep's (a rerun resumes)."""
 
 
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{OWNER}: '--out' must be a folder; got {str(out)!r}, which is a file. "
-                          "Choose a folder path.")
-    other = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES) if out.is_dir() else []
-    if other and not force:
-        raise ConfigError(f"{OWNER}: '--out' must be a new or empty folder (or an earlier sweep's); got "
-                          f"{str(out)!r}, which holds {other[0]!r}. Pass --force to write into it, or "
-                          "choose another folder.")
-
-
 def _check_same_plan(path: Path, plan: dict[str, Any], force: bool) -> None:
     """Refuse to replace an earlier sweep.json written for another plan (a rerun of the same plan resumes)."""
     if force or not path.is_file():
@@ -118,7 +107,7 @@ def sweep(
     sweep_plan = SweepPlan.from_yaml(plan)
     check_models_cached(sweep_plan)
     ckpt = checkpoint if checkpoint is not None else out / "checkpoints"
-    _check_out(out, force)
+    render.check_out_folder(out, force, owner=OWNER, own=OWN_FILES, own_what="an earlier sweep's")
     _check_same_plan(out / "sweep.json", sweep_plan.to_dict(), force)
     out.mkdir(parents=True, exist_ok=True)
     with render.progress_bar(f"sweep on {backend}") as progress, render.show_warnings():
