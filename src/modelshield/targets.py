@@ -41,12 +41,15 @@ if TYPE_CHECKING:
 __all__ = [
     "Target",
     "TargetOptions",
+    "TargetRef",
     "as_query_model",
+    "check_digests",
     "check_model_answers",
     "check_model_fits",
     "check_text_model_answers",
     "load_target",
     "model_class_names",
+    "target_digests",
 ]
 
 
@@ -152,6 +155,106 @@ class Target:
             return as_model(self.module, bounds=self.bounds)
         return as_model(self.module, bounds=self.bounds, n_classes=self.n_classes,
                         class_names=self.class_names)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TargetRef:
+    """A target by reference: names, paths and flags only (JSON-safe), resolved with ``load()``.
+
+    What a job sends to a worker instead of a model: the worker loads the target itself, through
+    ``load_target`` (zoo digests checked on load), and compares its digests with those the driver
+    recorded (``digests`` / ``check_digests``), so a model or data file changed between the two
+    loads is refused instead of silently assessed.
+
+    Attributes:
+        model, data, data_dir, arch, n, trust_torchscript, device: as ``load_target`` takes them.
+        options: the ``TargetOptions`` (label column, trust flags, ...).
+    """
+
+    model: str
+    data: str | None = None
+    data_dir: str | None = None
+    arch: str | None = None
+    n: int | None = None
+    trust_torchscript: bool = False
+    device: str = "cpu"
+    options: TargetOptions = TargetOptions()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``from_dict`` reads it back)."""
+        o = self.options
+        return {"model": self.model, "data": self.data, "data_dir": self.data_dir, "arch": self.arch,
+                "n": self.n, "trust_torchscript": self.trust_torchscript, "device": self.device,
+                "options": {"label_col": o.label_col,
+                            "feature_cols": None if o.feature_cols is None else list(o.feature_cols),
+                            "text_col": o.text_col, "modality": o.modality, "trust_export": o.trust_export,
+                            "trust_pickle": o.trust_pickle, "skops_trusted": list(o.skops_trusted)}}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TargetRef:
+        """The reference ``to_dict`` wrote.
+
+        Raises:
+            ConfigError: d is not such a mapping (a missing ``model``, an unknown key).
+        """
+        keys = {"model", "data", "data_dir", "arch", "n", "trust_torchscript", "device", "options"}
+        if not isinstance(d, dict) or not isinstance(d.get("model"), str) or set(d) - keys:
+            raise ConfigError(f"TargetRef: the reference must be a mapping with 'model' and only the keys "
+                              f"{sorted(keys)}; got {d!r}. Build it with TargetRef(...).to_dict().")
+        o = dict(d.get("options") or {})
+        for k in ("feature_cols", "skops_trusted"):
+            if o.get(k) is not None:
+                o[k] = tuple(o[k])
+        o["skops_trusted"] = o.get("skops_trusted") or ()
+        try:
+            options = TargetOptions(**o)
+        except TypeError as exc:
+            raise ConfigError(f"TargetRef: 'options' must hold TargetOptions fields; got {sorted(o)} "
+                              f"({exc}). Build it with TargetRef(...).to_dict().") from None
+        return cls(model=d["model"], data=d.get("data"), data_dir=d.get("data_dir"), arch=d.get("arch"),
+                   n=d.get("n"), trust_torchscript=bool(d.get("trust_torchscript", False)),
+                   device=str(d.get("device", "cpu")), options=options)
+
+    def load(self, progress: Progress | None = None) -> Target:
+        """``load_target`` with this reference's settings."""
+        return load_target(self.model, data=self.data,
+                           data_dir=None if self.data_dir is None else Path(self.data_dir), arch=self.arch,
+                           n=self.n, progress=progress, trust_torchscript=self.trust_torchscript,
+                           options=self.options, device=self.device)
+
+
+def target_digests(target: Target) -> dict[str, Any]:
+    """What identifies a loaded target: model weights or fingerprint, data digest, points digest."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in (target.x, target.y):
+        arr = np.ascontiguousarray(t.detach().cpu().numpy())
+        h.update(arr.dtype.str.encode() + repr(arr.shape).encode() + arr.tobytes())
+    if target.texts is not None:
+        for text in target.texts:
+            h.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    return {"weights_sha256": target.model_info.get("weights_sha256"),
+            "fingerprint": target.model_info.get("fingerprint"),
+            "file_sha256": target.model_info.get("file_sha256"),
+            "data_sha256": target.data_info.get("sha256"), "points_sha256": h.hexdigest()}
+
+
+def check_digests(target: Target, expected: Any, *, owner: str) -> None:
+    """Refuse a target whose digests differ from those the driver recorded (``target_digests``).
+
+    Raises:
+        IntegrityError: a digest differs (the model or data changed after the run started).
+    """
+    from modelshield.errors import IntegrityError
+
+    got = target_digests(target)
+    for key, want in dict(expected or {}).items():
+        if got.get(key) != want:
+            raise IntegrityError(
+                f"{owner}: the worker's {key} must equal the driver's; got {str(got.get(key))[:16]}... where "
+                f"{str(want)[:16]}... was recorded. The model or data changed during the run (or differs "
+                "on this machine): restore it, or start the run again.")
 
 
 def as_query_model(target: Target, *, labels_only: bool = False) -> CallableModel:

@@ -91,3 +91,24 @@ def test_ray_retries_a_crashed_worker_and_reports_a_job_that_always_crashes(
     assert bad.attempts == 2 and bad.error_type == "WorkerCrashed" and "Ray worker died" in (bad.error or "")
     assert _values(log).count(66) == 2  # Ray isolates each task in its own worker: no innocent re-runs
     assert all(r.attempts == 1 for i, r in enumerate(run.reports) if i not in (1, 4))
+
+
+@pytest.mark.filterwarnings("ignore::modelshield.errors.EvaluationWarning")  # a small plan
+def test_ray_assessment_gives_the_in_process_report(cluster: None) -> None:
+    from modelshield.assess import AssessmentPlan, BlackBoxPlan, EvasionPlan, run
+    from modelshield.assess.report import report_numbers
+    from modelshield.assess.suite import target_inputs
+    from modelshield.cli._target import torch_threads
+    from modelshield.runner.assess import run_assessment
+    from modelshield.targets import TargetRef
+
+    ref = TargetRef(model="digits-cnn", n=40)
+    plan = AssessmentPlan(sections=("evasion", "blackbox"), n=40, batch_size=10, seed=4,
+                          evasion=EvasionPlan(attacks=("pgd", "square"), eps=(0.05, 0.1), steps=4),
+                          blackbox=BlackBoxPlan(n=8, budgets=(20,), hsj_budgets=(20,)))
+    with torch_threads(1):
+        reference = report_numbers(run(plan=plan, **target_inputs(ref.load())).to_dict())
+    for workers, shard_size in ((1, 40), (2, 10), (3, 20)):
+        done = run_assessment(ref, plan, RayExecutor(workers=workers), shard_size=shard_size)
+        assert done.counts["failed"] == 0
+        assert report_numbers(done.assessment.to_dict()) == reference, (workers, shard_size)

@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from modelshield.assess._batched import run_in_batches
+from modelshield.assess._batched import attack_batches, run_in_batches
 from modelshield.assess._section import (
     ATLAS,
     SECTIONS,
@@ -76,6 +76,7 @@ __all__ = [
     "TabularSection",
     "Threshold",
     "atlas",
+    "attack_batches",
     "check_new_files",
     "check_threshold_metrics",
     "check_thresholds",

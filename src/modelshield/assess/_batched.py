@@ -13,7 +13,7 @@ from modelshield.attacks.results import EvasionResult
 from modelshield.attacks.verify import start_call
 from modelshield.models import ModelLike
 
-__all__ = ["ATTACK_COPIES", "run_in_batches"]
+__all__ = ["ATTACK_COPIES", "attack_batches", "run_in_batches"]
 
 ATTACK_COPIES = 8
 """Copies of a batch an iterative attack holds at once (input, adversarial input, perturbation,
@@ -49,6 +49,27 @@ def run_in_batches(
     Returns:
         The merged, verified EvasionResult over all N rows.
     """
+    return EvasionResult.concat(attack_batches(attack, model, x, y, batch_size=batch_size, progress=progress,
+                                               label=label, offset=offset, total=total))
+
+
+def attack_batches(
+    attack: EvasionAttack,
+    model: ModelLike,
+    x: Tensor,
+    y: Tensor,
+    *,
+    batch_size: int,
+    progress: Progress | None = None,
+    label: str = "",
+    offset: int = 0,
+    total: int | None = None,
+) -> list[EvasionResult]:
+    """``run_in_batches`` before the merge: one verified EvasionResult per batch, in order.
+
+    A runner job attacks a shard of the points with this and returns the per-batch results, so
+    that the driver merges all batches at once, exactly as ``run_in_batches`` does in one process.
+    """
     check_range("batch_size", batch_size, owner="run_in_batches", low=1, integer=True)
     rows = min(batch_size, int(x.shape[0]))
     check_memory("run_in_batches", f"'batch_size' ({rows} rows of shape {tuple(x.shape[1:])}, "
@@ -69,4 +90,4 @@ def run_in_batches(
             parts.append(attack(model, xb, yb))
         if progress is not None:
             progress(offset + b + 1, total, label)
-    return EvasionResult.concat(parts)
+    return parts

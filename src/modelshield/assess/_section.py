@@ -11,6 +11,7 @@ from torch import Tensor
 
 from modelshield._checks import check_choice
 from modelshield._typing import Progress
+from modelshield.attacks.results import EvasionResult
 from modelshield.errors import ConfigError
 from modelshield.models import CallableModel, TorchModel
 
@@ -156,6 +157,30 @@ class Section:
         for name in ("atlas", "findings", "figures", "tables", "warnings"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Section:
+        """The Section ``to_dict`` wrote (e.g. one computed by a runner worker).
+
+        Raises:
+            ConfigError: d lacks a field or has a bad severity, table or figure.
+        """
+        try:
+            return cls(
+                id=d["id"], title=d["title"], summary=d["summary"], severity=d["severity"],
+                atlas=tuple(dict(a) for a in d.get("atlas", ())), recommendation=d.get("recommendation", ""),
+                metrics=dict(d.get("metrics", {})), headline=dict(d.get("headline", {})),
+                findings=tuple(d.get("findings", ())), warnings=tuple(d.get("warnings", ())),
+                tables=tuple(Table(title=t["title"], columns=t["columns"], rows=t["rows"])
+                             for t in d.get("tables", ())),
+                figures=tuple(Figure(title=f["title"], caption=f["caption"], png_base64=f["png_base64"])
+                              for f in d.get("figures", ())),
+                provenance=dict(d.get("provenance", {})),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"Section.from_dict: the dict must be a Section's to_dict(); got an error "
+                              f"({type(exc).__name__}: {exc}). Pass what Section.to_dict() returned."
+                              ) from None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of every field."""
         return {
@@ -196,7 +221,10 @@ class AssessmentContext:
             sections that refit a clone of it; None for zoo models.
         earlier: the sections already run in this assessment, by id (``run`` fills it in as it
             goes), for sections that build on another's finding (``"explain"`` reads
-            ``"backdoor"``); empty when a section is run on its own.
+            ``"backdoor"``; such a runner says so with ``reads_earlier = True``, so that the
+            runner schedules it after the others); empty when a section is run on its own.
+        evasion_results: white-box attack results already computed, by ``(attack name, eps)``
+            (a runner's point shards, merged); the evasion section runs only the others.
     """
 
     model: TorchModel | CallableModel
@@ -213,6 +241,7 @@ class AssessmentContext:
     train: tuple[Any, Tensor] | None = None
     user_model: Any = None
     earlier: Mapping[str, Section] = field(default_factory=dict)
+    evasion_results: Mapping[tuple[str, float], EvasionResult] = field(default_factory=dict)
 
 
 def is_text_model(ctx: AssessmentContext) -> bool:
@@ -238,7 +267,8 @@ class SectionRunner(Protocol):
     """A threat plugin: builds one Section from the context.
 
     Register an instance with ``register_section``; an ``AssessmentPlan`` then names it in
-    ``sections=(..., id)``.
+    ``sections=(..., id)``. A runner that reads ``ctx.earlier`` sets a class attribute
+    ``reads_earlier = True`` (read with ``getattr``; absent means False).
     """
 
     @property

@@ -28,6 +28,7 @@ __all__ = [
     "ExtractionPlan",
     "SupplyChainPlan",
     "TabularPlan",
+    "defended_from_ref",
 ]
 
 DEFAULT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "apgd-ce", "ensemble")
@@ -365,6 +366,29 @@ class DefensesPlan:
         return {"defended": what, "name": self.name, "eps": self.eps, "norm": self.norm, "steps": self.steps,
                 "loss": self.loss, "tol": self.tol, "square_queries": self.square_queries,
                 "seeds": self.seeds, "curve_factors": list(self.curve_factors), "n": self.n}
+
+
+def defended_from_ref(ref: str, *, arch: str | None = None,
+                      trust_torchscript: bool = False) -> tuple[nn.Module | str, str]:
+    """The defended model of a ``--defended`` reference, and its label: a zoo name is kept as it is
+    (``DefensesPlan`` loads it), a model file is loaded like ``--model`` (a bare state dict uses arch).
+
+    Raises:
+        ConfigError: ref is neither a zoo name nor an existing model file.
+    """
+    from modelshield import zoo
+    from modelshield.models.load import load_model
+
+    if ref in zoo.names():
+        return ref, ref
+    path = Path(ref).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"modelshield assess: '--defended' must be a zoo name ({', '.join(zoo.names())}) or an "
+            f"existing model file; got {ref!r}. Pass e.g. --defended digits-cnn-at."
+        )
+    module, _ = load_model(path, arch=arch, trust_torchscript=trust_torchscript)
+    return module, path.name
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

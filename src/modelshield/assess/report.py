@@ -14,7 +14,38 @@ from modelshield._io import check_output_paths, write_atomic
 from modelshield.assess._section import SEVERITIES
 from modelshield.assess.suite import Assessment
 
-__all__ = ["check_new_files", "render_html", "write_json", "write_report"]
+__all__ = ["check_new_files", "render_html", "report_numbers", "write_json", "write_report"]
+
+_TIME_COLUMNS = frozenset({"time (s)"})
+
+
+def report_numbers(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The report without what legitimately differs between two runs of the same seeded plan.
+
+    Drops ``generated_at``, every ``time_s`` (and ``*_time_s``) value, table columns of times,
+    the platform line and ``provenance.runner`` (the executor and job counts). Two runs of one
+    seeded plan (in this process, or as jobs on any backend, worker count or shard size) give
+    equal ``report_numbers``: the check the runner's tests make, and one a user can repeat.
+    """
+    def strip(obj: Any) -> Any:
+        if isinstance(obj, Mapping):
+            out = {k: strip(v) for k, v in obj.items() if not (k == "time_s" or str(k).endswith("_time_s"))}
+            cols = out.get("columns")
+            if isinstance(cols, list) and isinstance(out.get("rows"), list):
+                keep = [i for i, c in enumerate(cols) if c not in _TIME_COLUMNS]
+                out["columns"] = [cols[i] for i in keep]
+                out["rows"] = [[row[i] for i in keep] for row in out["rows"]]
+            return out
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj
+
+    out: dict[str, Any] = strip(json.loads(json.dumps(report)))
+    out.pop("generated_at", None)
+    prov = out.get("provenance", {})
+    for key in ("runner", "platform"):
+        prov.pop(key, None)
+    return out
 
 TEMPLATE = "report.html.j2"
 

@@ -31,9 +31,10 @@ from modelshield.assess.plan import AssessmentPlan
 from modelshield.attacks.verify import check_batch
 from modelshield.errors import IntegrityError, ModelShieldError
 from modelshield.models import ModelLike, TorchModel, as_model
+from modelshield.targets import Target
 
-__all__ = ["SCHEMA_VERSION", "Assessment", "failed_section", "jsonable", "package_versions", "provenance",
-           "run", "run_section"]
+__all__ = ["SCHEMA_VERSION", "Assessment", "assessment_context", "failed_section", "jsonable",
+           "package_versions", "provenance", "run", "run_section", "target_inputs"]
 
 SCHEMA_VERSION = 1
 """Version of the report JSON layout; bumped on any incompatible change."""
@@ -153,6 +154,7 @@ class Assessment:
     sections: tuple[Section, ...]
     generated_at: str
     time_s: float
+    runner: Mapping[str, Any] | None = None
 
     @property
     def severity(self) -> Severity:
@@ -180,6 +182,8 @@ class Assessment:
         prov["plan"] = self.plan.to_dict()
         prov["sections"] = jsonable({s.id: dict(s.provenance) for s in self.sections})
         prov["time_s"] = round(self.time_s, 3)
+        if self.runner is not None:  # how the jobs ran: executor, job counts, failed jobs
+            prov["runner"] = jsonable(dict(self.runner))
         report: dict[str, Any] = jsonable({
             "schema_version": SCHEMA_VERSION,
             "generated_at": self.generated_at,
@@ -202,6 +206,53 @@ class Assessment:
         return report
 
 
+def assessment_context(
+    model: ModelLike,
+    x: Tensor,
+    y: Tensor,
+    *,
+    plan: AssessmentPlan,
+    model_info: Mapping[str, Any],
+    data_info: Mapping[str, Any],
+    bounds: tuple[float, float] = (0.0, 1.0),
+    texts: tuple[str, ...] | None = None,
+    text_model: Any = None,
+    train: tuple[Any, Tensor] | None = None,
+    user_model: Any = None,
+    evasion_results: Mapping[tuple[str, float], Any] | None = None,
+) -> AssessmentContext:
+    """The context every section of ``run`` sees (arguments as ``run`` takes them).
+
+    Adapts and checks the model and points, keeps the first ``plan.n``, and completes the model
+    and data info (weights digest, ``n``, points digest). A runner worker builds the same context
+    from the same target, so a section computed there sees exactly what it would see here.
+
+    Raises:
+        ConfigError: an unknown section id. InputError: malformed x or y.
+    """
+    import modelshield.assess.sections  # noqa: F401  # registers the built-in sections
+
+    for sid in plan.sections:
+        check_choice("sections", sid, SECTIONS, owner="assess.run",
+                     fix="Register the section with register_section() first.")
+    m = as_model(model, bounds=bounds)
+    x_t, y_t, _ = check_batch(m, x, y, owner="assess.run")
+    if plan.n is not None:
+        x_t, y_t = x_t[: plan.n], y_t[: plan.n]
+    info = dict(model_info)
+    info.setdefault("name", type(model).__name__)
+    if info.get("weights_sha256") is None and isinstance(m, TorchModel):
+        from modelshield.models.load import weights_sha256
+
+        info["weights_sha256"] = weights_sha256(m.module)
+    data = {**dict(data_info), "n": int(x_t.shape[0]), "points_sha256": _points_sha256(x_t, y_t)}
+    data.setdefault("name", None)
+    return AssessmentContext(model=m, x=x_t, y=y_t, plan=plan, model_info=info, data_info=data,
+                             bounds=m.bounds, seed=plan.seed, batch_size=plan.batch_size,
+                             texts=texts, text_model=text_model, train=train,
+                             user_model=user_model, earlier={}, evasion_results=dict(evasion_results or {}))
+
+
 def run(
     model: ModelLike,
     x: Tensor,
@@ -216,6 +267,8 @@ def run(
     text_model: Any = None,
     train: tuple[Any, Tensor] | None = None,
     user_model: Any = None,
+    completed: Mapping[str, Section] | None = None,
+    evasion_results: Mapping[tuple[str, float], Any] | None = None,
 ) -> Assessment:
     """Assess a model against the threats in ``plan`` on the points (x, y).
 
@@ -234,6 +287,8 @@ def run(
         train: the user's training split ``(x_train, y_train)`` (tensors, or texts and labels),
             used by sections that need training data (extraction pool, data validation).
         user_model: the user's model object as loaded, for sections that refit a clone of it.
+        completed: sections already computed elsewhere (by runner jobs), by id: used as they are.
+        evasion_results: white-box attack results already computed, by ``(attack, eps)``.
 
     Returns:
         The Assessment; ``to_dict()`` is the report JSON, ``write_report`` writes it with HTML.
@@ -250,36 +305,35 @@ def run(
                      data_info={"name": "digits"})
         write_report(result, "report/")
     """
-    import modelshield.assess.sections  # noqa: F401  # registers the built-in sections
-
-    for sid in plan.sections:
-        check_choice("sections", sid, SECTIONS, owner="assess.run",
-                     fix="Register the section with register_section() first.")
     started = time.perf_counter()
-    m = as_model(model, bounds=bounds)
-    x_t, y_t, _ = check_batch(m, x, y, owner="assess.run")
-    if plan.n is not None:
-        x_t, y_t = x_t[: plan.n], y_t[: plan.n]
-    info = dict(model_info)
-    info.setdefault("name", type(model).__name__)
-    if info.get("weights_sha256") is None and isinstance(m, TorchModel):
-        from modelshield.models.load import weights_sha256
-
-        info["weights_sha256"] = weights_sha256(m.module)
-    data = {**dict(data_info), "n": int(x_t.shape[0]), "points_sha256": _points_sha256(x_t, y_t)}
-    data.setdefault("name", None)
+    ctx = assessment_context(model, x, y, plan=plan, model_info=model_info, data_info=data_info,
+                             bounds=bounds, texts=texts, text_model=text_model, train=train,
+                             user_model=user_model, evasion_results=evasion_results)
     earlier: dict[str, Section] = {}  # filled in as sections finish: later ones may read it
-    ctx = AssessmentContext(model=m, x=x_t, y=y_t, plan=plan, model_info=info, data_info=data,
-                            bounds=m.bounds, seed=plan.seed, batch_size=plan.batch_size,
-                            texts=texts, text_model=text_model, train=train,
-                            user_model=user_model, earlier=earlier)
+    ctx = dataclasses.replace(ctx, earlier=earlier)
+    given = dict(completed or {})
     done: list[Section] = []
     for sid in plan.sections:
-        done.append(run_section(SECTIONS[sid], ctx, progress))
+        done.append(given[sid] if sid in given else run_section(SECTIONS[sid], ctx, progress))
         earlier[sid] = done[-1]
-    sections = tuple(done)
     return Assessment(
-        plan=plan, model_info=info, data_info=data, sections=sections,
+        plan=plan, model_info=ctx.model_info, data_info=ctx.data_info, sections=tuple(done),
         generated_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         time_s=time.perf_counter() - started,
     )
+
+
+def target_inputs(target: Target) -> dict[str, Any]:
+    """``run``'s model and data arguments for a loaded target (what the CLI and the runner pass).
+
+    White-box image models go in as their module; everything else adapted. A user's text model
+    is also given as ``text_model``; a user's data adds its training split and the model object.
+    """
+    user_text = target.text and target.model_info.get("source") in ("file", "callable")
+    ud = target.data
+    return {"model": target.module if target.image and target.white_box else target.adapted(),
+            "x": target.x, "y": target.y, "model_info": target.model_info, "data_info": target.data_info,
+            "bounds": target.bounds, "texts": target.texts,
+            "text_model": target.module if user_text else None,
+            "train": None if ud is None else (ud.x_train, ud.y_train),
+            "user_model": None if ud is None else target.module}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from torch import nn
 
 from modelshield.assess import (
@@ -28,9 +29,19 @@ from modelshield.assess.plan import (
     DEFAULT_EPS,
     DefensesPlan,
     SupplyChainPlan,
+    defended_from_ref,
     parse_floats,
 )
+from modelshield.assess.suite import target_inputs
 from modelshield.cli import _render as render
+from modelshield.cli._runner import (
+    BACKENDS,
+    AddressOption,
+    RetriesOption,
+    ThreadsOption,
+    WorkersOption,
+    executor,
+)
 from modelshield.cli._target import Target, check_model_fits, load_target, parse_norm, torch_threads
 from modelshield.cli.attack import (
     ARCH_HELP,
@@ -49,6 +60,7 @@ from modelshield.cli.attack import (
 )
 from modelshield.errors import ConfigError
 from modelshield.models import resolve_device
+from modelshield.targets import TargetRef
 
 __all__ = ["DEMO_MODEL", "DEMO_PLAN", "assess", "demo"]
 
@@ -115,35 +127,33 @@ def _defenses_plan(defended: str | None, *, arch: str | None,
     """The defenses sub-plan for ``--defended``: a zoo name, or a model file loaded like --model."""
     if defended is None:
         return DefensesPlan()
-    from modelshield import zoo
-    from modelshield.models.load import load_model
-
-    if defended in zoo.names():
-        return DefensesPlan(defended=defended)
-    path = Path(defended).expanduser()
-    if not path.exists():
-        raise ConfigError(
-            f"modelshield assess: '--defended' must be a zoo name ({', '.join(zoo.names())}) or an "
-            f"existing model file; got {defended!r}. Pass e.g. --defended digits-cnn-at."
-        )
-    module, _ = load_model(path, arch=arch, trust_torchscript=trust_torchscript)
-    return DefensesPlan(defended=module, name=path.name)
+    module, name = defended_from_ref(defended, arch=arch, trust_torchscript=trust_torchscript)
+    if isinstance(module, str):
+        return DefensesPlan(defended=module)
+    return DefensesPlan(defended=module, name=name)
 
 
 def _assess_and_write(target: Target, plan: AssessmentPlan, out: Path, *, force: bool,
-                      thresholds: list[Threshold]) -> None:
+                      thresholds: list[Threshold], jobs: dict[str, Any] | None = None) -> None:
+    """Assess in this process, or (``jobs``: the runner's settings) as jobs; write the report."""
     with render.progress_bar("assessing") as progress, render.show_warnings():
-        model = target.module if target.image and target.white_box else target.adapted()
-        user_text = target.text and target.model_info.get("source") in ("file", "callable")
-        progress(0, None, f"assessing ({', '.join(plan.sections)}): first batch running")
-        ud = target.data
-        train = None if ud is None else (ud.x_train, ud.y_train)  # the user's split: pools, validation
-        result = run(model, target.x, target.y, plan=plan, model_info=target.model_info,
-                     data_info=target.data_info, bounds=target.bounds, progress=progress,
-                     texts=target.texts, text_model=target.module if user_text else None, train=train,
-                     user_model=None if ud is None else target.module)
+        if jobs is None:
+            progress(0, None, f"assessing ({', '.join(plan.sections)}): first batch running")
+            result = run(plan=plan, progress=progress, **target_inputs(target))
+        else:
+            from modelshield.runner.assess import run_assessment
+
+            progress(0, None, f"assessing ({', '.join(plan.sections)}) as jobs on {jobs['executor'].name}")
+            done = run_assessment(jobs["ref"], plan, jobs["executor"], checkpoint=jobs["checkpoint"],
+                                  shard_size=jobs["shard_size"], retries=jobs["retries"], progress=progress,
+                                  defended_ref=jobs["defended_ref"], loaded=target)
+            result = done.assessment
     paths = write_report(result, out, overwrite=force)
     render.assessment_table(result.to_dict(), paths)
+    if jobs is not None:
+        c = done.counts
+        render.say(f"jobs on {escape(done.runs[0].executor)}: {c['done']} run, {c['cached']} from "
+                   f"{escape(str(jobs['checkpoint']))}, {c['failed']} failed")
     failures = check_thresholds(result, thresholds)
     for text in failures:
         render.say(f"[bold red]threshold missed:[/] {text}")
@@ -230,6 +240,20 @@ def assess(
         "model's provenance. Default: $MODELSHIELD_AUDIT_LOG.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing report files.")] = False,
     device: DeviceOption = "cpu",
+    backend: Annotated[str | None, typer.Option(
+        help=f"Run the assessment as jobs ({', '.join(BACKENDS)}): the white-box attacks in point shards, "
+             "each other section as one job, checkpointed (a rerun resumes) and retried. Default: "
+             "everything in this process, no jobs. Seeded numbers are identical either way.")] = None,
+    workers: WorkersOption = 2,
+    threads_per_worker: ThreadsOption = 1,
+    ray_address: AddressOption = None,
+    shard_size: Annotated[int | None, typer.Option(
+        help="With --backend: points per attack job, a multiple of --batch-size (default: one "
+             "batch).")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="With --backend: folder of finished jobs; rerunning resumes from it (default "
+             "OUT/checkpoints).")] = None,
+    retries: RetriesOption = 2,
 ) -> None:
     """Run the threat suite on a model (evasion, black-box, tabular, extraction, poisoning, text
     evasion: the sections that fit it); write report.json and report.html.
@@ -242,6 +266,18 @@ def assess(
     modelshield bug: the message names the crash file holding the traceback; --debug prints it).
     """
     resolve_device(device, owner="modelshield assess")  # a bad --device fails before any work
+    owner = "modelshield assess"
+    pool = None if backend is None else executor(backend, workers, threads_per_worker, ray_address, retries,
+                                                 owner=owner)
+    if backend is None:
+        for name, value in (("--shard-size", shard_size), ("--checkpoint", checkpoint), ("--ray-address",
+                                                                                          ray_address)):
+            if value is not None:
+                raise ConfigError(f"{owner}: {name!r} is used with --backend; got {name} without it. "
+                                  "Add e.g. --backend processes, or drop the option.")
+    if shard_size is not None and (shard_size < 1 or shard_size % batch_size):
+        raise ConfigError(f"{owner}: '--shard-size' must be a positive multiple of --batch-size "
+                          f"{batch_size}; got {shard_size}. Use e.g. --shard-size {batch_size}.")
     thresholds = [parse_threshold(t) for t in fail_under or []]
     evasion = EvasionPlan(
         attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
@@ -258,13 +294,13 @@ def assess(
                           constraints=constraints)
     supply_chain = _supply_chain_plan(public_key, bundle=bundle, manifest=manifest, audit_log=audit_log)
     check_new_files([out / "report.json", out / "report.html"], overwrite=force, owner="modelshield assess")
+    ref = TargetRef(model=model, data=data, data_dir=None if data_dir is None else str(data_dir), arch=arch,
+                    n=n, trust_torchscript=trust_torchscript, device=device,
+                    options=target_options(label_col=label_col, feature_cols=feature_cols, text_col=text_col,
+                                           trust_pickle=trust_pickle, trust_export=trust_export,
+                                           skops_trust=skops_trust))
     with render.progress_bar("loading model") as progress, render.show_warnings():
-        target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=n, progress=progress,
-                             trust_torchscript=trust_torchscript,
-                             options=target_options(label_col=label_col, feature_cols=feature_cols,
-                                                    text_col=text_col, trust_pickle=trust_pickle,
-                                                    trust_export=trust_export, skops_trust=skops_trust),
-                             device=device)
+        target = ref.load(progress)
     chosen = (tuple(s.strip() for s in sections.split(",") if s.strip()) if sections is not None
               else default_sections(target))
     if defended is not None and "defenses" not in chosen:
@@ -292,7 +328,16 @@ def assess(
     plan = AssessmentPlan(sections=chosen, n=n, batch_size=batch_size, seed=seed, evasion=evasion,
                           blackbox=blackbox, tabular=tabular, defenses=defenses, extraction=extraction,
                           supply_chain=supply_chain)
-    _assess_and_write(target, plan, out, force=force, thresholds=thresholds)
+    jobs = None
+    if pool is not None:
+        d_ref = None
+        if defended is not None and isinstance(defenses.defended, nn.Module):
+            d_ref = {"ref": str(Path(defended).expanduser().resolve()), "arch": arch,
+                     "trust_torchscript": trust_torchscript}
+        jobs = {"executor": pool, "ref": ref, "shard_size": shard_size, "retries": retries,
+                "checkpoint": checkpoint if checkpoint is not None else out / "checkpoints",
+                "defended_ref": d_ref}
+    _assess_and_write(target, plan, out, force=force, thresholds=thresholds, jobs=jobs)
 
 
 def demo(

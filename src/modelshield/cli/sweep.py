@@ -11,13 +11,19 @@ from rich.markup import escape
 from rich.table import Table
 
 from modelshield.cli import _render as render
+from modelshield.cli._runner import (
+    BACKENDS,
+    AddressOption,
+    RetriesOption,
+    ThreadsOption,
+    WorkersOption,
+    executor,
+)
 from modelshield.errors import ConfigError
 
 __all__ = ["BACKENDS", "sweep"]
 
 OWNER = "modelshield sweep"
-BACKENDS = ("inline", "processes", "ray")
-"""``--backend`` names: this process, local worker processes, a Ray cluster."""
 
 
 OWN_FILES = frozenset({"sweep.json", "checkpoints"})
@@ -35,25 +41,6 @@ def _check_same_plan(path: Path, plan: dict[str, Any], force: bool) -> None:
     if earlier != json.loads(json.dumps(plan)):
         raise ConfigError(f"{OWNER}: '--out' holds {str(path)!r} from another plan (or unreadable); got a "
                           "different plan. Pass --force to replace it, or choose another folder.")
-
-
-def _executor(backend: str, workers: int, threads: int, address: str | None) -> Any:
-    from modelshield.runner import InlineExecutor, ProcessExecutor, RayExecutor
-
-    if backend not in BACKENDS:
-        raise ConfigError(f"{OWNER}: '--backend' must be one of {', '.join(BACKENDS)}; got {backend!r}. "
-                          "Use --backend processes for local worker processes.")
-    for name, value in (("--workers", workers), ("--threads-per-worker", threads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{OWNER}: {name!r} must be an int >= 1; got {value!r}. Use e.g. {name} 2.")
-    if address is not None and backend != "ray":
-        raise ConfigError(f"{OWNER}: '--ray-address' is used by --backend ray; got --backend {backend}. "
-                          "Drop --ray-address or pass --backend ray.")
-    if backend == "inline":
-        return InlineExecutor(threads=threads)
-    if backend == "processes":
-        return ProcessExecutor(workers=workers, threads_per_worker=threads)
-    return RayExecutor(address=address, workers=workers, threads_per_worker=threads)
 
 
 def _table(result: Any) -> None:
@@ -84,13 +71,12 @@ def sweep(
                                               "max_queries), n, seed, shard_size, batch_size.")],
     out: Annotated[Path, typer.Option("--out", help="New or empty folder for sweep.json (and checkpoints).")],
     backend: Annotated[str, typer.Option(help=f"Where jobs run: {', '.join(BACKENDS)}.")] = "inline",
-    workers: Annotated[int, typer.Option(help="Worker processes (processes) or tasks in flight (ray).")] = 2,
-    threads_per_worker: Annotated[int, typer.Option(help="torch threads (and Ray CPUs) per worker.")] = 1,
-    ray_address: Annotated[str | None, typer.Option(
-        help="Ray cluster to join ('auto', 'ray://host:10001'); default: a local one for the run.")] = None,
+    workers: WorkersOption = 2,
+    threads_per_worker: ThreadsOption = 1,
+    ray_address: AddressOption = None,
     checkpoint: Annotated[Path | None, typer.Option(
         help="Folder of finished jobs; rerunning resumes from it (default OUT/checkpoints).")] = None,
-    retries: Annotated[int, typer.Option(help="Extra attempts for a failing job.")] = 2,
+    retries: RetriesOption = 2,
     force: Annotated[bool, typer.Option("--force", help="Write into a folder that holds files.")] = False,
 ) -> None:
     """Attack every model of PLAN with every attack at every eps, split into jobs; write sweep.json.
@@ -101,9 +87,7 @@ def sweep(
     from modelshield.assess import write_json
     from modelshield.runner.sweep import SweepPlan, check_models_cached, run_sweep
 
-    executor = _executor(backend, workers, threads_per_worker, ray_address)
-    if isinstance(retries, bool) or retries < 0:
-        raise ConfigError(f"{OWNER}: '--retries' must be an int >= 0; got {retries!r}. Use e.g. --retries 2.")
+    pool = executor(backend, workers, threads_per_worker, ray_address, retries, owner=OWNER)
     sweep_plan = SweepPlan.from_yaml(plan)
     check_models_cached(sweep_plan)
     ckpt = checkpoint if checkpoint is not None else out / "checkpoints"
@@ -111,7 +95,7 @@ def sweep(
     _check_same_plan(out / "sweep.json", sweep_plan.to_dict(), force)
     out.mkdir(parents=True, exist_ok=True)
     with render.progress_bar(f"sweep on {backend}") as progress, render.show_warnings():
-        result = run_sweep(sweep_plan, executor, checkpoint=ckpt, retries=retries, progress=progress)
+        result = run_sweep(sweep_plan, pool, checkpoint=ckpt, retries=retries, progress=progress)
     write_json(out / "sweep.json", result.to_dict(), overwrite=True)
     _table(result)
     failed = len(result.failed_jobs)

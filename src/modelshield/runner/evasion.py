@@ -29,7 +29,8 @@ from modelshield.errors import ConfigError, DataError, MissingDataError
 from modelshield.runner.jobs import Job, register_job
 from modelshield.targets import Target, load_target
 
-__all__ = ["EVASION_SHARD_FORMAT", "MergedEvasion", "evasion_shard", "evasion_shards", "merge_shards"]
+__all__ = ["EVASION_SHARD_FORMAT", "MergedEvasion", "check_cached", "evasion_shard", "evasion_shards",
+           "merge_shards"]
 
 EVASION_SHARD_FORMAT = "modelshield-evasion-shard-v1"
 
@@ -55,7 +56,7 @@ def _zoo_name(model: str) -> str | None:
     return model if model in zoo.names() else None
 
 
-def _check_cached(model: str, owner: str) -> None:
+def check_cached(model: str, owner: str) -> None:
     """Refuse a zoo model that is not cached: a job never trains one (train once, then fan out)."""
     from modelshield import zoo
 
@@ -72,7 +73,7 @@ def _target(model: str, data: str | None, data_dir: str | None, arch: str | None
     """The target with its whole test split, loaded (digests checked) once per worker process."""
     from modelshield import zoo
 
-    _check_cached(model, "evasion-shard")  # every job: a memoised target must not skip it
+    check_cached(model, "evasion-shard")  # every job: a memoised target must not skip it
     return _load(model, data, data_dir, arch, str(zoo.cache_dir()))
 
 
@@ -200,7 +201,7 @@ def evasion_shards(
                           f"{shard_size}. Use e.g. shard_size={max(1, shard_size // batch_size) * batch_size}"
                           ", so that results do not depend on the sharding.")
     cfg = _attack_config(attack, owner)
-    _check_cached(model, owner)
+    check_cached(model, owner)
     folder = None if data_dir is None else str(data_dir)
     return [Job("evasion-shard", {"model": model, "data": data, "data_dir": folder, "arch": arch,
                                   "attack": cfg, "seed": seed, "batch_size": batch_size, "start": a,

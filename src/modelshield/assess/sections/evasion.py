@@ -125,8 +125,14 @@ class EvasionSection:
         for a, name in enumerate(plan.attacks):
             curve = []
             for e, eps in enumerate(plan.eps):
-                attack = build_attack(name, eps=eps, norm=plan.norm, steps=plan.steps, seed=ctx.seed)
                 offset = (a * len(plan.eps) + e) * n_batches
+                done = ctx.evasion_results.get((name, eps))
+                if done is not None:  # computed by runner jobs (point shards), merged by the driver
+                    curve.append(done)
+                    if progress is not None:
+                        progress(offset + n_batches, total, f"{name} eps={eps:g}")
+                    continue
+                attack = build_attack(name, eps=eps, norm=plan.norm, steps=plan.steps, seed=ctx.seed)
                 curve.append(run_in_batches(
                     attack, ctx.model, ctx.x, ctx.y, batch_size=ctx.batch_size, progress=progress,
                     label=f"{name} eps={eps:g}", offset=offset, total=total,

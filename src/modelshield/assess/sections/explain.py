@@ -193,6 +193,7 @@ class ExplainSection:
     """
 
     id: str = "explain"
+    reads_earlier = True  # explains the backdoor section's finding: scheduled after the others
 
     def __call__(self, ctx: AssessmentContext, progress: Progress | None) -> Section:
         plan: ExplainPlan = getattr(ctx.plan, "explain", None) or ExplainPlan()
