@@ -23,6 +23,13 @@ settings skips the parts already there, ``--fresh`` starts over; ``--parts`` pic
   each (``benchmarks/scale_ddp.py``): wall and training time, speed-up, clean and PGD-20 accuracy
   of each, and whether the ranks' final weights agree.
 
+- ``assess``: ``modelshield assess`` of ``digits-cnn`` split into jobs (``modelshield.runner.assess``):
+  the default evasion attacks and eps grid (each attack's default steps: PGD 40, APGD 100, the
+  ensemble 100 per member) on 300 points, the blackbox section on 100 of them and the extraction
+  section, in this process (``assess.run``) against 2 local worker
+  processes (shards of 150 points, pool start-up included), with the report numbers checked
+  identical (``report_numbers``).
+
 Parts are functions in ``PARTS`` (name -> function(args) -> dict).
 
 Zoo models are trained first if not cached (``zoo.load``, about 20 s the first time): a sweep
@@ -172,9 +179,47 @@ def ddp_part(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def assess_part(args: argparse.Namespace) -> dict[str, Any]:
+    """An assessment in one process against the same split into jobs on 2 local processes."""
+    from modelshield.assess import AssessmentPlan, BlackBoxPlan, EvasionPlan, run
+    from modelshield.assess.report import report_numbers
+    from modelshield.assess.suite import target_inputs
+    from modelshield.runner.assess import run_assessment
+    from modelshield.targets import TargetRef
+
+    ref = TargetRef(model=MODELS[0], n=300)
+    plan = AssessmentPlan(sections=("evasion", "blackbox", "extraction"), n=300, batch_size=150,
+                          seed=args.seed, evasion=EvasionPlan(steps=6 if args.quick else None),
+                          blackbox=BlackBoxPlan(n=100))
+    target = ref.load()
+    out: dict[str, Any] = {"plan": plan.to_dict(), "workers": WORKERS, "threads_per_worker": 1,
+                           "shard_size": 150}
+    before = load()
+    t0 = time.perf_counter()
+    serial = run(plan=plan, **target_inputs(target))
+    out["serial"] = {"wall_s": round(time.perf_counter() - t0, 2), "load_before": before,
+                     "load_after": load()}
+    print(f"assess serial: {out['serial']['wall_s']} s", file=sys.stderr, flush=True)
+    before = load()
+    t0 = time.perf_counter()
+    jobs = run_assessment(ref, plan, ProcessExecutor(workers=WORKERS, threads_per_worker=1), shard_size=150,
+                          loaded=target)
+    out["processes"] = {"wall_s": round(time.perf_counter() - t0, 2), "jobs": jobs.counts,
+                        "load_before": before, "load_after": load()}
+    out["processes"]["speedup"] = round(out["serial"]["wall_s"] / out["processes"]["wall_s"], 2)
+    out["identical"] = report_numbers(serial.to_dict()) == report_numbers(jobs.assessment.to_dict())
+    job_times = sorted((round(r.time_s, 2), r.job.kind, r.job.params.get("section") or r.job.params["attack"])
+                       for run_ in jobs.runs for r in run_.reports)
+    out["longest_jobs"] = job_times[-5:]
+    out["compute_s"] = round(sum(t for t, _, _ in job_times), 2)
+    print(f"assess processes: {out['processes']['wall_s']} s", file=sys.stderr, flush=True)
+    return out
+
+
 PARTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "sweep": sweep_part,
     "ddp": ddp_part,
+    "assess": assess_part,
 }
 """Part name -> function(args) -> JSON-safe dict; run in this order, each saved as it finishes."""
 

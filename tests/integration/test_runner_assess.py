@@ -176,3 +176,36 @@ def test_killing_the_driver_then_rerunning_recomputes_no_finished_job(tmp_path: 
     assert whole.exit_code == 0, whole.output
     assert report_numbers(json.loads((out / "report.json").read_text())) == report_numbers(
         json.loads((tmp_path / "whole" / "report.json").read_text()))
+
+
+def _readme_assess_commands() -> list[list[str]]:
+    import re
+    import shlex
+
+    text = (TESTS.parent / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Beyond one machine", 1)[1].split("\n## ", 1)[0]
+    joined = section.replace("\\\n", " ")
+    return [shlex.split(c) for c in re.findall(r"^(modelshield [^\n]*assess [^\n]*)$", joined, flags=re.M)]
+
+
+def test_readme_assess_commands_use_existing_options() -> None:
+    from typer.main import get_command
+
+    from modelshield.cli.app import app
+
+    commands = _readme_assess_commands()
+    assert {c[c.index("--backend") + 1] for c in commands} == {"processes", "ray"}
+    cmd: Any = get_command(app).get_command(None, "assess")  # type: ignore[attr-defined]
+    known = {o for p in cmd.params for o in p.opts}
+    for args in commands:
+        assert all(a in known for a in args if a.startswith("--") and a != "--threads"), args
+
+
+@pytest.mark.slow
+def test_readme_processes_command_runs(tmp_path: Path) -> None:
+    args = next(c for c in _readme_assess_commands() if "processes" in c)
+    args[args.index("--out") + 1] = str(tmp_path / "out")
+    done = invoke(*args[3:]) if args[1] == "--threads" else invoke(*args[1:])
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["provenance"]["runner"]["counts"]["failed"] == 0

@@ -60,7 +60,7 @@ from modelshield.attacks.evasion.registry import build_attack
 from modelshield.attacks.results import EvasionResult
 from modelshield.errors import ConfigError, IntegrityError, ModelShieldError
 from modelshield.models import TorchModel
-from modelshield.runner.evasion import check_cached
+from modelshield.runner.evasion import attack_cost, check_cached
 from modelshield.runner.executors import Executor
 from modelshield.runner.jobs import Job, register_job
 from modelshield.runner.run import JobReport, RunResult, run_jobs
@@ -73,6 +73,9 @@ ASSESS_SECTION_FORMAT = "modelshield-assess-section-v1"
 ATTACK_SHARD_FORMAT = "modelshield-assess-attack-shard-v1"
 DRIVER_SECTIONS = frozenset({"supply-chain"})
 """Sections the driver runs itself: they read local files and secrets, and cost about a hash."""
+SECTION_COST = 1000.0
+"""A section job's scheduling cost per assessment point (in attack steps per point): each section is
+one job that cannot be split, so it starts before the attack shards (longest first)."""
 
 
 # -- the plan as JSON --------------------------------------------------------------------------
@@ -362,7 +365,8 @@ def assessment_jobs(
                     jobs.append(Job("assess-attack-shard", {
                         "target": ref, "digests": dict(digests), "attack": name, "eps": eps, "norm": ev.norm,
                         "steps": ev.steps, "seed": plan.seed, "n": plan.n, "batch_size": batch, "start": a,
-                        "stop": min(n, a + size), "x_adv": eps == ev.headline_eps}))
+                        "stop": min(n, a + size), "x_adv": eps == ev.headline_eps},
+                        cost=0.0 if eps == 0 else attack_cost(name, min(n, a + size) - a, steps=ev.steps)))
     for sid in _job_sections(plan, sharded=sharded, defenses_in_driver=in_driver):
         reads = bool(getattr(SECTIONS[sid], "reads_earlier", False))
         if reads != (wave == 2):
@@ -371,7 +375,8 @@ def assessment_jobs(
         prior = {k: {**v.to_dict(), "figures": []} for k, v in (earlier or {}).items() if k in before}
         jobs.append(Job("assess-section", {"target": ref, "digests": dict(digests), "plan": spec,
                                            "section": sid, "plugins": plugins,
-                                           "earlier": jsonable(prior) if reads else {}}))
+                                           "earlier": jsonable(prior) if reads else {}},
+                        cost=SECTION_COST * n))
     return jobs
 
 

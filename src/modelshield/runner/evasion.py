@@ -29,8 +29,8 @@ from modelshield.errors import ConfigError, DataError, MissingDataError
 from modelshield.runner.jobs import Job, register_job
 from modelshield.targets import Target, load_target
 
-__all__ = ["EVASION_SHARD_FORMAT", "MergedEvasion", "check_cached", "evasion_shard", "evasion_shards",
-           "merge_shards"]
+__all__ = ["EVASION_SHARD_FORMAT", "MergedEvasion", "attack_cost", "check_cached", "evasion_shard",
+           "evasion_shards", "merge_shards"]
 
 EVASION_SHARD_FORMAT = "modelshield-evasion-shard-v1"
 
@@ -48,6 +48,21 @@ def _attack_config(attack: Mapping[str, Any], owner: str) -> dict[str, Any]:
                           "The seed is the shard's 'seed'.")
     return {"name": attack["name"], "eps": attack["eps"], "norm": attack.get("norm", "inf"),
             "steps": attack.get("steps"), "max_queries": attack.get("max_queries")}
+
+
+_DEFAULT_STEPS = {"fgsm": 1, "pgd": 40, "apgd-ce": 100, "apgd-dlr": 100, "apgd-t": 100, "cw": 1000,
+                  "deepfool": 50, "ensemble": 100}
+_MEMBERS = {"ensemble": 3}  # APGD-CE, APGD-T and Square run in turn on the points still standing
+
+
+def attack_cost(name: str, points: int, *, steps: int | None = None, max_queries: int | None = None) -> float:
+    """A job's expected cost for longest-first scheduling: points x gradient steps (a query-based
+    attack's forward queries count half a step each). Only the order of costs matters."""
+    from modelshield.attacks.evasion.registry import BLACK_BOX_ATTACKS, DEFAULT_MAX_QUERIES
+
+    if name in BLACK_BOX_ATTACKS:
+        return points * (max_queries or DEFAULT_MAX_QUERIES) / 2
+    return points * (steps or _DEFAULT_STEPS.get(name, 100)) * _MEMBERS.get(name, 1)
 
 
 def _zoo_name(model: str) -> str | None:
@@ -205,7 +220,9 @@ def evasion_shards(
     folder = None if data_dir is None else str(data_dir)
     return [Job("evasion-shard", {"model": model, "data": data, "data_dir": folder, "arch": arch,
                                   "attack": cfg, "seed": seed, "batch_size": batch_size, "start": a,
-                                  "stop": min(n, a + shard_size)})
+                                  "stop": min(n, a + shard_size)},
+                cost=attack_cost(cfg["name"], min(n, a + shard_size) - a, steps=cfg["steps"],
+                                 max_queries=cfg["max_queries"]))
             for a in range(0, n, shard_size)]
 
 

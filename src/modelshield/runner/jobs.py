@@ -137,9 +137,12 @@ class Job:
     Args:
         kind: a registered job kind (``job_kinds()``).
         params: JSON-safe parameters (names of models and data, numbers, seeds).
+        cost: the job's expected cost in any unit shared by the jobs of one run (e.g. points x
+            attack steps); ``run_jobs`` starts the costliest first, so that no long job starts
+            last while the other workers idle. Not part of the key.
 
     Raises:
-        ConfigError: unknown kind, or params not a JSON-safe mapping.
+        ConfigError: unknown kind, params not a JSON-safe mapping, or a negative or non-finite cost.
 
     Example:
         job = Job("evasion-shard", {"model": "digits-cnn", "attack": {"name": "pgd", "eps": 0.1},
@@ -150,9 +153,14 @@ class Job:
     params: dict[str, Any] = field(compare=False)
     version: int = field(init=False, compare=False)
     key: str = field(init=False)
+    cost: float = field(init=False, compare=False)
 
-    def __init__(self, kind: str, params: Mapping[str, Any]) -> None:
+    def __init__(self, kind: str, params: Mapping[str, Any], *, cost: float = 1.0) -> None:
         reg = _lookup(kind, "Job")
+        if isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 <= cost < float("inf"):
+            raise ConfigError(f"Job: 'cost' must be a finite number >= 0; got {cost!r}. Give the expected "
+                              "cost, e.g. points x steps, or leave the default 1.")
+        object.__setattr__(self, "cost", float(cost))
         if not isinstance(params, Mapping):
             raise ConfigError(f"Job: 'params' must be a mapping; got {type(params).__name__}. "
                               "Pass a dict of JSON-safe values.")

@@ -118,7 +118,8 @@ def run_jobs(
     driver loses only the jobs in flight), and a job that raises or whose worker dies is run again
     up to ``retries`` more times, then reported as failed while the other jobs complete.
     Deterministic user errors (ConfigError, InputError, MissingDataError, ModelCapabilityError)
-    are not retried. Jobs with equal keys run once and share the result.
+    are not retried. Jobs with equal keys run once and share the result. Jobs start costliest
+    first (``Job.cost``; ties in the given order), which shortens the run when costs differ.
 
     Results are the jobs' JSON round trips, so for deterministic (seeded) jobs they are identical
     whatever the executor, the number of workers or the completion order.
@@ -163,9 +164,13 @@ def run_jobs(
     total, finished = len(unique), len(reports)
     if progress is not None and finished:
         progress(finished, total, f"{finished} cached")
-    pending = [job for key, job in unique.items() if key not in reports]
-    attempts = dict.fromkeys((job.key for job in pending), 0)
     order = {key: i for i, key in enumerate(unique)}
+
+    def by_cost(j: Job) -> tuple[float, int]:
+        return -j.cost, order[j.key]
+
+    pending = sorted((job for key, job in unique.items() if key not in reports), key=by_cost)
+    attempts = dict.fromkeys((job.key for job in pending), 0)
     if pending:
         with executor.open() as pool:
             while pending:
@@ -183,7 +188,7 @@ def run_jobs(
                     finished += 1
                     if progress is not None:
                         progress(finished, total, f"{job.kind} {report.status}")
-                pending = sorted(again, key=lambda j: order[j.key])
+                pending = sorted(again, key=by_cost)
     return RunResult(reports=tuple(reports[job.key] for job in jobs), executor=executor.name,
                      checkpoint=None if checkpoint is None else Path(checkpoint),
                      time_s=time.perf_counter() - start)

@@ -208,3 +208,20 @@ def test_the_runner_imports_without_torch() -> None:
     code = ("import sys, modelshield.runner; "
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:3]")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_jobs_start_costliest_first_and_results_keep_job_order(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    costs = [1.0, 5.0, 3.0, 5.0, 0.0]
+    jobs = [Job("test-count", {"value": i, "log": str(log)}, cost=c) for i, c in enumerate(costs)]
+    run = run_jobs(jobs, InlineExecutor())
+    started = [int(ln.split()[0]) for ln in log.read_text(encoding="utf-8").splitlines()]
+    assert started == [1, 3, 2, 0, 4]  # cost descending, ties in the given order
+    assert run.results == [{"value": i, "square": i * i} for i in range(5)]
+    assert Job("test-count", {"value": 0, "log": str(log)}, cost=9).key == jobs[0].key  # cost: not in the key
+
+
+@pytest.mark.parametrize("cost", [-1.0, float("nan"), float("inf"), True, "2"])
+def test_job_refuses_a_bad_cost(cost: Any) -> None:
+    with pytest.raises(ConfigError, match="'cost' must be a finite number >= 0"):
+        Job("test-count", {"value": 0}, cost=cost)
