@@ -37,7 +37,8 @@ never trains them itself.
 
 Usage: python benchmarks/scale.py [--quick] [--parts sweep,ddp] [--fresh]
 Runtime measured 2026-12-02 on two quiet CPU cores: ``sweep`` 144 s (serial 48 s, processes
-28.5 s, Ray 26 s on a running cluster and 31 s with its start-up), ``ddp`` 113 s on MNIST; with
+28.5 s, Ray 26 s on a running cluster and 31 s with its start-up), ``ddp`` 113 s on MNIST,
+``assess`` 58 s (2026-12-03: 34 s in one process, 22 s on 2 processes); with
 other work keeping the load average at 2-3 the parallel sweeps were no faster than serial. The
 speed-ups need two idle cores: check the recorded load averages before trusting them.
 ``--quick`` (6 steps: a sweep of about 4 s, for checking the script, not the speed-up) about 40 s.

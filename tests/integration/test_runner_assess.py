@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import testkit.assess_sections  # noqa: F401  (registers the test-* sections)
+import torch
 from testkit.cli import invoke, one_error_line
 
 from modelshield.assess import AssessmentPlan, BlackBoxPlan, EvasionPlan, ExtractionPlan, run
@@ -209,3 +211,23 @@ def test_readme_processes_command_runs(tmp_path: Path) -> None:
     assert done.exit_code == 0, done.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["provenance"]["runner"]["counts"]["failed"] == 0
+
+
+def test_relative_model_and_data_paths_reach_workers_as_absolute_paths(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelshield import zoo
+    from modelshield.data import load_dataset
+
+    module = zoo.load("digits-cnn").module
+    torch.save(module.state_dict(), tmp_path / "model.pt")
+    ds = load_dataset("digits")
+    np.savez(tmp_path / "digits.npz", x=ds.x_train.numpy(), y=ds.y_train.numpy(),
+             x_test=ds.x_test.numpy(), y_test=ds.y_test.numpy())
+    monkeypatch.chdir(tmp_path)
+    done = invoke("assess", "--model", "model.pt", "--arch", "cnn-8x8", "--data", "digits.npz", "--out",
+                  "out", "--n", "20", "--batch-size", "10", "--sections", "evasion", "--attacks", "fgsm",
+                  "--eps", "0.1", "--backend", "inline", "--shard-size", "10")
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert Path(report["model"]["path"]).is_absolute() and report["model"]["path"].endswith("model.pt")
+    assert report["provenance"]["runner"]["counts"]["done"] == 2

@@ -133,6 +133,18 @@ def _defenses_plan(defended: str | None, *, arch: str | None,
     return DefensesPlan(defended=module, name=name)
 
 
+def _absolute(ref: str) -> str:
+    """ref as an absolute path when it names an existing file or folder, else unchanged; zoo and
+    built-in data names (which ``load_target`` reads first) and ``package.module:function`` too."""
+    from modelshield import zoo
+    from modelshield.data import BUILTIN_DATA
+
+    path = Path(ref).expanduser()
+    if ref in zoo.names() or ref in BUILTIN_DATA or not path.exists():
+        return ref
+    return str(path.resolve())
+
+
 def _assess_and_write(target: Target, plan: AssessmentPlan, out: Path, *, force: bool,
                       thresholds: list[Threshold], jobs: dict[str, Any] | None = None) -> None:
     """Assess in this process, or (``jobs``: the runner's settings) as jobs; write the report."""
@@ -294,6 +306,9 @@ def assess(
                           constraints=constraints)
     supply_chain = _supply_chain_plan(public_key, bundle=bundle, manifest=manifest, audit_log=audit_log)
     check_new_files([out / "report.json", out / "report.html"], overwrite=force, owner="modelshield assess")
+    if pool is not None:  # workers (a Ray node's included) may start in another folder: absolute paths
+        model, data = _absolute(model), None if data is None else _absolute(data)
+        data_dir = None if data_dir is None else data_dir.expanduser().resolve()
     ref = TargetRef(model=model, data=data, data_dir=None if data_dir is None else str(data_dir), arch=arch,
                     n=n, trust_torchscript=trust_torchscript, device=device,
                     options=target_options(label_col=label_col, feature_cols=feature_cols, text_col=text_col,
