@@ -6,11 +6,7 @@ driver and rerunning recomputes no finished job; workers refuse a changed target
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +16,7 @@ import pytest
 import testkit.assess_sections  # noqa: F401  (registers the test-* sections)
 import torch
 from testkit.cli import invoke, one_error_line
+from testkit.driver import kill_after_checkpoints
 
 from modelshield.assess import AssessmentPlan, BlackBoxPlan, EvasionPlan, ExtractionPlan, run
 from modelshield.assess.report import report_numbers
@@ -153,21 +150,7 @@ def test_killing_the_driver_then_rerunning_recomputes_no_finished_job(tmp_path: 
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     cmd = [sys.executable, "-c", "from modelshield.cli.app import main; main()", "--threads", "1", "assess",
            *_assess_cmd(out, "--backend", "inline", "--shard-size", "20", "--checkpoint", str(ckpt))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.monotonic() + 180
-    try:
-        while len(list(ckpt.glob("*.json"))) < 5:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the driver wrote no checkpoints"
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        if proc.stderr:
-            proc.stderr.close()
-    finished = len(list(ckpt.glob("*.json")))
+    finished = kill_after_checkpoints(cmd, ckpt, 5)
     assert 5 <= finished < 18 and not (out / "report.json").exists()
     again = invoke("assess", *_assess_cmd(out, "--backend", "inline", "--shard-size", "20",
                                           "--checkpoint", ckpt))

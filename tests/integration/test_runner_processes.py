@@ -8,15 +8,12 @@ fast); spawned workers import that module by name (the runner puts tests/ on the
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import testkit.runner_jobs  # noqa: F401  (registers the test-* job kinds)
+from testkit.driver import kill_after_checkpoints
 
 from modelshield import zoo
 from modelshield.runner import (
@@ -29,7 +26,6 @@ from modelshield.runner import (
     run_jobs,
 )
 
-TESTS = Path(__file__).resolve().parents[1]
 
 
 def _values(log: Path) -> list[int]:
@@ -128,20 +124,7 @@ def test_killing_the_driver_then_rerunning_recomputes_no_finished_job(tmp_path: 
         f"jobs = [Job('test-count', {{'value': i, 'log': sys.argv[1], 'sleep': {sleep}}})\n"
         f"        for i in range({n})]\n"
         "run_jobs(jobs, checkpoint=Path(sys.argv[2]))\n", encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, str(script), str(log), str(ckpt)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 120
-    try:
-        while len(list(ckpt.glob("*.json"))) < 4:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the driver wrote no checkpoints"
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        if proc.stderr:
-            proc.stderr.close()
+    kill_after_checkpoints([sys.executable, str(script), str(log), str(ckpt)], ckpt, 4, timeout=120)
     jobs = _count_jobs(log, n, sleep)
     store = CheckpointStore(ckpt)
     finished = {j.params["value"] for j in jobs if store.read(j) is not None}
