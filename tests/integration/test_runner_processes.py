@@ -27,7 +27,6 @@ from modelshield.runner import (
 )
 
 
-
 def _values(log: Path) -> list[int]:
     """The value of each computation logged so far, in order."""
     if not log.exists():
