@@ -22,7 +22,7 @@ from modelshield.assess import AssessmentPlan, BlackBoxPlan, EvasionPlan, Extrac
 from modelshield.assess.report import report_numbers
 from modelshield.assess.suite import target_inputs
 from modelshield.errors import IntegrityError
-from modelshield.runner import InlineExecutor, ProcessExecutor
+from modelshield.runner import InlineExecutor, Job, ProcessExecutor, run_jobs
 from modelshield.runner.assess import assess_section, plan_spec, run_assessment
 from modelshield.targets import TargetRef, target_digests
 
@@ -105,6 +105,8 @@ def test_a_worker_refuses_a_target_whose_digests_differ() -> None:
               "plugins": [], "earlier": {}}
     with pytest.raises(IntegrityError, match="points_sha256 must equal the driver's"):
         assess_section(params)
+    run = run_jobs([Job("assess-section", params)], InlineExecutor(), retries=2)
+    assert run.reports[0].error_type == "IntegrityError" and run.reports[0].attempts == 1  # not retried
 
 
 def test_shard_size_must_be_a_multiple_of_the_batch_size() -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from modelshield.errors import (
     ConfigError,
     InputError,
+    IntegrityError,
     MissingDataError,
     ModelCapabilityError,
 )
@@ -61,7 +62,7 @@ _JOBS: dict[str, _Registered] = {}
 _BUILTIN = {"evasion-shard": "modelshield.runner.evasion"}
 
 # Deterministic user errors: the same job fails the same way again, so it is not retried.
-_NOT_RETRIED = (ConfigError, InputError, MissingDataError, ModelCapabilityError)
+_NOT_RETRIED = (ConfigError, InputError, MissingDataError, ModelCapabilityError, IntegrityError)
 
 
 def register_job(kind: str, fn: JobFunction, *, version: int = 1) -> None:
@@ -222,7 +223,8 @@ class Outcome:
     ``result_json`` is the job's result as canonical JSON (None on failure). ``crashed`` says the
     worker process died (killed, out of memory, ``os._exit``) rather than the job raising.
     ``retryable`` is False for deterministic user errors (ConfigError, InputError,
-    MissingDataError, ModelCapabilityError), which would fail the same way again.
+    MissingDataError, ModelCapabilityError) and for IntegrityError (a changed or tampered model or
+    data file), which would fail the same way again.
     """
 
     index: int
