@@ -118,8 +118,9 @@ def run_jobs(
     driver loses only the jobs in flight), and a job that raises or whose worker dies is run again
     up to ``retries`` more times, then reported as failed while the other jobs complete.
     Deterministic user errors (ConfigError, InputError, MissingDataError, ModelCapabilityError)
-    and IntegrityError (a changed model or data file) are not retried. Jobs with equal keys run once and share the result. Jobs start costliest
-    first (``Job.cost``; ties in the given order), which shortens the run when costs differ.
+    and IntegrityError (a changed model or data file) are not retried. Jobs with equal keys run
+    once and share the result. Jobs start costliest first (``Job.cost``; ties in the given order),
+    which shortens the run when costs differ.
 
     Results are the jobs' JSON round trips, so for deterministic (seeded) jobs they are identical
     whatever the executor, the number of workers or the completion order.
