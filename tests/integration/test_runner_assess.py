@@ -216,3 +216,25 @@ def test_relative_model_and_data_paths_reach_workers_as_absolute_paths(
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert Path(report["model"]["path"]).is_absolute() and report["model"]["path"].endswith("model.pt")
     assert report["provenance"]["runner"]["counts"]["done"] == 2
+
+
+def test_a_defended_model_file_reaches_workers_by_reference(tmp_path: Path) -> None:
+    from modelshield import zoo
+    from modelshield.assess.plan import DefensesPlan, defended_from_ref
+    from modelshield.cli._target import torch_threads
+
+    defended = zoo.build("cnn-8x8", seed=1)  # any white-box model of the same inputs and classes
+    torch.save(defended.state_dict(), tmp_path / "defended.pt")
+    module, name = defended_from_ref(str(tmp_path / "defended.pt"), arch="cnn-8x8")
+    plan = AssessmentPlan(sections=("defenses",), n=20, batch_size=10, seed=2,
+                          defenses=DefensesPlan(defended=module, name=name, eps=0.1, steps=3,
+                                                square_queries=20, seeds=1, curve_factors=(1.0,), n=20))
+    with torch_threads(1):
+        reference = report_numbers(run(plan=plan, **target_inputs(REF.load())).to_dict())
+    ref = {"ref": str(tmp_path / "defended.pt"), "arch": "cnn-8x8", "trust_torchscript": False}
+    done = run_assessment(REF, plan, InlineExecutor(threads=1), defended_ref=ref)
+    assert done.counts == {"done": 1, "cached": 0, "failed": 0}  # a job, not the driver
+    assert report_numbers(done.assessment.to_dict()) == reference
+    torch.save(zoo.build("cnn-8x8", seed=5).state_dict(), tmp_path / "defended.pt")  # changed under the run
+    with pytest.raises(IntegrityError, match="defenses"):
+        run_assessment(REF, plan, InlineExecutor(threads=1), defended_ref=ref)

@@ -380,6 +380,25 @@ def assessment_jobs(
     return jobs
 
 
+def _train_defended_once(plan: AssessmentPlan, model_info: Mapping[str, Any],
+                         progress: Progress | None) -> None:
+    """Load (training it if needed) the defenses section's zoo counterpart in the driver, so that no
+    worker trains it: the explicit zoo name, or the assessed zoo model's ``<name>-at`` unless that is
+    a slow recipe not cached yet (which the section reports as skipped, as in one process)."""
+    from modelshield import zoo
+
+    if "defenses" not in plan.sections or isinstance(plan.defenses.defended, nn.Module):
+        return
+    name = plan.defenses.defended
+    if name is None:
+        assessed = model_info.get("name")
+        name = f"{assessed}-at"
+        if assessed not in zoo.names() or name not in zoo.names() or (
+                zoo.spec(name).slow and not zoo.is_cached(name)):
+            return
+    zoo.load(name, progress=progress)
+
+
 class _JobFailed(ModelShieldError):
     """Stands in for the exception of a job that failed in a worker (its type is in the message)."""
 
@@ -426,6 +445,7 @@ def run_assessment(
         ConfigError: a bad shard size, retries or executor.
     """
     tgt = loaded if loaded is not None else target.load(progress)
+    _train_defended_once(plan, tgt.model_info, progress)
     digests = target_digests(tgt)
     inputs = target_inputs(tgt)
     ctx = assessment_context(plan=plan, **inputs)
