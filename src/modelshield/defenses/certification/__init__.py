@@ -1,14 +1,26 @@
-"""Certified robustness: randomized smoothing (Cohen et al., 2019) and its noise training.
+"""Certified robustness: randomized smoothing (Cohen et al., 2019) and its noise training, and
+PatchCleanser double masking against adversarial patches (Xiang et al., 2022), with its
+masking-consistency patch detector.
 
 Example:
     noise_augmented_training(model, (x_train, y_train), sigma=0.25, epochs=20)
     model.eval()
     result = RandomizedSmoothing(sigma=0.25, n=10_000).certify(model, x_test, y_test)
     result.certified_accuracy([0.25, 0.5, 1.0])
+    PatchCleanser(patch_size=0.04, masks_per_axis=6).certify(model, x_test, y_test).certified_accuracy
 """
 
 from __future__ import annotations
 
+from modelshield.defenses.certification.patchcleanser import (
+    MaskingConsistencyDetector,
+    MaskingDetectionResult,
+    PatchCleanser,
+    PatchCleanserPrediction,
+    PatchCleanserResult,
+    mask_set,
+    patch_side,
+)
 from modelshield.defenses.certification.smoothing import (
     ABSTAIN,
     CertificationResult,
@@ -22,9 +34,16 @@ from modelshield.defenses.certification.smoothing import (
 __all__ = [
     "ABSTAIN",
     "CertificationResult",
+    "MaskingConsistencyDetector",
+    "MaskingDetectionResult",
+    "PatchCleanser",
+    "PatchCleanserPrediction",
+    "PatchCleanserResult",
     "RandomizedSmoothing",
     "SmoothedPrediction",
     "certified_accuracy",
     "clopper_pearson_lower",
+    "mask_set",
     "noise_augmented_training",
+    "patch_side",
 ]
