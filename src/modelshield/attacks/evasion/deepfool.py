@@ -16,7 +16,7 @@ from modelshield.attacks.verify import start_call
 from modelshield.errors import ConfigError
 from modelshield.models import ModelLike, TorchModel, eval_mode
 
-__all__ = ["DeepFool"]
+__all__ = ["DeepFool", "deepfool_points"]
 
 
 def _gap_gradients(
@@ -47,7 +47,7 @@ def _gap_gradients(
     return z.detach(), done, w
 
 
-def _deepfool(m: TorchModel, x: Tensor, y: Tensor, clean: Tensor, cfg: DeepFool) -> Tensor:
+def deepfool_points(m: TorchModel, x: Tensor, y: Tensor, clean: Tensor, cfg: DeepFool) -> Tensor:
     """(N, ...) DeepFool points from clean logits (N, C); unbroken rows end at their last iterate."""
     n_cand = min(cfg.candidates, m.n_classes)
     lo, hi = m.bounds
@@ -149,7 +149,7 @@ class DeepFool:
             x_adv = call.x.clone()
             idx = (clean_pred == call.y).nonzero().squeeze(1)
             if idx.numel() > 0:
-                found = _deepfool(m, call.x[idx], call.y[idx], clean[idx], self)
+                found = deepfool_points(m, call.x[idx], call.y[idx], clean[idx], self)
                 if self.eps is not None:  # over-budget points go back to x
                     over = lp_norms(found - call.x[idx], self.norm) > self.eps
                     found = torch.where(expand_as_batch(over, found), call.x[idx], found)

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from modelshield._checks import check_inputs, check_labels, check_range
 from modelshield._resources import check_memory, tensor_bytes
+from modelshield.attacks.physical.transforms import patch_side
 from modelshield.errors import ConfigError, InputError, NotFittedError
 from modelshield.models import CallableModel, ModelLike, TorchModel, as_model, eval_mode
 from modelshield.models.outputs import safe_argmax
@@ -51,27 +52,6 @@ _SHARE_FIX = ("Give a share of the image area in (0, 1), e.g. patch_size=0.04 (a
 
 # --------------------------------------------------------------------------------------------
 # Pure functions: patch size, the R-covering mask set, Algorithm 1's decision
-
-
-def patch_side(share: float, height: int, width: int) -> int:
-    """Side in pixels of the square patch covering ``share`` of an ``height x width`` image.
-
-    ``ceil(sqrt(share * height * width))``, at least 1, computed exactly as the patch attacks
-    (``modelshield.attacks.physical``) compute it, so an attack and this defence agree on the patch
-    a share means. Floating point can round a product that should be a perfect square up by one
-    pixel (0.04 * 35 * 35 is 49.00000000000001: side 8, not 7); that errs towards a larger certified
-    patch, and both sides err alike. Give ``(height, width)`` in pixels to avoid it.
-
-    Raises:
-        ConfigError: share outside (0, 1), or a side that is not a positive int.
-    """
-    owner = "patch_side"
-    check_range("share", share, owner=owner, low=0.0, high=1.0, low_open=True, fix=_SHARE_FIX)
-    if share >= 1.0:
-        raise ConfigError(f"{owner}: 'share' must be a number in (0, 1); got {share!r}. {_SHARE_FIX}")
-    check_range("height", height, owner=owner, low=1, integer=True)
-    check_range("width", width, owner=owner, low=1, integer=True)
-    return max(1, math.ceil(math.sqrt(share * height * width)))
 
 
 def mask_windows(n: int, patch: int, masks: int) -> tuple[list[int], int]:
