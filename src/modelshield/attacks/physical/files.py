@@ -32,7 +32,7 @@ def load_mask(path: str | Path, *, height: int, width: int) -> Tensor:
         with Image.open(p) as im:
             grey = im.convert("L")
             size = grey.size
-            data = torch.tensor(list(grey.getdata()), dtype=torch.uint8)
+            data = torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8)
     except FileNotFoundError:
         raise InputError(f"load_mask: no mask file at {str(p)!r}. Give the path of a PNG the size "
                          f"of the images ({width}x{height}), white where the sticker goes.") from None

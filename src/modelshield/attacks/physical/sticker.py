@@ -45,14 +45,18 @@ def default_palette(channels: int, bounds: tuple[float, float]) -> Tensor:
 
 
 def non_printability(content: Tensor, mask: Tensor, palette: Tensor) -> Tensor:
-    """Mean over masked pixels of prod_{c in palette} ||p - c||_2 (Sharif et al., 2016).
+    """Mean over masked pixels of the distance to the nearest printable colour.
 
-    Zero exactly when every masked pixel is a palette colour. ``content`` (C, H, W),
-    ``mask`` (H, W) bool, ``palette`` (K, C).
+    Sharif et al. (2016) score a pixel by the product of its distances to every palette colour;
+    both vanish exactly on the palette. The product shrinks geometrically with the palette's
+    size (nine greys give scores near 1e-4 and gradients too small to steer the optimiser), so
+    the minimum is used, as Thys, Van Ranst and Goedeme ("Fooling automated surveillance
+    cameras", CVPRW 2019) do: a score in input units, whatever the palette.
+    ``content`` (C, H, W), ``mask`` (H, W) bool, ``palette`` (K, C).
     """
     px = content.flatten(1).T[mask.flatten()]  # (M, C)
     d = torch.cdist(px, palette.to(px.dtype))  # (M, K)
-    return d.prod(dim=1).mean()
+    return d.min(dim=1).values.mean()
 
 
 def total_variation(content: Tensor, mask: Tensor) -> Tensor:
@@ -115,7 +119,8 @@ class Sticker:
     The sticker replaces the pixels under ``mask`` (an opaque print: nothing outside the mask
     ever changes). It is optimised, as in RP2, over the whole scene seen under random views
     (rotation, scale, shift: the object from another angle and distance) and light, with the
-    non-printability score (Sharif et al.) against ``palette`` and a total-variation penalty:
+    non-printability score (Sharif et al.; distance to the nearest palette colour) against
+    ``palette`` and a total-variation penalty:
 
         min_s  E_{t, x}[loss(f(t(stamp(x, s, mask))))] + nps_weight * NPS(s) + tv_weight * TV(s)
 
@@ -147,7 +152,7 @@ class Sticker:
     steps: int = 300
     batch_size: int = 64
     lr: float = 0.05
-    nps_weight: float = 0.1
+    nps_weight: float = 1.0
     tv_weight: float = 0.05
     palette: Tensor | None = None
     transforms: Transforms = field(default_factory=Transforms)
