@@ -7,11 +7,13 @@ Example:
     model.eval()
     result = RandomizedSmoothing(sigma=0.25, n=10_000).certify(model, x_test, y_test)
     result.certified_accuracy([0.25, 0.5, 1.0])
-    PatchCleanser(patch_size=0.04, masks_per_axis=6).certify(model, x_test, y_test).certified_accuracy
+    masked_training(model, (x_train, y_train), cleanser=PatchCleanser(patch_size=0.05), epochs=5)
+    PatchCleanser(patch_size=0.05, masks_per_axis=6).certify(model, x_test, y_test).certified_accuracy
 """
 
 from __future__ import annotations
 
+from modelshield.defenses.certification.masked_training import masked_training
 from modelshield.defenses.certification.patchcleanser import (
     MaskingConsistencyDetector,
     MaskingDetectionResult,
@@ -44,6 +46,7 @@ __all__ = [
     "certified_accuracy",
     "clopper_pearson_lower",
     "mask_set",
+    "masked_training",
     "noise_augmented_training",
     "patch_side",
 ]
