@@ -11,7 +11,14 @@ from modelshield import zoo
 from modelshield.attacks.physical import AdversarialPatch, Transforms, place_patch
 from modelshield.attacks.physical.transforms import Draws
 from modelshield.data import load_digits
-from modelshield.defenses.certification import PatchCleanser, masked_training
+from modelshield.defenses.certification import (
+    MaskedViews,
+    MaskingConsistencyDetector,
+    PatchCleanser,
+    detect_adaptive_patch,
+    mask_set,
+    masked_training,
+)
 from modelshield.errors import ConfigError
 
 Tuned = tuple[torch.nn.Module, torch.nn.Module, PatchCleanser]
@@ -67,3 +74,33 @@ def test_masked_training_refuses_a_non_cleanser() -> None:
     with pytest.raises(ConfigError, match="'cleanser' must be the PatchCleanser"):
         masked_training(copy.deepcopy(zoo.load("digits-cnn").module), (ds.x_train, ds.y_train),
                         cleanser=0.05)  # type: ignore[arg-type]
+
+
+def test_masked_views_average_every_one_mask_view() -> None:
+    module = zoo.load("digits-cnn").module.eval()
+    pc = PatchCleanser(patch_size=0.0625, masks_per_axis=4)
+    views = MaskedViews(module, pc, height=8, width=8, fill=0.5)
+    x = load_digits().x_test[:5]
+    masks = mask_set(8, 8, (2, 2), 4)
+    manual = [torch.log_softmax(module(x), 1)]
+    manual += [torch.log_softmax(module(torch.where(mk, torch.full_like(x, 0.5), x)), 1) for mk in masks]
+    assert torch.allclose(views(x), torch.stack(manual).mean(0), atol=1e-5)
+
+
+def test_the_detector_is_measured_against_an_attacker_who_knows_it() -> None:
+    ds = load_digits()
+    module = zoo.load("digits-cnn").module
+    det = MaskingConsistencyDetector(patch_size=0.1, masks_per_axis=3, fpr=0.05).fit(module, ds.x_train[:300])
+    res = detect_adaptive_patch(module, det, AdversarialPatch(size=0.1, steps=20, batch_size=32),
+                                ds.x_train[300:600], ds.y_train[300:600], ds.x_test[:120], ds.y_test[:120],
+                                x_clean=ds.x_test[120:])
+    for side in (res.naive, res.adaptive):
+        assert 0.0 <= side["undetected_success"] <= side["success"] <= 1.0
+        if side["success"] > 0:
+            assert side["undetected_success"] == pytest.approx(side["success"] * (1 - side["tpr"]), abs=1e-5)
+    assert 0.0 <= res.clean_fpr <= 0.2
+    assert set(res.to_dict()) == {"naive", "adaptive", "threshold", "clean_fpr", "size"}
+    with pytest.raises(ConfigError, match="fitted"):
+        detect_adaptive_patch(module, MaskingConsistencyDetector(patch_size=0.1), AdversarialPatch(steps=1),
+                              ds.x_train[:10], ds.y_train[:10], ds.x_test[:10], ds.y_test[:10],
+                              x_clean=ds.x_test[:10])

@@ -13,6 +13,11 @@ Example:
 
 from __future__ import annotations
 
+from modelshield.defenses.certification.adaptive import (
+    AdaptivePatchDetection,
+    MaskedViews,
+    detect_adaptive_patch,
+)
 from modelshield.defenses.certification.masked_training import masked_training
 from modelshield.defenses.certification.patchcleanser import (
     MaskingConsistencyDetector,
@@ -35,7 +40,9 @@ from modelshield.defenses.certification.smoothing import (
 
 __all__ = [
     "ABSTAIN",
+    "AdaptivePatchDetection",
     "CertificationResult",
+    "MaskedViews",
     "MaskingConsistencyDetector",
     "MaskingDetectionResult",
     "PatchCleanser",
@@ -45,6 +52,7 @@ __all__ = [
     "SmoothedPrediction",
     "certified_accuracy",
     "clopper_pearson_lower",
+    "detect_adaptive_patch",
     "mask_set",
     "masked_training",
     "noise_augmented_training",
