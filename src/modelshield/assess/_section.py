@@ -47,6 +47,7 @@ ATLAS: dict[str, str] = {
     "AML.T0043.000": "White-Box Optimization",
     "AML.T0043.001": "Black-Box Optimization",
     "AML.T0043.002": "Black-Box Transfer",
+    "AML.T0041": "Physical Environment Access",
     "AML.T0020": "Poison Training Data",
     "AML.T0018": "Backdoor ML Model",
     "AML.T0010": "AI Supply Chain Compromise",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -26,6 +28,7 @@ __all__ = [
     "EvasionPlan",
     "ExplainPlan",
     "ExtractionPlan",
+    "PhysicalPlan",
     "SupplyChainPlan",
     "TabularPlan",
     "defended_from_ref",
@@ -35,6 +38,8 @@ DEFAULT_ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "apgd-ce", "ensemble")
 DEFAULT_EPS: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3)
 DEFAULT_BUDGETS: tuple[int, ...] = (100, 300, 1000, 3000)
 DEFAULT_MAX_CHANGES: tuple[int, ...] = (1, 2, 3, 5)
+DEFAULT_PATCH_SIZES: tuple[float, ...] = (0.03, 0.05, 0.1)
+DEFAULT_STRENGTHS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
 
 
 def _int_grid(values: tuple[int, ...], *, name: str, owner: str, example: str) -> tuple[int, ...]:
@@ -272,6 +277,144 @@ class ExplainPlan:
                 "attack_steps": self.attack_steps, "n": self.n, "worst": self.worst,
                 "ig_steps": self.ig_steps, "sanity_points": self.sanity_points,
                 "sanity_layers": self.sanity_layers, "sanity_threshold": self.sanity_threshold}
+
+
+def _float_grid(values: object, *, name: str, owner: str, low: float, high: float, low_open: bool,
+                high_open: bool, fix: str) -> tuple[float, ...]:
+    """values sorted and de-duplicated, each a finite number within the range, or ConfigError naming
+    the bad value."""
+    grid = tuple(values) if isinstance(values, tuple | list) else (values,)
+    if not grid:
+        raise ConfigError(f"{owner}: {name!r} must hold at least one value; got (). {fix}.")
+    for v in grid:
+        ok = (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+              and (v > low if low_open else v >= low) and (v < high if high_open else v <= high))
+        if not ok:
+            span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise ConfigError(f"{owner}: {name!r} must hold numbers in {span}; got {v!r} in {grid!r}. {fix}.")
+    return tuple(sorted({float(v) for v in grid}))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PhysicalPlan:
+    """The physical-world evasion part of an assessment (section ``"physical"``, image models).
+
+    One untargeted ``AdversarialPatch`` is trained per size on the attacker's training images and
+    tested on held-out assessment points under freshly drawn transformations; the ``headline_size``
+    patch is also tested under transformations of growing ``strengths``, against PatchCleanser
+    (certified and defended accuracy) and against the masking-consistency detector. A universal
+    perturbation is trained at ``universal_eps`` (default: the evasion plan's headline eps).
+
+    Args:
+        sizes: patch sizes as shares of the image area, each in (0, 1); ``headline_size`` is added.
+        headline_size: the size the severity, PatchCleanser and the detector use.
+        steps: optimisation steps per patch (one batch of images and draws each).
+        batch_size: images (and draws) per step. lr: Adam's step in input units.
+        draws: transformations drawn per held-out image when a patch is tested.
+        strengths: multiples of the patch's own transformation ranges (0: none) at which the
+            headline patch is re-tested, each in [0, 4].
+        universal_eps: budget of the universal perturbation (the evasion plan's norm); None uses the
+            evasion plan's ``headline_eps``; 0 (or a headline eps of 0) skips it.
+        universal_passes: its passes over the training images (SGD variant).
+        n: held-out assessment points the patches are tested on (the first n); None uses all.
+        train_n: training images the attacker uses (a seeded sample of the training split); None
+            uses all.
+        certify_n: held-out points PatchCleanser certifies (each costs M (M + 1) / 2 masked
+            forward passes, M <= masks_per_axis ** 2) and the detector is tested on.
+        masks_per_axis: PatchCleanser's masks per image axis (the paper's k).
+        fpr: the detector's false-positive rate on clean images, in (0, 0.5].
+        detector_n: clean training images the detector is calibrated on (at least 1 / fpr).
+        examples: held-out images drawn clean and patched.
+
+    Raises:
+        ConfigError: a size outside (0, 1), a strength outside [0, 4], a non-positive count, step
+            number or lr, a negative eps, an fpr outside (0, 0.5] or too few calibration images.
+
+    Example:
+        plan = AssessmentPlan(sections=("evasion", "physical"), physical=PhysicalPlan(steps=100))
+    """
+
+    sizes: tuple[float, ...] = DEFAULT_PATCH_SIZES
+    headline_size: float = 0.05
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 0.05
+    draws: int = 4
+    strengths: tuple[float, ...] = DEFAULT_STRENGTHS
+    universal_eps: float | None = None
+    universal_passes: int = 5
+    n: int | None = 500
+    train_n: int | None = 2000
+    certify_n: int = 100
+    masks_per_axis: int = 6
+    fpr: float = 0.05
+    detector_n: int = 200
+    examples: int = 6
+
+    def __post_init__(self) -> None:
+        own = "PhysicalPlan"
+        share = "Give shares of the image area the patch covers, e.g. 0.05 for 5%"
+        h = self.headline_size
+        if not (isinstance(h, int | float) and not isinstance(h, bool) and 0.0 < h < 1.0):
+            raise ConfigError(f"{own}: 'headline_size' must be a number in (0, 1); got {h!r}. "
+                              f"{share}: headline_size=0.05.")
+        headline = float(h)
+        sizes = _float_grid(self.sizes, name="sizes", owner=own, low=0.0, high=1.0, low_open=True,
+                            high_open=True, fix=f"{share}: sizes=(0.03, 0.05, 0.1)")
+        object.__setattr__(self, "sizes", tuple(sorted({*sizes, headline})))
+        object.__setattr__(self, "headline_size", headline)
+        object.__setattr__(self, "strengths", _float_grid(
+            self.strengths, name="strengths", owner=own, low=0.0, high=4.0, low_open=False, high_open=False,
+            fix="Give multiples of the patch's own transformation ranges (0: none), e.g. "
+                "strengths=(0.0, 1.0, 2.0)"))
+        for name, example in (("steps", 300), ("batch_size", 64), ("draws", 4), ("universal_passes", 5),
+                              ("certify_n", 100), ("masks_per_axis", 6), ("examples", 6)):
+            check_range(name, getattr(self, name), owner=own, low=1, integer=True,
+                        fix=f"Use a positive integer, e.g. {name}={example}.")
+        for name, example in (("n", 500), ("train_n", 2000)):
+            if getattr(self, name) is not None:
+                check_range(name, getattr(self, name), owner=own, low=1, integer=True,
+                            fix=f"Use a positive integer, e.g. {name}={example}, or None for all.")
+        check_range("lr", self.lr, owner=own, low=0.0, low_open=True,
+                    fix="Give Adam's step in input units, e.g. lr=0.05 for inputs in [0, 1].")
+        if self.universal_eps is not None:
+            check_range("universal_eps", self.universal_eps, owner=own, low=0.0,
+                        fix="Give the budget in input units, e.g. universal_eps=0.1, 0 to skip the universal "
+                            "perturbation, or None for the evasion plan's headline eps.")
+            object.__setattr__(self, "universal_eps", float(self.universal_eps))
+        check_range("fpr", self.fpr, owner=own, low=0.0, high=0.5, low_open=True,
+                    fix="Give the detector's false-positive rate on clean images, e.g. fpr=0.05.")
+        need = math.ceil(1.0 / self.fpr)
+        check_range("detector_n", self.detector_n, owner=own, low=need, integer=True,
+                    fix=f"The detector's threshold at fpr={self.fpr:g} needs at least {need} clean images; "
+                        "e.g. detector_n=200.")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"sizes": list(self.sizes), "headline_size": self.headline_size, "steps": self.steps,
+                "batch_size": self.batch_size, "lr": self.lr, "draws": self.draws,
+                "strengths": list(self.strengths), "universal_eps": self.universal_eps,
+                "universal_passes": self.universal_passes, "n": self.n, "train_n": self.train_n,
+                "certify_n": self.certify_n, "masks_per_axis": self.masks_per_axis, "fpr": self.fpr,
+                "detector_n": self.detector_n, "examples": self.examples}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PhysicalPlan:
+        """The plan ``to_dict`` wrote (lists back to tuples).
+
+        Raises:
+            ConfigError: d is not a mapping of PhysicalPlan fields, or a value is bad.
+        """
+        fix = "Pass what PhysicalPlan.to_dict() returned."
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"PhysicalPlan.from_dict: 'd' must be a dict of PhysicalPlan fields; got "
+                              f"{type(d).__name__}. {fix}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in d if k not in known)
+        if unknown:
+            raise ConfigError(f"PhysicalPlan.from_dict: the keys must be PhysicalPlan fields; got unknown "
+                              f"{', '.join(unknown)}. {fix}")
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**values)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -522,6 +665,7 @@ class AssessmentPlan:
         extraction: overrides for the ``"extraction"`` section (query budgets, thief epochs).
         supply_chain: the sub-plan of the ``"supply-chain"`` section (signature, manifest, audit log).
         explain: the sub-plan of the ``"explain"`` section (what the model looked at).
+        physical: the sub-plan of the ``"physical"`` section (adversarial patches, PatchCleanser).
 
     Raises:
         ConfigError: bad n, batch_size or seed, or an empty section list.
@@ -541,6 +685,7 @@ class AssessmentPlan:
     extraction: ExtractionPlan = field(default_factory=ExtractionPlan)
     supply_chain: SupplyChainPlan = field(default_factory=SupplyChainPlan)
     explain: ExplainPlan = field(default_factory=ExplainPlan)
+    physical: PhysicalPlan = field(default_factory=PhysicalPlan)
 
     def __post_init__(self) -> None:
         sections = tuple(self.sections)
@@ -569,6 +714,7 @@ class AssessmentPlan:
             **({"extraction": self.extraction.to_dict()} if "extraction" in self.sections else {}),
             **({"supply_chain": self.supply_chain.to_dict()} if "supply-chain" in self.sections else {}),
             **({"explain": self.explain.to_dict()} if "explain" in self.sections else {}),
+            **({"physical": self.physical.to_dict()} if "physical" in self.sections else {}),
         }
 
 

@@ -22,14 +22,16 @@ _TIME_COLUMNS = frozenset({"time (s)"})
 def report_numbers(report: Mapping[str, Any]) -> dict[str, Any]:
     """The report without what legitimately differs between two runs of the same seeded plan.
 
-    Drops ``generated_at``, every ``time_s`` (and ``*_time_s``) value, table columns of times,
-    the platform line and ``provenance.runner`` (the executor and job counts). Two runs of one
-    seeded plan (in this process, or as jobs on any backend, worker count or shard size) give
-    equal ``report_numbers``: the check the runner's tests make, and one a user can repeat.
+    Drops ``generated_at``, every ``time_s`` (and ``*_time_s``, and a summary's ``<section>.time_s``)
+    value, table columns of times, the platform line and ``provenance.runner`` (the executor and
+    job counts). Two runs of one seeded plan (in this process, or as jobs on any backend, worker
+    count or shard size) give equal ``report_numbers``: the check the runner's tests make, and one
+    a user can repeat.
     """
     def strip(obj: Any) -> Any:
         if isinstance(obj, Mapping):
-            out = {k: strip(v) for k, v in obj.items() if not (k == "time_s" or str(k).endswith("_time_s"))}
+            out = {k: strip(v) for k, v in obj.items()
+                   if not (k == "time_s" or str(k).endswith(("_time_s", ".time_s")))}
             cols = out.get("columns")
             if isinstance(cols, list) and isinstance(out.get("rows"), list):
                 keep = [i for i, c in enumerate(cols) if c not in _TIME_COLUMNS]

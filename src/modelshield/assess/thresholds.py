@@ -40,6 +40,8 @@ HEADLINE_METRICS: Mapping[str, tuple[str, ...]] = {
     "text-evasion": ("text_evasion_success_rate", "text_evasion_median_words_changed"),
     "supply-chain": ("supply_chain_blocking_findings", "supply_chain_signature_verified"),
     "explain": ("explain_rank_correlation",),
+    "physical": ("physical_patch_success_rate", "physical_universal_fooling_rate",
+                 "physical_certified_accuracy", "physical_defended_accuracy", "physical_detection_rate"),
 }
 """Headline summary metrics of each built-in section (a section's other numbers are
 ``<section>.<metric>``), known before the assessment runs so a misspelt threshold fails at once."""

@@ -52,6 +52,7 @@ from modelshield.assess.plan import (
     EvasionPlan,
     ExplainPlan,
     ExtractionPlan,
+    PhysicalPlan,
     TabularPlan,
     defended_from_ref,
 )
@@ -96,7 +97,7 @@ def plan_spec(plan: AssessmentPlan, *, defended_ref: Mapping[str, Any] | None = 
     return {"sections": list(plan.sections), "n": plan.n, "batch_size": plan.batch_size, "seed": plan.seed,
             "evasion": plan.evasion.to_dict(), "blackbox": plan.blackbox.to_dict(),
             "tabular": plan.tabular.to_dict(), "extraction": plan.extraction.to_dict(),
-            "explain": plan.explain.to_dict(), "defenses": defenses}
+            "explain": plan.explain.to_dict(), "physical": plan.physical.to_dict(), "defenses": defenses}
 
 
 def plan_from_spec(spec: Mapping[str, Any]) -> AssessmentPlan:
@@ -126,7 +127,8 @@ def plan_from_spec(spec: Mapping[str, Any]) -> AssessmentPlan:
             sections=tuple(spec["sections"]), n=spec["n"], batch_size=spec["batch_size"], seed=spec["seed"],
             evasion=EvasionPlan(**spec["evasion"]), blackbox=BlackBoxPlan(**spec["blackbox"]),
             tabular=TabularPlan(**spec["tabular"]), extraction=ExtractionPlan(**spec["extraction"]),
-            explain=ExplainPlan(**spec["explain"]), defenses=DefensesPlan(**d))
+            explain=ExplainPlan(**spec["explain"]), physical=PhysicalPlan.from_dict(spec["physical"]),
+            defenses=DefensesPlan(**d))
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"assess job: the plan spec must be what plan_spec() wrote; got an error "
                           f"({type(exc).__name__}: {exc}). Rebuild the jobs with this modelshield.") from None

@@ -9,6 +9,7 @@ from modelshield.assess.sections.defenses import DefensesSection
 from modelshield.assess.sections.evasion import SEVERITY_THRESHOLDS, EvasionSection, evasion_severity
 from modelshield.assess.sections.explain import ExplainSection
 from modelshield.assess.sections.extraction import ExtractionSection
+from modelshield.assess.sections.physical import PhysicalSection
 from modelshield.assess.sections.spam import PoisoningSection, TextEvasionSection
 from modelshield.assess.sections.supply_chain import SupplyChainSection
 
@@ -20,6 +21,7 @@ __all__ = [
     "EvasionSection",
     "ExplainSection",
     "ExtractionSection",
+    "PhysicalSection",
     "PoisoningSection",
     "SupplyChainSection",
     "TabularSection",
@@ -47,3 +49,5 @@ if "supply-chain" not in SECTIONS:
     register_section(SupplyChainSection())
 if "explain" not in SECTIONS:
     register_section(ExplainSection())
+if "physical" not in SECTIONS:
+    register_section(PhysicalSection())
