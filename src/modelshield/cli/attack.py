@@ -16,15 +16,19 @@ from modelshield.attacks.evasion.registry import (
 )
 from modelshield.cli import _render as render
 from modelshield.cli._target import Target, as_query_model, load_target, parse_norm
-from modelshield.errors import ConfigError
+from modelshield.errors import ConfigError, DataError
 from modelshield.models import resolve_device
 
 __all__ = [
-    "DEVICE_HELP", "TABULAR_ATTACK", "TEXT_ATTACK", "DeviceOption", "TrustTorchScriptOption", "attack_app",
-    "load_constraints", "text_evasion_summary",
+    "DEVICE_HELP", "PHYSICAL_KINDS", "TABULAR_ATTACK", "TEXT_ATTACK", "DeviceOption",
+    "TrustTorchScriptOption", "attack_app", "load_constraints", "text_evasion_summary",
 ]
 
-attack_app = typer.Typer(help="Run a single attack against a model.", no_args_is_help=True)
+attack_app = typer.Typer(
+    help="Run a single attack against a model: evasion (one input at a time) or physical (a printable "
+         "patch or sticker, or a universal perturbation).",
+    no_args_is_help=True,
+)
 
 TABULAR_ATTACK = "tabular"
 """CLI name of the constraint-respecting tabular attack (TabularSearch)."""
@@ -295,3 +299,320 @@ def evasion(
                                             seed=seed, attacks={key: params})}
         write_json(json_out, payload, overwrite=force)
         render.say(f"Metrics written to {json_out}")
+
+
+PHYSICAL_OWNER = "modelshield attack physical"
+PHYSICAL_KINDS = ("patch", "sticker", "universal")
+"""``--kind`` of ``modelshield attack physical``: AdversarialPatch, Sticker, UniversalPerturbation."""
+PHYSICAL_STRENGTHS = (0.0, 0.5, 1.0, 1.5, 2.0)
+"""Strengths of the conditions (relative to the training ones) in summary.json's strength curve."""
+PHYSICAL_EXAMPLES = 8
+MAX_PRINT_PX = 10_000  # a side of the printable PNG (850 mm at 300 dpi): 400 MB per RGBA copy
+
+# option -> the kind that uses it (any other kind refuses it)
+_KIND_OPTIONS = {"--size": "patch", "--mask": "sticker", "--palette": "sticker", "--eps": "universal",
+                 "--norm": "universal", "--method": "universal"}
+_IMAGE_MODELS = "Use an image model, e.g. --model digits-cnn or mnist-cnn."
+
+
+def _physical_files(out: Path, kind: str) -> list[Path]:
+    """The files ``attack physical`` writes into --out, the printable PNG first."""
+    return [out / f"{kind}.png", out / "pattern.pt", out / "examples.png", out / "summary.json"]
+
+
+def _check_physical(kind: str, given: dict[str, Any], *, target_class: int | None, n_train: int,
+                    n_test: int, draws: int, print_mm: float, dpi: int) -> None:
+    """Refuse, before any work, settings that cannot work together (the attacks check their own)."""
+    from modelshield._checks import check_choice, check_range
+
+    owner = PHYSICAL_OWNER
+    check_choice("--kind", kind, PHYSICAL_KINDS, owner=owner, fix="Use e.g. --kind patch.")
+    for option, value in given.items():
+        user = _KIND_OPTIONS[option]
+        if value is not None and user != kind:
+            raise ConfigError(f"{owner}: '{option}' is used by --kind {user}; got --kind {kind}. "
+                              f"Drop {option} or use --kind {user}.")
+    if kind == "sticker" and given["--mask"] is None:
+        raise ConfigError(f"{owner}: '--mask' must be given with --kind sticker; got none. Pass a PNG at "
+                          "the images' size, white where the sticker goes and black elsewhere.")
+    if kind == "universal" and target_class is not None:
+        raise ConfigError(f"{owner}: '--target' must be omitted with --kind universal (a universal "
+                          f"perturbation is untargeted); got {target_class!r}. Drop --target, or use "
+                          "--kind patch.")
+    size = given["--size"]
+    if size is not None and not 0.0 < size < 1.0:
+        raise ConfigError(f"{owner}: '--size' must be a share of the image in (0, 1); got {size!r}. Use "
+                          "e.g. --size 0.05 for a patch covering 5% of the image.")
+    check_range("--n-train", n_train, owner=owner, low=1, integer=True, fix="Use e.g. --n-train 2000.")
+    check_range("--n-test", n_test, owner=owner, low=1, integer=True, fix="Use e.g. --n-test 500.")
+    check_range("--draws", draws, owner=owner, low=1, high=1000, integer=True, fix="Use e.g. --draws 4.")
+    check_range("--print-mm", print_mm, owner=owner, low=0.0, low_open=True, fix="Use e.g. --print-mm 50.")
+    check_range("--dpi", dpi, owner=owner, low=1, integer=True, fix="Use e.g. --dpi 300.")
+    side = print_mm / 25.4 * dpi
+    if side > MAX_PRINT_PX:
+        raise ConfigError(f"{owner}: '--print-mm' at '--dpi' must give a PNG of at most {MAX_PRINT_PX:,} "
+                          f"pixels a side; got {print_mm:g} mm at {dpi} dpi ({side:,.0f} px). Lower --dpi "
+                          "or --print-mm.")
+
+
+def _check_physical_model(model: str) -> None:
+    """Refuse a zoo model that is not an image classifier before loading (or retraining) it."""
+    from modelshield import zoo
+
+    if model in zoo.names() and (zoo.is_text(model) or len(zoo.spec(model).input_shape) != 3):
+        what = "text" if zoo.is_text(model) else "tabular"
+        raise ConfigError(f"{PHYSICAL_OWNER}: '--model' must be an image model (a physical pattern is "
+                          f"printed onto images); got {model!r}, a {what} model. {_IMAGE_MODELS}")
+
+
+def _check_physical_target(target: Target) -> None:
+    """Refuse a loaded model that is not a white-box image classifier (a user's file or callable)."""
+    name = target.model_info.get("name")
+    if not target.image or target.x.dim() != 4:
+        kind = ("text" if target.text else "tabular" if target.tabular
+                else f"shape {tuple(target.x.shape[1:])}")
+        raise ConfigError(f"{PHYSICAL_OWNER}: '--model' must be an image model on image data (N, C, H, W); "
+                          f"got {name!r} on {kind} data. {_IMAGE_MODELS}")
+    if not target.white_box:
+        raise ConfigError(f"{PHYSICAL_OWNER}: '--model' must be a PyTorch model whose gradients the attack "
+                          f"can use; got {name!r}, which is query-only. Pass a PyTorch model file (e.g. a "
+                          "state dict with --arch) or a zoo image model.")
+
+
+def _train_split(target: Target, n: int, data_dir: Path | None) -> tuple[Any, Any]:
+    """The first n rows of the training split of the target's data (the test split stays held out)."""
+    if target.data is not None:  # the user's data
+        x, y = target.data.x_train, target.data.y_train
+    else:  # a zoo model: the training split of its data set
+        from modelshield import zoo
+        from modelshield.data import load_dataset
+
+        ds = load_dataset(zoo.spec(str(target.model_info["name"])).dataset, root=data_dir)
+        x, y = ds.x_train, ds.y_train
+    if len(y) == 0:
+        raise DataError(f"{PHYSICAL_OWNER}: the data {target.data_info.get('name')!r} must have a training "
+                        "split to learn the pattern on; got none. Pass data with training and test rows.")
+    dev = target.x.device
+    return x[:n].float().clone().to(dev), y[:n].long().clone().to(dev)
+
+
+def _physical_attack(kind: str, target: Target, given: dict[str, Any], *, steps: int | None,
+                     seed: int) -> Any:
+    """The attack for --kind, built from the options (mask and palette read at the images' size)."""
+    from dataclasses import replace
+
+    from modelshield.attacks import physical
+
+    c, h, w = (int(v) for v in target.x.shape[1:])
+    atk: Any
+    if kind == "universal":
+        norm = parse_norm(given["--norm"] or "inf")
+        eps = given["--eps"] if given["--eps"] is not None else (0.1 if norm == "inf" else 1.0)
+        atk = physical.UniversalPerturbation(eps=eps, norm=norm, method=given["--method"] or "sgd", seed=seed)
+        return atk if steps is None else replace(atk, max_passes=steps)
+    if kind == "sticker":
+        mask = physical.load_mask(given["--mask"], height=h, width=w)
+        palette = (None if given["--palette"] is None
+                   else physical.load_palette(given["--palette"], channels=c, bounds=target.bounds))
+        atk = physical.Sticker(mask=mask, palette=palette, seed=seed)
+    else:
+        size = given["--size"] if given["--size"] is not None else 0.05
+        side = physical.patch_side(size, h, w)
+        if side >= h and side >= w:
+            most = int((h - 1) * (w - 1) / (h * w) * 1000) / 1000
+            raise ConfigError(f"{PHYSICAL_OWNER}: '--size' must leave part of the image visible; got "
+                              f"{size!r}, a patch of {side}x{side} pixels on {h}x{w} images. Use a smaller "
+                              f"--size (at most {most}).")
+        atk = physical.AdversarialPatch(size=size, seed=seed)
+    return atk if steps is None else replace(atk, steps=steps)
+
+
+def _learn_and_evaluate(atk: Any, model: Any, target: Target, train: tuple[Any, Any], *,
+                        target_class: int | None, draws: int, progress: Any) -> tuple[Any, Any, list[Any]]:
+    """(pattern, held-out evaluation, strength curve): learned on train, tested on the target's points."""
+    from modelshield.attacks import physical
+
+    if isinstance(atk, physical.UniversalPerturbation):
+        pattern = atk(model, *train, progress=progress)
+    else:
+        pattern = atk(model, *train, target=target_class, progress=progress)
+    progress(0, 1, f"held-out evaluation ({int(target.x.shape[0])} images)")
+    if pattern.kind == "universal":  # digital: no physical conditions to strengthen
+        curve: list[Any] = []
+        evaluation = physical.evaluate_pattern(model, pattern, target.x, target.y, draws=draws)
+    else:
+        curve = physical.strength_curve(model, pattern, target.x, target.y, strengths=PHYSICAL_STRENGTHS,
+                                        draws=draws)
+        evaluation = curve[PHYSICAL_STRENGTHS.index(1.0)]
+    progress(1, 1, "held-out evaluation")
+    return pattern, evaluation, curve
+
+
+def _physical_examples(model: Any, pattern: Any, x: Any) -> tuple[Any, Any, Any, Any]:
+    """(clean, with the pattern, their labels from fresh queries) for the first held-out images.
+
+    A patch is placed under one draw of its conditions (seeded with EVAL_SEED); a sticker is
+    stamped as printed (pixels outside its mask unchanged); a universal perturbation is added."""
+    from modelshield.attacks.ops import make_generator
+    from modelshield.attacks.physical import EVAL_SEED
+    from modelshield.models import eval_mode
+
+    clean = x[:PHYSICAL_EXAMPLES]
+    if pattern.kind == "patch":
+        gen = make_generator(EVAL_SEED, clean.device)
+        adv = pattern.apply(clean, draws=pattern.transforms.draw(clean.shape[0], gen, device=clean.device,
+                                                                  dtype=clean.dtype))
+    else:
+        adv = pattern.apply(clean)
+    with eval_mode(model):
+        return clean, adv, model.predict(clean), model.predict(adv)
+
+
+@attack_app.command("physical")
+def physical(
+    model: Annotated[str, typer.Option("--model", help=MODEL_HELP)],
+    out: Annotated[Path, typer.Option("--out", help=(
+        "Folder for KIND.png (to print), pattern.pt, examples.png and summary.json."))],
+    kind: Annotated[str, typer.Option(help=(
+        "patch (Brown et al.: a square anywhere on the image), sticker (RP2: the pixels of --mask, in "
+        "printable colours) or universal (one small perturbation within --eps, Moosavi-Dezfooli et "
+        "al.)."))] = "patch",
+    size: Annotated[float | None, typer.Option(
+        help="Patch: share of the image it covers, in (0, 1) (default 0.05).")] = None,
+    mask: Annotated[Path | None, typer.Option(help=(
+        "Sticker (required): a PNG at the images' size, white (brighter than mid-grey) where the sticker "
+        "goes, black elsewhere."))] = None,
+    palette: Annotated[Path | None, typer.Option(help=(
+        "Sticker: printable colours, a JSON list of colours (r, g, b triples, or grey values) or a text "
+        "file with one colour per line, values in 0..255 or 0..1 (default: 27 RGB or 9 grey levels an "
+        "office printer reproduces)."))] = None,
+    eps: Annotated[float | None, typer.Option(
+        help="Universal: budget in input units (default 0.1 for --norm inf, 1.0 for 2).")] = None,
+    norm: Annotated[str | None, typer.Option(help="Universal: 'inf' (default) or '2'.")] = None,
+    method: Annotated[str | None, typer.Option(help=(
+        "Universal: sgd (default; Shafahi et al., mini-batches) or deepfool (Moosavi-Dezfooli et al.'s "
+        "Algorithm 1; slower)."))] = None,
+    target_class: Annotated[int | None, typer.Option(
+        "--target", help="Patch, sticker: the class to send every input to (default: untargeted).")] = None,
+    steps: Annotated[int | None, typer.Option(help=(
+        "Patch, sticker: optimisation steps (default 300); universal: passes over the training images "
+        "(default 10)."))] = None,
+    n_train: Annotated[int, typer.Option(help="Training images (the first n of the train split).")] = 2000,
+    n_test: Annotated[int, typer.Option(help="Held-out images (the first n of the test split).")] = 500,
+    draws: Annotated[int, typer.Option(help="Fresh conditions drawn per held-out image.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the attack (the evaluation draws have their own).")] = 0,
+    print_mm: Annotated[float, typer.Option(help="Width of the printed pattern in millimetres.")] = 50.0,
+    dpi: Annotated[int, typer.Option(help="Printer resolution of the PNG, dots per inch.")] = 300,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
+    data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+    trust_torchscript: TrustTorchScriptOption = False,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Learn a printable patch, sticker or universal perturbation; test it on held-out images.
+
+    The pattern is learned on the first --n-train images of the training split, tested on the first
+    --n-test images of the test split under freshly drawn conditions (re-verified on the model), and
+    written as a PNG to print; exits 2 on bad input."""
+    resolve_device(device, owner=PHYSICAL_OWNER)  # a bad --device fails before any work
+    given = {"--size": size, "--mask": mask, "--palette": palette, "--eps": eps, "--norm": norm,
+             "--method": method}
+    _check_physical(kind, given, target_class=target_class, n_train=n_train, n_test=n_test, draws=draws,
+                    print_mm=print_mm, dpi=dpi)
+    files = _physical_files(out, kind)
+    check_new_files(files, overwrite=force, owner=PHYSICAL_OWNER)
+    _check_physical_model(model)
+    with render.progress_bar("loading model") as progress, render.show_warnings():
+        target = load_target(model, data=data, data_dir=data_dir, arch=arch, n=n_test, progress=progress,
+                             trust_torchscript=trust_torchscript, device=device)
+        _check_physical_target(target)
+        atk = _physical_attack(kind, target, given, steps=steps, seed=seed)
+        train = _train_split(target, n_train, data_dir)
+        victim = target.adapted()
+        pattern, evaluation, curve = _learn_and_evaluate(atk, victim, target, train, draws=draws,
+                                                         target_class=target_class, progress=progress)
+        examples = _physical_examples(victim, pattern, target.x)
+    summary = _write_physical(files, pattern, evaluation, curve, target, examples,
+                              n_train=int(train[0].shape[0]), seed=seed, print_mm=print_mm, dpi=dpi,
+                              force=force)
+    _say_physical(summary, out)
+
+
+def _write_physical(files: list[Path], pattern: Any, evaluation: Any, curve: list[Any], target: Target,
+                    examples: tuple[Any, Any, Any, Any], *, n_train: int, seed: int, print_mm: float,
+                    dpi: int, force: bool) -> dict[str, Any]:
+    """Write the PNG to print, pattern.pt (plain tensors), examples.png and summary.json; the summary."""
+    import io
+
+    import torch
+
+    from modelshield._io import write_atomic
+    from modelshield.attacks.physical import save_pattern_png, save_sheet
+
+    png, pt, sheet, js = files
+    png.parent.mkdir(parents=True, exist_ok=True)
+    png_info = save_pattern_png(pattern, png, print_mm=print_mm, dpi=dpi)
+    tensors = {"pattern": pattern.pattern.detach().cpu().contiguous()}
+    if pattern.mask is not None:
+        tensors["mask"] = pattern.mask.detach().cpu().contiguous()
+    buf = io.BytesIO()
+    torch.save(tensors, buf)  # plain tensors only: loads with torch.load(..., weights_only=True)
+    write_atomic(pt, buf.getvalue(), force=force)
+    clean, adv, clean_pred, adv_pred = examples
+    save_sheet(sheet, clean, adv, clean_pred, adv_pred, bounds=target.bounds,
+               class_names=target.data_info.get("classes"))
+    n_test = int(target.x.shape[0])
+    data_info = {**target.data_info, "n": n_test, "n_test": n_test, "n_train": n_train,
+                 "train_split": "train (its first n_train rows)", "test_split": "test (held out)"}
+    ev = evaluation.to_dict()
+    views = {"patch": "one draw of the patch's conditions", "sticker": "stamped as printed",
+             "universal": "added"}
+    summary = {
+        "kind": pattern.kind, "attack": pattern.attack,
+        "success_rate": ev["success_rate"], "fooling_rate": ev["fooling_rate"],
+        "pattern": pattern.to_dict(), "evaluation": ev,
+        "strength_curve": [{k: e.to_dict()[k] for k in ("strength", "success_rate", "fooling_rate")}
+                           for e in curve],
+        "png": {**png_info, "path": png.name},
+        "files": {"png": png.name, "tensors": pt.name, "examples": sheet.name, "summary": js.name},
+        "tensors": {k: list(v.shape) for k, v in tensors.items()},
+        "examples": {"n": int(clean.shape[0]), "clean_pred": clean_pred.tolist(),
+                     "adv_pred": adv_pred.tolist(), "views": views[pattern.kind]},
+        "model": target.model_info, "data": data_info,
+        "provenance": provenance(model_info=target.model_info, data_info=data_info, seed=seed,
+                                 attacks={pattern.kind: pattern.params}),
+    }
+    if not curve:
+        summary["strength_curve_note"] = "a universal perturbation is added digitally: no physical conditions"
+    write_json(js, summary, overwrite=force)
+    return summary
+
+
+def _rate(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _say_physical(summary: dict[str, Any], out: Path) -> None:
+    """The short human summary: what was learned, how it fared on held-out images, the files."""
+    from rich.markup import escape
+
+    p, e, d = summary["pattern"], summary["evaluation"], summary["data"]
+    if p["kind"] == "universal":
+        what = f"eps={p['eps']:g} ({p['norm']})"
+    elif p["kind"] == "sticker":
+        what = f"a sticker of {p['mask_pixels']} pixels"
+    else:
+        what = f"a patch covering {100 * p['share']:.1f}% of the image"
+    aim = "untargeted" if e["target"] is None else f"target class {e['target']}"
+    render.say(f"{p['attack']}: {what}, {aim}, learned on {d['n_train']} training images")
+    render.say(f"held-out success rate [red]{_rate(e['success_rate'])}[/], fooling rate "
+               f"{_rate(e['fooling_rate'])} ({d['n_test']} test images x {e['draws']} fresh draw(s); clean "
+               f"accuracy {_rate(e['clean_accuracy'])})")
+    if summary["strength_curve"]:
+        render.say("success by strength of the conditions: " + ", ".join(
+            f"{c['strength']:g}: {_rate(c['success_rate'])}" for c in summary["strength_curve"]))
+    png = summary["png"]
+    render.say(f"{png['path']}: {png['pixels'][0]}x{png['pixels'][1]} px, {png['print_mm']} mm wide at "
+               f"{png['dpi']} dpi")
+    render.say(f"{', '.join(summary['files'].values())} written to {escape(str(out))}")
