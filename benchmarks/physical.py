@@ -6,7 +6,8 @@ each of the zoo models ``mnist-cnn`` and ``fashion-cnn``:
 
 - ``patch-<model>``: an untargeted adversarial patch at 3%, 5% and 10% of the image, trained on
   ``--n-train`` training images for ``--steps`` steps of ``--batch-size`` images with Adam at
-  ``--lr``, by ``modelshield.attacks.physical.AdversarialPatch`` and by ART's
+  ``--lr`` (``--seeds`` patches per size and attack, from consecutive seeds; means and each
+  run are recorded), by ``modelshield.attacks.physical.AdversarialPatch`` and by ART's
   ``AdversarialPatchPyTorch`` (square patch) with the same size, steps, batch, learning rate and
   transformations: uniform location, rotation within +-20 degrees, scale 0.9-1.1 of the size (ART:
   ``scale_min``/``scale_max`` as the share of the image side; ART has no lighting or noise, so
@@ -14,9 +15,11 @@ each of the zoo models ``mnist-cnn`` and ``fashion-cnn``:
   test images, each under 4 freshly drawn transformations (``evaluate_pattern``, a seed
   neither attack used), re-verified on the model. Target: higher success in less time.
 - ``universal-<model>``: a universal perturbation within L-inf ``--eps`` from ``--n-uap``
-  training images: ours by SGD (Shafahi et al.) and by DeepFool (Moosavi-Dezfooli et al.'s
-  Algorithm 1), and ART's ``UniversalPerturbation`` with its DeepFool and FGSM attackers, each
-  with ``--uap-passes`` passes; fooling rate on the held-out images (the same evaluation for all).
+  training images: ours by SGD (Shafahi et al., ``--sgd-passes`` epochs) and ART's
+  ``UniversalPerturbation`` with its FGSM attacker (``--uap-passes`` passes); and, on the first
+  ``--n-uap-deepfool`` images for one pass (the algorithm is sequential, one image at a time, on
+  both sides), ours and ART's by DeepFool (Moosavi-Dezfooli et al.'s Algorithm 1). Fooling rate
+  on the held-out images (the same evaluation for all).
 - ``patchcleanser-<model>``: PatchCleanser (6x6 masks) at a 5% patch on ``--n-cert`` test images:
   clean, defended and certified accuracy, and the accuracy with and without the defence on those
   images carrying a 5% patch (trained as in ``patch-<model>``), for the zoo model as it is and
@@ -111,29 +114,28 @@ def patch_part(model: str, args: argparse.Namespace) -> dict[str, Any]:
     art_iters = max(1, round(args.steps / per_pass))
     steps = art_iters * per_pass
     rows = []
+    seeds = list(range(args.seed, args.seed + args.seeds))
     for size in SIZES:
-        ours_attack = AdversarialPatch(size=size, steps=steps, batch_size=args.batch_size, lr=args.lr,
-                                       transforms=SHARED, seed=args.seed)
-        before = load()
-        t0 = time.perf_counter()
-        ours = ours_attack(module, xtr, ytr)
-        ours_s = time.perf_counter() - t0
-        ev = evaluate_pattern(module, ours, xte, yte)
-        row: dict[str, Any] = {
-            "size": size, "side_px": patch_side(size, h, w),
-            "ours": {"time_s": _r(ours_s), "held_out_success": _r(ev.success_rate),
-                     "train_success": _r(ours.train_success), "views": ev.evasion.n,
-                     "eligible": ev.n_eligible},
-            "load_before": before,
-        }
-        if _have_art():
+        side = patch_side(size, h, w)
+        row: dict[str, Any] = {"size": size, "side_px": side, "seeds": seeds, "load_before": load()}
+        ours_runs, art_runs = [], []
+        template = None
+        for seed in seeds:
+            attack = AdversarialPatch(size=size, steps=steps, batch_size=args.batch_size, lr=args.lr,
+                                      transforms=SHARED, seed=seed)
+            t0 = time.perf_counter()
+            ours = attack(module, xtr, ytr)
+            ours_s = time.perf_counter() - t0
+            ev = evaluate_pattern(module, ours, xte, yte)
+            ours_runs.append({"time_s": _r(ours_s), "held_out_success": _r(ev.success_rate)})
+            template = ours
+            if not _have_art():
+                continue
+            import numpy as np
             from art.attacks.evasion import AdversarialPatchPyTorch
 
-            side = patch_side(size, h, w)
-            torch.manual_seed(args.seed)  # ART draws from the global generators
-            import numpy as np
-
-            np.random.seed(args.seed)
+            torch.manual_seed(seed)  # ART draws from the global generators
+            np.random.seed(seed)
             clf = _art_classifier(module, (c, h, w), 10)
             art_attack = AdversarialPatchPyTorch(
                 clf, rotation_max=SHARED.rotation, scale_min=SHARED.scale[0] * side / min(h, w),
@@ -148,9 +150,21 @@ def patch_part(model: str, args: argparse.Namespace) -> dict[str, Any]:
             theirs = dataclasses.replace(ours, attack="ART AdversarialPatchPyTorch",
                                          pattern=torch.as_tensor(art_patch, dtype=torch.float32))
             ev_art = evaluate_pattern(module, theirs, xte, yte)
-            row["art"] = {"time_s": _r(art_s), "held_out_success": _r(ev_art.success_rate)}
-            row["success_ratio"] = _r(ev.success_rate / max(ev_art.success_rate, 1e-9))
-            row["speedup"] = _r(art_s / ours_s)
+            art_runs.append({"time_s": _r(art_s), "held_out_success": _r(ev_art.success_rate)})
+        assert template is not None
+
+        def mean(runs: list[dict[str, float]], key: str) -> float:
+            return _r(sum(r[key] for r in runs) / len(runs))
+
+        row["ours"] = {"runs": ours_runs, "time_s": mean(ours_runs, "time_s"),
+                       "held_out_success": mean(ours_runs, "held_out_success"), "views": ev.evasion.n,
+                       "eligible": ev.n_eligible}
+        if art_runs:
+            row["art"] = {"runs": art_runs, "time_s": mean(art_runs, "time_s"),
+                          "held_out_success": mean(art_runs, "held_out_success")}
+            ratio = row["ours"]["held_out_success"] / max(row["art"]["held_out_success"], 1e-9)
+            row["success_ratio"] = _r(ratio)
+            row["speedup"] = _r(row["art"]["time_s"] / row["ours"]["time_s"])
         else:
             row["art"] = "skipped: pip install -c constraints.txt -e '.[peers]'"
         row["load_after"] = load()
@@ -166,7 +180,8 @@ def universal_part(model: str, args: argparse.Namespace) -> dict[str, Any]:
     xtr, ytr = ds.x_train[: args.n_uap], ds.y_train[: args.n_uap]
     xte, yte = ds.x_test[: args.n_test], ds.y_test[: args.n_test]
     out: dict[str, Any] = {"model": model, "eps": args.eps, "norm": "inf", "n_train": len(xtr),
-                           "passes": args.uap_passes, "n_test": len(xte)}
+                           "sgd_passes": args.sgd_passes, "art_fgsm_passes": args.uap_passes,
+                           "n_test": len(xte)}
     template = None
     # DeepFool's algorithm is sequential (one image at a time) on both sides: it runs on the
     # first --n-uap-deepfool images, one pass; the SGD and FGSM variants on --n-uap images.
@@ -174,7 +189,7 @@ def universal_part(model: str, args: argparse.Namespace) -> dict[str, Any]:
     out["deepfool_n_train"], out["deepfool_passes"] = small, 1
     for method in ("sgd", "deepfool"):
         xs, ys = (xtr, ytr) if method == "sgd" else (xtr[:small], ytr[:small])
-        passes = args.uap_passes if method == "sgd" else 1
+        passes = args.sgd_passes if method == "sgd" else 1
         t0 = time.perf_counter()
         uap = UniversalPerturbation(eps=args.eps, method=method, max_passes=passes,
                                     delta=0.0, seed=args.seed)(module, xs, ys)
@@ -281,20 +296,22 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-train", type=int, default=1024)
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--n-uap", type=int, default=1000)
-    p.add_argument("--n-uap-deepfool", type=int, default=100)
-    p.add_argument("--n-cert", type=int, default=300)
-    p.add_argument("--n-masked", type=int, default=20000, help="images for masked fine-tuning")
+    p.add_argument("--n-uap-deepfool", type=int, default=20)
+    p.add_argument("--n-cert", type=int, default=200)
+    p.add_argument("--n-masked", type=int, default=10000, help="images for masked fine-tuning")
     p.add_argument("--masked-epochs", type=int, default=2)
     p.add_argument("--steps", type=int, default=160)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--eps", type=float, default=0.2)
-    p.add_argument("--uap-passes", type=int, default=3)
+    p.add_argument("--uap-passes", type=int, default=2, help="ART's FGSM universal perturbation")
+    p.add_argument("--sgd-passes", type=int, default=10, help="our SGD universal perturbation")
+    p.add_argument("--seeds", type=int, default=3, help="patches trained per size and attack")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.quick:
         args.n_train, args.n_test, args.n_uap, args.n_cert = 128, 100, 50, 20
-        args.steps, args.uap_passes = 4, 1
+        args.steps, args.uap_passes, args.sgd_passes, args.seeds = 4, 1, 1, 1
         args.n_uap_deepfool, args.n_masked, args.masked_epochs = 5, 256, 1
         args.out = RESULTS / "physical_quick.json" if args.out == RESULTS / "physical.json" else args.out
     unknown = [k for k in filter(None, args.parts.split(",")) if k not in PARTS]
@@ -308,7 +325,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     settings = {k: getattr(args, k) for k in ("quick", "n_train", "n_test", "n_uap", "n_uap_deepfool",
                                               "n_cert", "n_masked", "masked_epochs", "steps",
-                                              "batch_size", "lr", "eps", "uap_passes", "seed")}
+                                              "batch_size", "lr", "eps", "uap_passes", "sgd_passes", "seeds",
+                                              "seed")}
     report: dict[str, Any] = {}
     if args.out.exists() and not args.fresh:
         try:
