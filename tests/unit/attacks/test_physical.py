@@ -25,6 +25,7 @@ from modelshield.attacks.physical import (
     non_printability,
     patch_side,
     place_patch,
+    save_pattern_png,
     strength_curve,
     total_variation,
     view_scene,
@@ -307,11 +308,18 @@ def test_bad_attack_settings_and_calls_are_refused(digits: Digits) -> None:
     with pytest.raises(InputError, match="batch of images"):
         AdversarialPatch(steps=1)(flat, torch.rand(5, 4), torch.zeros(5, dtype=torch.long))
     wide = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-    with pytest.raises(ConfigError, match="larger than the 4x16 image"):
+    with pytest.raises(ConfigError, match="does not fit inside the 4x16 image"):
         AdversarialPatch(size=0.9, steps=1)(wide, torch.rand(5, 1, 4, 16), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ConfigError, match=r"at most 0\.766"):  # 7x7 of 8x8: part stays visible
+        AdversarialPatch(size=0.99, steps=1)(model, xtr[:10], ytr[:10])
     patch = AdversarialPatch(size=0.1, steps=1)(model, xtr[:10], ytr[:10])
     with pytest.raises(InputError, match="made for"):
         evaluate_pattern(model, patch, torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long))
     with pytest.raises(InputError, match="PhysicalPattern"):
         evaluate_pattern(model, "patch.png", xtr[:4], ytr[:4])  # type: ignore[arg-type]
     assert isinstance(patch, PhysicalPattern) and math.isfinite(patch.time_s)
+    for kwargs, match in [({"dpi": 0}, "dpi"), ({"print_mm": -1.0}, "print_mm"),
+                          ({"print_mm": 5000.0, "dpi": 1200}, "10,000")]:
+        with pytest.raises(ConfigError, match=match):
+            save_pattern_png(patch, Path("never-written.png"), **kwargs)  # type: ignore[arg-type]
+    assert not Path("never-written.png").exists()

@@ -11,12 +11,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from modelshield._checks import check_range
 from modelshield.attacks.physical.results import PhysicalPattern
-from modelshield.errors import InputError
+from modelshield.errors import ConfigError, InputError
 
 __all__ = ["load_mask", "load_palette", "save_pattern_png", "save_sheet"]
 
 MM_PER_INCH = 25.4
+MAX_PRINT_PX = 10_000
+"""The largest PNG side save_pattern_png writes (a 10,000 px square is 300 MB of RGBA)."""
 
 
 def load_mask(path: str | Path, *, height: int, width: int) -> Tensor:
@@ -128,6 +131,13 @@ def save_pattern_png(pattern: PhysicalPattern, path: str | Path, *, print_mm: fl
     sticker paper and cut along the edge); a universal perturbation is shown mid-grey = 0,
     scaled to its eps. Returns what was written (pixels, scale, size in mm).
     """
+    check_range("print_mm", print_mm, owner="save_pattern_png", low=0.0, low_open=True,
+                fix="Give the printed width in millimetres, e.g. print_mm=50.")
+    check_range("dpi", dpi, owner="save_pattern_png", low=1, high=4800, integer=True,
+                fix="Give the printer's resolution, e.g. dpi=300.")
+    if print_mm / MM_PER_INCH * dpi > MAX_PRINT_PX:
+        raise ConfigError(f"save_pattern_png: {print_mm:g} mm at {dpi} dpi is more than {MAX_PRINT_PX:,} "
+                          "pixels a side. Lower dpi or print_mm.")
     if pattern.kind == "universal":
         eps = float(pattern.pattern.abs().max().clamp_min(1e-12))
         img = _to_uint8(pattern.pattern / (2 * eps) + 0.5, (0.0, 1.0))

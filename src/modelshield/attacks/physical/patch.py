@@ -79,10 +79,12 @@ class AdversarialPatch:
         m = call.gradient_model
         tgt = check_target(target, m.n_classes, owner="AdversarialPatch")
         side = patch_side(self.size, h, w)
-        if side > min(h, w):
+        if side > min(h, w) or (side == h and side == w):
+            most = (min(h, w) - (1 if h == w else 0)) ** 2 / (h * w)
             raise ConfigError(
-                f"AdversarialPatch: a patch of size={self.size} is {side}x{side} pixels, larger "
-                f"than the {h}x{w} image. Use a smaller size (at most {min(h, w) ** 2 / (h * w):.3f})."
+                f"AdversarialPatch: a patch of size={self.size} is {side}x{side} pixels, which does not "
+                f"fit inside the {h}x{w} image with part of the image left visible. Use a smaller size "
+                f"(at most {most:.3f})."
             )
         bounds = m.bounds
         gen = make_generator(self.seed, call.x.device)
