@@ -250,7 +250,7 @@ def business_view(sections: Sequence[Mapping[str, Any]], *, model: str = "M") ->
         rows.append((s, risk, severity, failed))
     rows.sort(key=lambda r: (-_SEVERITY_RANK.get(r[2], 0), _ACCESS_RANK.get(r[1].access, 9)))
     risks = []
-    plan = []
+    plan: list[dict[str, Any]] = []
     for s, risk, severity, failed in rows:
         command = risk.command.replace(" M ", f" {model} ").replace(" M&", f" {model}&")
         if command.endswith(" M"):
