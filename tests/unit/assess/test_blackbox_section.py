@@ -90,6 +90,21 @@ def test_blackbox_section_on_a_small_model(digits_mlp: tuple[nn.Module, torch.Te
     assert len(sec.metrics["hsj_curve"]) == 1 and sec.figures and "rate-limit" in sec.recommendation
     d = report.to_dict()
     assert d["summary"]["metrics"]["blackbox_success_rate"] == rates[-1]
+    # HopSkipJump minimises the norm and spends its whole budget: its row says how many points it
+    # breaks within eps, not a "queries per success" that would equal the budget.
+    hsj = sec.metrics["hsj_curve"][0]
+    assert "median_queries_per_success" not in hsj
+    assert hsj["success_within_eps"] is not None and hsj["success_within_eps"] <= hsj["success_rate"]
+    assert sec.tables[-1].columns[-1] == "success within L-inf eps=0.3"
+    assert "Clean accuracy on the 16 assessment points" in " ".join(sec.findings)
+
+
+def test_blackbox_on_a_subset_says_so(digits_mlp: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
+    net, x, y = digits_mlp
+    plan = AssessmentPlan(sections=("blackbox",), n=24, batch_size=8,
+                          blackbox=BlackBoxPlan(eps=0.3, budgets=(20,), hsj_budgets=(), n=8))
+    sec = run(net, x, y, plan=plan, model_info={"name": "mlp"}, data_info={"name": "digits"}).sections[0]
+    assert "the first 8 of the 24 assessment points" in " ".join(sec.findings)
 
 
 def test_tabular_section_with_an_inferred_spec() -> None:
