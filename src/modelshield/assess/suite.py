@@ -27,6 +27,7 @@ from modelshield.assess._section import (
     max_severity,
     skipped_section,
 )
+from modelshield.assess.business import business_view
 from modelshield.assess.plan import AssessmentPlan
 from modelshield.attacks.verify import check_batch
 from modelshield.errors import IntegrityError, ModelShieldError
@@ -203,6 +204,11 @@ class Assessment:
             "sections": [s.to_dict() for s in self.sections],
             "provenance": prov,
         })
+        # For the business: plain-words summary, impact and frameworks per risk, remediation plan.
+        info = self.model_info
+        ref = str((info.get("name") if info.get("source") in ("zoo", "callable") else info.get("path"))
+                  or info.get("name") or "M")
+        report["business"] = jsonable(business_view(report["sections"], model=ref))
         return report
 
 

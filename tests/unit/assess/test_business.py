@@ -76,3 +76,16 @@ def test_a_report_without_findings_does_not_claim_robustness() -> None:
     view = business_view([_section("evasion", "none"), _section("blackbox", "none")])
     assert view["remediation_plan"] == []
     assert "not a proof of robustness" in view["executive_summary"][0]
+
+
+def test_a_report_carries_its_business_view(digits_mlp: Any) -> None:
+    from modelshield.assess import AssessmentPlan, BlackBoxPlan, run
+
+    net, x, y = digits_mlp
+    plan = AssessmentPlan(sections=("blackbox",), n=16, batch_size=16,
+                          blackbox=BlackBoxPlan(eps=0.3, budgets=(50,), hsj_budgets=(), n=None))
+    report = run(net, x, y, plan=plan, model_info={"name": "mlp", "source": "zoo"},
+                 data_info={"name": "digits"}).to_dict()
+    view = report["business"]
+    assert view == business_view(report["sections"], model="mlp")
+    assert view["risks"][0]["section"] == "blackbox" and view["executive_summary"]
