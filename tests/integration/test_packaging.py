@@ -176,3 +176,50 @@ def test_declared_dependencies_are_installed() -> None:
         except md.PackageNotFoundError:
             missing.append(name)
     assert not missing, f"declared but not installed: {missing}"
+
+
+PACKAGE_DATA = ("modelshield/data/embedded/Training_Dataset.arff.gz",
+                "modelshield/data/embedded/SMSSpamCollection.gz",
+                "modelshield/data/embedded/SMSSpamCollection-readme.txt",
+                "modelshield/data/embedded/ATTRIBUTION.txt",
+                "modelshield/data/phishing_constraints.yaml",
+                "modelshield/py.typed")
+
+
+def _can_build_wheel_offline() -> bool:
+    """setuptools builds wheels itself from 70.1; before that it needs the `wheel` package."""
+    import importlib.util
+
+    import setuptools
+
+    major, minor = (int(p) for p in setuptools.__version__.split(".")[:2])
+    return (major, minor) >= (70, 1) or importlib.util.find_spec("wheel") is not None
+
+
+@pytest.mark.slow  # a few seconds: copies the project and builds it
+def test_a_build_of_the_repository_ships_the_package_data(tmp_path: Path) -> None:
+    """The wheel (or, where setuptools cannot build one offline, its build_py stage, which is what
+    fills the wheel) holds the embedded data sets, their credits and the other package data."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    shutil.copy(REPO / "pyproject.toml", proj)
+    shutil.copy(REPO / "README.md", proj)
+    shutil.copytree(REPO / "src", proj / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    if _can_build_wheel_offline():
+        cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+               "--no-index", "-w", str(tmp_path / "dist"), str(proj)]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+        [wheel] = (tmp_path / "dist").glob("modelshield-*.whl")
+        names = set(zipfile.ZipFile(wheel).namelist())
+    else:
+        cmd = [sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "build_py",
+               "--build-lib", str(tmp_path / "lib")]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=300, cwd=proj)
+        names = {p.relative_to(tmp_path / "lib").as_posix() for p in (tmp_path / "lib").rglob("*")}
+    missing = [f for f in PACKAGE_DATA if f not in names]
+    assert not missing, f"not in the build: {missing}; add them to [tool.setuptools.package-data]"

@@ -3,6 +3,10 @@ the UCI phishing-websites tabular data and the SMS Spam Collection (``load_sms_s
 texts in a :class:`TextDataset`), and ``load_data`` for any data reference (a built-in name,
 an ``.npz``, a CSV / Parquet table, an image folder, a labelled-text file) into a :class:`UserData`.
 
+The phishing and SMS spam data ship inside the package (the UCI files' original bytes, CC BY
+4.0; credits in :data:`ATTRIBUTIONS`), read when no data folder holds the files: nothing is
+downloaded, and a loader's ``source`` says which copy it read.
+
 Every image loader returns a :class:`Dataset` with float32 images in [0, 1] shaped
 ``(N, 1, H, W)`` and int64 labels; tabular loaders return a :class:`TabularDataset` with
 ``(N, D)`` float32 rows (``load_tabular_dataset``). Loaders raise :class:`~modelshield.errors.DataError` (or
@@ -15,6 +19,7 @@ import difflib
 from pathlib import Path
 
 from modelshield.data._dataset import DATA_ENV, Dataset, data_dir
+from modelshield.data._embedded import ATTRIBUTIONS
 from modelshield.data.digits import load_digits
 from modelshield.data.idx import load_fashion_mnist, load_idx, load_mnist
 from modelshield.data.phishing import TabularDataset, load_phishing
@@ -23,6 +28,7 @@ from modelshield.data.sms_spam import TextDataset, load_sms_spam
 from modelshield.errors import ConfigError
 
 __all__ = [
+    "ATTRIBUTIONS",
     "BUILTIN_DATA",
     "DATASETS",
     "DATA_ENV",
@@ -93,7 +99,8 @@ def load_tabular_dataset(
     Args:
         name: one of ``TABULAR_DATASETS``: ``"phishing-websites"`` (UCI Phishing Websites,
             see ``load_phishing``).
-        root: the data folder; None means ``$MODELSHIELD_DATA``.
+        root: the data folder; None means ``$MODELSHIELD_DATA``. Without a folder holding the
+            file, the copy embedded in the package is read.
         deduplicate: drop exact duplicate rows before splitting (the phishing data hold 5,206).
 
     Returns:
@@ -101,7 +108,8 @@ def load_tabular_dataset(
 
     Raises:
         ConfigError: unknown name (the message lists the names).
-        MissingDataError: the file is not found. DataError: a malformed row.
+        MissingDataError: no folder holds the file and the embedded copy is not installed.
+        DataError: a malformed row.
 
     Example:
         ds = load_tabular_dataset("phishing-websites", deduplicate=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,8 @@ from torch import Tensor
 from modelshield.errors import MissingDataError
 
 __all__ = ["DATA_ENV", "Dataset", "data_dir"]
+
+logger = logging.getLogger(__name__)
 
 DATA_ENV = "MODELSHIELD_DATA"
 """Environment variable naming the folder that holds the data sets (e.g. ``<dir>/mnist``)."""
@@ -100,28 +103,23 @@ def data_dir(root: str | Path | None = None) -> Path:
     return path.resolve()
 
 
-def find_data_file(
-    root: str | Path | None, *, owner: str, folder: str, names: tuple[str, ...], fix: str
-) -> Path:
-    """The first of ``names`` found in ``<base>/<folder>/`` or ``<base>/``.
+def find_data_file(root: str | Path | None, *, folder: str, names: tuple[str, ...]) -> Path | None:
+    """The first of ``names`` found in ``<base>/<folder>/`` or ``<base>/``, else None.
 
-    ``base`` is ``root`` if given, else ``$MODELSHIELD_DATA``. Raises MissingDataError naming
-    every path tried and ``fix`` when none exists, or when neither root nor the variable is set.
+    ``base`` is ``root`` if given, then ``$MODELSHIELD_DATA`` if set (a folder given for other
+    data sets, e.g. MNIST only, need not hold these files). None means neither is set or neither
+    holds any of the files: callers then read their embedded copy, and say so in ``source``.
     """
-    if root is not None:
-        base, origin = Path(root).expanduser(), "root"
-    else:
-        env = os.environ.get(DATA_ENV, "").strip()
-        if not env:
-            raise MissingDataError(
-                f"{owner}: a data folder must be given; got root=None and {DATA_ENV} unset. {fix}."
-            )
-        base, origin = Path(env).expanduser(), DATA_ENV
-    tried = [d / name for d in (base / folder, base) for name in names]
-    for candidate in tried:
-        if candidate.is_file():
-            return candidate.resolve()
-    raise MissingDataError(
-        f"{owner}: {' or '.join(names)} must exist under {origin}={str(base)!r}; looked for "
-        f"{', '.join(map(str, tried))}. {fix}."
-    )
+    env = os.environ.get(DATA_ENV, "").strip()
+    bases = [(Path(b).expanduser(), origin) for b, origin in ((root, "root"), (env or None, DATA_ENV))
+             if b is not None]
+    for base, _ in bases:
+        for d in (base / folder, base):
+            for name in names:
+                candidate = d / name
+                if candidate.is_file():
+                    return candidate.resolve()
+    if bases:
+        logger.info("no %s under %s; using the embedded copy", " or ".join(names),
+                    ", ".join(f"{origin}={str(base)!r}" for base, origin in bases))
+    return None

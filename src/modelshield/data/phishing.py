@@ -14,6 +14,7 @@ from torch import Tensor
 from modelshield._checks import check_range
 from modelshield._resources import check_text_file_memory
 from modelshield.data._dataset import DATA_ENV, find_data_file
+from modelshield.data._embedded import embedded_source, read_embedded
 from modelshield.errors import ConfigError, DataError
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
 PHISHING_FILES: tuple[str, ...] = ("Training_Dataset.arff", "phishing_websites.csv")
 """File names looked for, in this order, under ``<root>/phishing-websites/`` and ``<root>/``."""
 
+PHISHING_DATASET = "phishing-websites"
 PHISHING_FOLDER = "phishing-websites"
 PHISHING_CLASSES: tuple[str, ...] = ("legitimate", "phishing")
 PHISHING_CONSTRAINTS = Path(__file__).with_name("phishing_constraints.yaml")
@@ -58,7 +60,7 @@ class TabularDataset:
         y_train, y_test: ``(N,)`` int64 labels, indices into ``class_names``.
         class_names: class names by label; for phishing ``("legitimate", "phishing")``.
         sha256: SHA-256 of the source file's bytes.
-        source: the path of the file read.
+        source: the path of the file read, or ``"modelshield (embedded copy of ..., CC BY 4.0)"``.
         bounds: the natural range of every feature, for ``as_model(..., bounds=...)``.
     """
 
@@ -108,7 +110,10 @@ def load_phishing(
 
     The file is looked for as ``<root>/phishing-websites/<file>`` or ``<root>/<file>`` for
     ``Training_Dataset.arff`` (the original ARFF) then ``phishing_websites.csv`` (the same
-    rows with a header line). ``root`` takes precedence over ``$MODELSHIELD_DATA``. The split
+    rows with a header line), then likewise under ``$MODELSHIELD_DATA``; a folder that holds
+    neither file is passed over. Without either, the copy of the UCI ARFF embedded in the package
+    is read (CC BY 4.0, see ``modelshield.data.ATTRIBUTIONS``): same bytes, same ``sha256``,
+    ``source`` naming the embedded copy. Nothing is downloaded. The split
     is stratified by class and fixed by ``seed`` (a private RandomState; the global RNG is not
     touched). The data hold 5,206 exact duplicate rows, so a random split puts copies of
     training rows in the test set; ``deduplicate=True`` keeps the first copy of each
@@ -116,7 +121,7 @@ def load_phishing(
 
     Args:
         root: folder holding ``phishing-websites/`` (or the files directly); None means
-            ``$MODELSHIELD_DATA``.
+            ``$MODELSHIELD_DATA``, else the embedded copy.
         test_fraction: share of rows held out for testing, in (0, 1).
         seed: seed of the split.
         deduplicate: drop exact duplicate rows before splitting.
@@ -125,9 +130,10 @@ def load_phishing(
         A TabularDataset with float32 features in [-1, 1] and int64 labels (1 = phishing).
 
     Raises:
-        MissingDataError: no root and no ``$MODELSHIELD_DATA``, or neither file is found
-            (the message names the files and the fix).
-        DataError: a malformed row (the message names the file and line number).
+        MissingDataError: no data folder holds the files and the package lacks its embedded
+            copy (an install without package data; the message names the fix).
+        DataError: a malformed row (the message names the file and line number), or a damaged
+            embedded copy.
         ConfigError: test_fraction or seed out of range.
 
     Reference:
@@ -150,8 +156,13 @@ def load_phishing(
         )
     check_range("seed", seed, owner="load_phishing", low=0, high=2**32 - 1, integer=True)
     path = _find(root)
-    stat = path.stat()
-    x, y, digest = _read(str(path), stat.st_mtime_ns, stat.st_size)
+    if path is None:
+        x, y, digest = _read_embedded()
+        source = embedded_source(PHISHING_DATASET)
+    else:
+        stat = path.stat()
+        x, y, digest = _read(str(path), stat.st_mtime_ns, stat.st_size)
+        source = str(path)
     if deduplicate:
         _, first = np.unique(np.column_stack([x, y]), axis=0, return_index=True)
         keep = np.sort(first)
@@ -162,7 +173,7 @@ def load_phishing(
         x, y, test_size=float(test_fraction), random_state=seed, stratify=y
     )
     return TabularDataset(
-        name="phishing-websites",
+        name=PHISHING_DATASET,
         feature_names=PHISHING_FEATURES,
         x_train=torch.tensor(np.ascontiguousarray(x_tr)),
         y_train=torch.tensor(np.ascontiguousarray(y_tr)),
@@ -170,7 +181,7 @@ def load_phishing(
         y_test=torch.tensor(np.ascontiguousarray(y_te)),
         class_names=PHISHING_CLASSES,
         sha256=digest,
-        source=str(path),
+        source=source,
     )
 
 
@@ -180,15 +191,27 @@ _FIX = (
 )
 
 
-def _find(root: str | Path | None) -> Path:
-    return find_data_file(root, owner="load_phishing", folder=PHISHING_FOLDER, names=PHISHING_FILES, fix=_FIX)
+def _find(root: str | Path | None) -> Path | None:
+    """The data folder's file, or None for the embedded copy."""
+    return find_data_file(root, folder=PHISHING_FOLDER, names=PHISHING_FILES)
 
 
 @lru_cache(maxsize=4)
 def _read(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray, str]:
     """(x float32 (N, 30), y int64 (N,), sha256) of one file; cached by path, mtime and size."""
     check_text_file_memory("load_phishing", path, size)
-    raw = Path(path).read_bytes()
+    return _parse(Path(path).read_bytes(), path, arff=path.lower().endswith(".arff"))
+
+
+@lru_cache(maxsize=1)
+def _read_embedded() -> tuple[np.ndarray, np.ndarray, str]:
+    """(x, y, sha256) of the embedded ARFF (800 kB: no memory check needed)."""
+    raw = read_embedded(PHISHING_DATASET, owner="load_phishing", fix=_FIX)
+    return _parse(raw, embedded_source(PHISHING_DATASET), arff=True)
+
+
+def _parse(raw: bytes, path: str, *, arff: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    """(x, y, sha256) of an ARFF or CSV file's bytes; ``path`` names it in errors."""
     digest = hashlib.sha256(raw).hexdigest()
     try:
         text = raw.decode("utf-8")
@@ -196,7 +219,7 @@ def _read(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray, 
         raise DataError(f"load_phishing: {path!r} must be UTF-8/ASCII text; got {exc}.") from exc
     lines = text.splitlines()
     declared: list[set[int]] | None = None
-    if path.lower().endswith(".arff"):
+    if arff:
         start, declared = _arff_header(lines, path)
     else:
         _csv_header(lines, path)

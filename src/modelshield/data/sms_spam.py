@@ -16,6 +16,7 @@ from modelshield._checks import check_range
 from modelshield._io import write_atomic
 from modelshield._resources import check_text_file_memory
 from modelshield.data._dataset import DATA_ENV, find_data_file
+from modelshield.data._embedded import embedded_source, read_embedded
 from modelshield.errors import ConfigError, DataError, InputError, MissingDataError
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "write_labelled_texts",
 ]
 
+SMS_SPAM_DATASET = "sms-spam"
 SMS_SPAM_FILE = "SMSSpamCollection"
 SMS_SPAM_FOLDER = "sms-spam"
 SMS_SPAM_CLASSES: tuple[str, ...] = ("ham", "spam")
@@ -44,7 +46,7 @@ class TextDataset:
         y_train, y_test: ``(N,)`` int64 labels, indices into ``class_names`` (1 = spam).
         class_names: class names by label, ``("ham", "spam")``.
         sha256: SHA-256 of the source file's bytes.
-        source: the path of the file read.
+        source: the path of the file read, or ``"modelshield (embedded copy of ..., CC BY 4.0)"``.
     """
 
     name: str
@@ -77,15 +79,18 @@ def load_sms_spam(
     """Load the SMS Spam Collection v.1 (5,574 messages: 4,827 ham, 747 spam).
 
     The file (one message a line: ``ham`` or ``spam``, a tab, the text) is looked for as
-    ``<root>/sms-spam/SMSSpamCollection`` then ``<root>/SMSSpamCollection``; ``root`` takes
-    precedence over ``$MODELSHIELD_DATA``. The split is stratified by class and fixed by
-    ``seed`` (scikit-learn's ``train_test_split`` with a private RandomState; the global RNG is
-    not touched). The corpus holds about 400 exact duplicate messages, so a random split puts
-    copies of training messages in the test set; ``deduplicate=True`` keeps the first copy of
-    each (label, text) pair before splitting.
+    ``<root>/sms-spam/SMSSpamCollection`` then ``<root>/SMSSpamCollection``, then likewise under
+    ``$MODELSHIELD_DATA``; a folder without it is passed over. Without either, the copy embedded
+    in the package is read (CC BY 4.0, see ``modelshield.data.ATTRIBUTIONS``): same bytes, same
+    ``sha256``, ``source`` naming the embedded copy. Nothing is downloaded. The split is
+    stratified by class and fixed by ``seed`` (scikit-learn's ``train_test_split`` with a
+    private RandomState; the global RNG is not touched). The corpus holds about 400 exact
+    duplicate messages, so a random split puts copies of training messages in the test set;
+    ``deduplicate=True`` keeps the first copy of each (label, text) pair before splitting.
 
     Args:
-        root: folder holding ``sms-spam/`` (or the file directly); None means ``$MODELSHIELD_DATA``.
+        root: folder holding ``sms-spam/`` (or the file directly); None means ``$MODELSHIELD_DATA``,
+            else the embedded copy.
         test_fraction: share of messages held out for testing, in (0, 1).
         seed: seed of the split.
         deduplicate: drop exact duplicate (label, text) pairs before splitting.
@@ -94,9 +99,10 @@ def load_sms_spam(
         A TextDataset with labels 0 = ham, 1 = spam.
 
     Raises:
-        MissingDataError: no root and no ``$MODELSHIELD_DATA``, or the file is not found.
+        MissingDataError: no data folder holds the file and the package lacks its embedded
+            copy (an install without package data; the message names the fix).
         DataError: a malformed line (bad label, missing tab, empty text, bytes that are not
-            UTF-8); the message names the line number and the fix.
+            UTF-8); the message names the line number and the fix. Or a damaged embedded copy.
         ConfigError: test_fraction or seed out of range.
 
     Reference:
@@ -118,8 +124,13 @@ def load_sms_spam(
         )
     check_range("seed", seed, owner="load_sms_spam", low=0, high=2**32 - 1, integer=True)
     path = _find(root)
-    stat = path.stat()
-    texts, labels, digest = _read(str(path), stat.st_mtime_ns, stat.st_size, "load_sms_spam")
+    if path is None:
+        texts, labels, digest = _read_embedded()
+        source = embedded_source(SMS_SPAM_DATASET)
+    else:
+        stat = path.stat()
+        texts, labels, digest = _read(str(path), stat.st_mtime_ns, stat.st_size, "load_sms_spam")
+        source = str(path)
     idx = np.arange(len(texts))
     if deduplicate:
         seen: set[tuple[int, str]] = set()
@@ -133,14 +144,14 @@ def load_sms_spam(
 
     tr, te = train_test_split(idx, test_size=float(test_fraction), random_state=seed, stratify=labels[idx])
     return TextDataset(
-        name="sms-spam",
+        name=SMS_SPAM_DATASET,
         texts_train=tuple(texts[i] for i in tr),
         y_train=torch.tensor(labels[tr]),
         texts_test=tuple(texts[i] for i in te),
         y_test=torch.tensor(labels[te]),
         class_names=SMS_SPAM_CLASSES,
         sha256=digest,
-        source=str(path),
+        source=source,
     )
 
 
@@ -239,10 +250,9 @@ _FIX = (
 )
 
 
-def _find(root: str | Path | None) -> Path:
-    return find_data_file(
-        root, owner="load_sms_spam", folder=SMS_SPAM_FOLDER, names=(SMS_SPAM_FILE,), fix=_FIX
-    )
+def _find(root: str | Path | None) -> Path | None:
+    """The data folder's file, or None for the embedded copy."""
+    return find_data_file(root, folder=SMS_SPAM_FOLDER, names=(SMS_SPAM_FILE,))
 
 
 @lru_cache(maxsize=8)
@@ -255,7 +265,20 @@ def _read(
 ) -> tuple[tuple[str, ...], np.ndarray, str]:
     """(texts, labels int64, sha256) of one file; cached by path, mtime and size."""
     check_text_file_memory(owner, path, size)
-    raw = Path(path).read_bytes()
+    return _parse(Path(path).read_bytes(), path, owner, class_names)
+
+
+@lru_cache(maxsize=1)
+def _read_embedded() -> tuple[tuple[str, ...], np.ndarray, str]:
+    """(texts, labels, sha256) of the embedded SMSSpamCollection (480 kB: no memory check needed)."""
+    raw = read_embedded(SMS_SPAM_DATASET, owner="load_sms_spam", fix=_FIX)
+    return _parse(raw, embedded_source(SMS_SPAM_DATASET), "load_sms_spam", SMS_SPAM_CLASSES)
+
+
+def _parse(
+    raw: bytes, path: str, owner: str, class_names: tuple[str, ...]
+) -> tuple[tuple[str, ...], np.ndarray, str]:
+    """(texts, labels int64, sha256) of a labelled-text file's bytes; ``path`` names it in errors."""
     digest = hashlib.sha256(raw).hexdigest()
     lookup = {name.casefold(): i for i, name in enumerate(class_names)}
     allowed = ", ".join(repr(c) for c in class_names)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from modelshield.data.phishing import PHISHING_FEATURES, load_phishing
-from modelshield.errors import ConfigError, DataError, MissingDataError
+from modelshield.errors import ConfigError, DataError
 
 FOLDER = "phishing-websites"
 
@@ -79,15 +79,23 @@ def test_deduplicate_keeps_one_copy_per_row(phish_dir: Path) -> None:
     assert ds.x_train.shape[0] + ds.x_test.shape[0] == len(np.unique(raw, axis=0))
 
 
-def test_root_beats_env_and_missing_data(phish_dir: Path, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_root_beats_env_and_folders_without_the_files_give_the_embedded_copy(
+    phish_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A data folder without the files (e.g. one holding MNIST only) is passed over: the copy
+    # embedded in the package is read, the same bytes, and `source` says so.
+    embedded = "modelshield (embedded copy of Training_Dataset.arff, CC BY 4.0)"
     monkeypatch.setenv("MODELSHIELD_DATA", str(tmp_path))
-    with pytest.raises(MissingDataError, match=r"Training_Dataset\.arff or phishing_websites\.csv"):
-        load_phishing()
-    assert load_phishing(phish_dir.parent).x_train.shape[1] == 30
+    from_env = load_phishing()
+    assert from_env.source == embedded
+    from_root = load_phishing(phish_dir.parent)
+    assert from_root.source == str((phish_dir / "Training_Dataset.arff").resolve())
+    assert from_root.sha256 == from_env.sha256 and torch.equal(from_root.x_test, from_env.x_test)
+    assert load_phishing(tmp_path / "absent").source == embedded
+    monkeypatch.setenv("MODELSHIELD_DATA", str(phish_dir.parent))
+    assert load_phishing(tmp_path).source == from_root.source  # root lacks them: $MODELSHIELD_DATA next
     monkeypatch.delenv("MODELSHIELD_DATA")
-    with pytest.raises(MissingDataError, match="MODELSHIELD_DATA unset"):
-        load_phishing()
+    assert load_phishing().source == embedded
 
 
 def _write_csv(path: Path, rows: list[str]) -> None:

@@ -17,6 +17,7 @@ from PIL import Image
 
 from modelshield.data import UserData, load_data
 from modelshield.data import refs as refs_mod
+from modelshield.data._embedded import EMBEDDED_DATA
 from modelshield.errors import ConfigError, DataError, MissingDataError
 
 
@@ -522,8 +523,10 @@ def test_builtin_names(tmp_path: Path) -> None:
     assert spam.kind == "text" and spam.class_names == ("ham", "spam") and len(spam.y_test) == 4
     with pytest.raises(ConfigError, match="'bounds' apply to image and tabular data"):
         load_data("sms-spam", data_root=tmp_path, bounds=(0.0, 1.0))
-    with pytest.raises(MissingDataError, match="SMSSpamCollection"):
-        load_data("sms-spam", data_root=tmp_path / "nowhere")
+    # A folder without the file gives the copy embedded in the package (same digest as the UCI file).
+    embedded = load_data("sms-spam", data_root=tmp_path / "nowhere")
+    assert embedded.provenance.sha256 == EMBEDDED_DATA["sms-spam"].sha256
+    assert len(embedded.y_train) + len(embedded.y_test) == 5574
 
 
 def test_missing_and_unknown_references(tmp_path: Path) -> None:

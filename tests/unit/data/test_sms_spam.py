@@ -46,11 +46,12 @@ def test_env_and_direct_file(spam_root: Path, tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("MODELSHIELD_DATA", str(tmp_path))
     ds = load_sms_spam(test_fraction=0.5)
     assert len(ds.texts_train) == 4 and int(ds.y_train.sum()) == 2
+    assert ds.source == str(tmp_path / "SMSSpamCollection")
+    # Without a folder holding the file, the copy embedded in the package is read.
+    embedded = "modelshield (embedded copy of SMSSpamCollection, CC BY 4.0)"
     monkeypatch.delenv("MODELSHIELD_DATA")
-    with pytest.raises(MissingDataError, match="MODELSHIELD_DATA"):
-        load_sms_spam()
-    with pytest.raises(MissingDataError, match="SMSSpamCollection"):
-        load_sms_spam(tmp_path / "nowhere")
+    assert load_sms_spam().source == embedded
+    assert load_sms_spam(tmp_path / "nowhere").source == embedded
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from modelshield import zoo
+from modelshield.data._embedded import EMBEDDED_DATA, embedded_source
 from modelshield.errors import ConfigError, DataError, MissingDataError
 from modelshield.models.load import save_model, weights_sha256
 from modelshield.zoo import catalog
@@ -214,6 +215,41 @@ def test_mnist_without_data_says_how_to_fix(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(MissingDataError, match="MODELSHIELD_DATA"):
         zoo.load("mnist-cnn")
     assert not zoo.is_cached("mnist-cnn")
+
+
+@pytest.mark.parametrize(("name", "fingerprint"), [("phishing-logreg", "phishing_fingerprint"),
+                                                  ("spam-nb", "spam_fingerprint")])
+def test_tabular_and_text_models_need_no_data_folder(
+    name: str, fingerprint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the UCI data embedded in the package stand in for a data folder
+    monkeypatch.setenv("MODELSHIELD_CACHE", str(tmp_path))
+    monkeypatch.delenv("MODELSHIELD_DATA", raising=False)
+    dataset = zoo.spec(name).dataset
+    trained = zoo.train(name)
+    assert trained.meta["data_source"] == embedded_source(dataset)
+    assert trained.meta["data_sha256"] == EMBEDDED_DATA[dataset].sha256
+    loaded = zoo.load(name)
+    assert loaded.meta[fingerprint] == trained.meta[fingerprint]
+    if dataset == "sms-spam":
+        assert len(zoo.text_split(name, n=3)[0]) == 3
+    else:
+        assert zoo.test_split(name, n=3)[0].shape == (3, 30)
+
+
+def test_a_model_trained_on_the_uci_file_loads_on_the_embedded_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arff = shared_data() / "phishing-websites" / "Training_Dataset.arff"
+    if not arff.is_file():
+        pytest.skip(f"{arff} not found; set MODELSHIELD_DATA to the folder holding phishing-websites/")
+    monkeypatch.setenv("MODELSHIELD_CACHE", str(tmp_path))
+    trained = zoo.train("phishing-logreg", data_root=shared_data())
+    assert trained.meta["data_source"] == str(arff.resolve())
+    monkeypatch.delenv("MODELSHIELD_DATA", raising=False)
+    loaded = zoo.load("phishing-logreg")  # same digest, same fingerprint: the cached record applies
+    assert loaded.meta["data_source"] == embedded_source("phishing-websites")
+    assert loaded.meta["phishing_fingerprint"] == trained.meta["phishing_fingerprint"]
 
 
 @pytest.mark.slow
