@@ -32,7 +32,7 @@ EMBEDDED_DATA: dict[str, EmbeddedFile] = {
         file="Training_Dataset.arff",
         sha256="0dfcd84ccdedca6e1be2ce26452c1f1089ac3f839b9a1b0ab1cdcf6d895f9a70",
         credit=(
-            '"Phishing Websites" by Rami M. Mohammad, Fadi Thabtah and Lee McCluskey, UCI Machine '
+            '"Phishing Websites" by Rami M. Mohammad and Lee McCluskey, UCI Machine '
             "Learning Repository (2015), https://archive.ics.uci.edu/dataset/327/phishing+websites, "
             f"doi:10.24432/C51W2X, {_LICENCE}; the file Training_Dataset.arff is shipped unchanged "
             "(gzip-compressed)."

@@ -97,7 +97,7 @@ def test_attributions_credit_every_embedded_data_set() -> None:
                      EMBEDDED_DATA[name].file, "unchanged"):
             assert part in credit, (name, part)
         assert EMBEDDED_DATA[name].sha256 in text
-    assert all(who in ATTRIBUTIONS["phishing-websites"] for who in ("Mohammad", "Thabtah", "McCluskey"))
+    assert all(who in ATTRIBUTIONS["phishing-websites"] for who in ("Mohammad", "McCluskey"))
     assert "Almeida" in ATTRIBUTIONS["sms-spam"] and "Gómez Hidalgo" in ATTRIBUTIONS["sms-spam"]
     # the authors' readme travels with the corpus: its copyright notice and disclaimer
     readme = EMBEDDED.joinpath("SMSSpamCollection-readme.txt").read_text(encoding="utf-8")
