@@ -67,7 +67,8 @@ def target_options(*, label_col: str | None, feature_cols: str | None, text_col:
     return TargetOptions(label_col=label_col, feature_cols=split(feature_cols), text_col=text_col,
                          trust_pickle=trust_pickle, trust_export=trust_export,
                          skops_trusted=split(skops_trust) or ())
-DATA_DIR_HELP = "Folder holding mnist/, fashion-mnist/ and phishing-websites/ (default: $MODELSHIELD_DATA)."
+DATA_DIR_HELP = ("Folder holding mnist/ and fashion-mnist/ (default: $MODELSHIELD_DATA); phishing-websites "
+                 "and sms-spam are read from it when there, else from the copies inside modelshield.")
 ARCH_HELP = ("Architecture of a bare state-dict model file: a zoo architecture (e.g. cnn-8x8) or your own "
              "package.module:function that builds the untrained nn.Module.")
 TRUST_TORCHSCRIPT_HELP = (

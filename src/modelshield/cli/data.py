@@ -23,7 +23,8 @@ _DATA_HELP = (
     f"'{SMS_SPAM}' (the SMS Spam Collection) or a path to a '<label>\\t<text>' file "
     "(labels ham/spam, UTF-8, one message a line)."
 )
-_DATA_DIR_HELP = "Folder holding sms-spam/ (default: $MODELSHIELD_DATA)."
+_DATA_DIR_HELP = ("Folder holding sms-spam/ (default: $MODELSHIELD_DATA; without one, the copy inside "
+                  "modelshield).")
 
 
 def load_text_data(data: str, data_dir: Path | None, *, seed: int = 0) -> Any:
