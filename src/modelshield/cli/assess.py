@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,6 +10,7 @@ import typer
 from rich.markup import escape
 from torch import nn
 
+from modelshield._checks import check_choice, check_range
 from modelshield.assess import (
     AssessmentPlan,
     BlackBoxPlan,
@@ -32,6 +34,7 @@ from modelshield.assess.plan import (
     defended_from_ref,
     parse_floats,
 )
+from modelshield.assess.regression import Comparison, check_baseline, compare_reports, load_report
 from modelshield.assess.suite import target_inputs
 from modelshield.cli import _render as render
 from modelshield.cli._runner import (
@@ -145,9 +148,70 @@ def _absolute(ref: str) -> str:
     return str(path.resolve())
 
 
+FAIL_ON = ("regression",)
+"""What ``--fail-on`` accepts: ``regression`` (exit 1 when the comparison with --baseline regressed)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Baseline:
+    """``--baseline``: the report compared with, its path, the tolerance and whether it gates the exit."""
+
+    report: dict[str, Any]
+    path: Path
+    tolerance: float | None = None
+    gate: bool = False
+
+
+def _baseline(path: Path | None, fail_on: list[str] | None, tolerance: float | None) -> Baseline | None:
+    """The loaded ``--baseline`` (checked before any work), or None; bad options raise ConfigError."""
+    owner = "modelshield assess"
+    for value in fail_on or []:
+        check_choice("--fail-on", value, FAIL_ON, owner=owner,
+                     fix="Use --fail-on regression together with --baseline old/report.json.")
+    gate = "regression" in (fail_on or [])
+    if path is None:
+        for name, given in (("--fail-on regression", gate), ("--baseline-tolerance", tolerance is not None)):
+            if given:
+                raise ConfigError(f"{owner}: {name!r} compares with a baseline report; got {name} without "
+                                  "--baseline. Add --baseline old/report.json (an earlier assessment's "
+                                  "report), or drop the option.")
+        return None
+    if tolerance is not None:
+        check_range("--baseline-tolerance", tolerance, owner=owner, low=0.0, high=1.0,
+                    fix="Give an absolute tolerance for rates, e.g. 0.02, or leave it out for 2 binomial "
+                        "standard errors.")
+    return Baseline(report=load_report(path), path=path, tolerance=tolerance, gate=gate)
+
+
+def _show_changes(comparison: Comparison, baseline: Baseline) -> None:
+    """Print the "Changes since baseline" block."""
+    b = comparison.baseline
+    render.say(f"[bold]Changes since baseline[/] ({escape(str(b.get('model')))}, "
+               f"{escape(str(b.get('generated_at')))}; {escape(str(baseline.path))}):")
+    styles = {"worse": "red", "missing": "red", "better": "green", "new": "cyan", "changed": "yellow"}
+    for c in comparison.changes:
+        if c.status in ("same", "unchanged"):
+            continue
+        style = "bold red" if c.regression else styles.get(c.status, "")
+        render.say(f"  [{style}]{c.status:<9}[/] {escape(c.message)}")
+    quiet = sum(c.status in ("same", "unchanged") for c in comparison.changes)
+    render.say(f"  {quiet} unchanged (metrics within their tolerance, sections at the same severity)")
+    for note in comparison.notes:
+        render.say(f"  [dim]note:[/] {escape(note)}")
+    n = len(comparison.regressions)
+    if comparison.regressed:
+        gate = "; --fail-on regression: exit 1" if baseline.gate else ""
+        render.say(f"[bold red]Regressed since the baseline:[/] {n} change{'s' if n != 1 else ''} above "
+                   f"(a risk got worse or a defence stopped holding){gate}")
+    else:
+        render.say("[green]No regression since the baseline.[/]")
+
+
 def _assess_and_write(target: Target, plan: AssessmentPlan, out: Path, *, force: bool,
-                      thresholds: list[Threshold], jobs: dict[str, Any] | None = None) -> None:
-    """Assess in this process, or (``jobs``: the runner's settings) as jobs; write the report."""
+                      thresholds: list[Threshold], jobs: dict[str, Any] | None = None,
+                      baseline: Baseline | None = None) -> None:
+    """Assess in this process, or (``jobs``: the runner's settings) as jobs; compare with the
+    baseline when there is one; write the report."""
     with render.progress_bar("assessing") as progress, render.show_warnings():
         if jobs is None:
             progress(0, None, f"assessing ({', '.join(plan.sections)}): first batch running")
@@ -160,8 +224,13 @@ def _assess_and_write(target: Target, plan: AssessmentPlan, out: Path, *, force:
                                   shard_size=jobs["shard_size"], retries=jobs["retries"], progress=progress,
                                   defended_ref=jobs["defended_ref"], loaded=target)
             result = done.assessment
-    paths = write_report(result, out, overwrite=force)
-    render.assessment_table(result.to_dict(), paths)
+    report = result.to_dict()
+    comparison = None
+    if baseline is not None:
+        comparison = compare_reports(baseline.report, report, tolerance=baseline.tolerance)
+        report["comparison"] = {**comparison.to_dict(), "baseline_path": str(baseline.path)}
+    paths = write_report(report, out, overwrite=force)
+    render.assessment_table(report, paths)
     if jobs is not None:
         c = done.counts
         render.say(f"jobs on {escape(done.runs[0].executor)}: {c['done']} run, {c['cached']} from "
@@ -169,7 +238,11 @@ def _assess_and_write(target: Target, plan: AssessmentPlan, out: Path, *, force:
     failures = check_thresholds(result, thresholds)
     for text in failures:
         render.say(f"[bold red]threshold missed:[/] {text}")
-    if failures:
+    regressed = False
+    if comparison is not None and baseline is not None:
+        _show_changes(comparison, baseline)
+        regressed = baseline.gate and comparison.regressed
+    if failures or regressed:
         raise typer.Exit(1)
 
 
@@ -239,6 +312,22 @@ def assess(
         "was not measured because its section failed or was skipped also exits 1, naming the "
         "section and the reason (a gate never passes silently); a name no planned section reports "
         "exits 2.")] = None,
+    baseline: Annotated[Path | None, typer.Option(
+        "--baseline", help="An earlier assessment's report.json (or its --out folder) to compare with: "
+        "adds 'Changes since baseline' to the output, report.json ('comparison') and report.html: each "
+        "section's severity, the defenses verdict and each headline metric, worse or better for the "
+        "defender beyond sampling noise (2 binomial standard errors for rates). The model may differ (a "
+        "new version of it); the data may not (SHA-256), nor the report schema. A missing, corrupt or "
+        "non-report file exits 2.")] = None,
+    fail_on: Annotated[list[str] | None, typer.Option(
+        "--fail-on", metavar="regression", help="Exit 1 when the comparison with --baseline regressed: a "
+        "section's severity rose, a section of the baseline did not run, a headline metric got worse "
+        "beyond its tolerance or a defence stopped holding (the report is still written). Needs "
+        "--baseline.")] = None,
+    baseline_tolerance: Annotated[float | None, typer.Option(
+        "--baseline-tolerance", help="With --baseline: one absolute tolerance for rates and scores (e.g. "
+        "0.02) instead of 2 binomial standard errors of the two reports' points. Counts (findings, "
+        "masking flags) are always exact.")] = None,
     public_key: Annotated[list[str] | None, typer.Option(
         "--public-key", help="supply-chain section: PEM public key(s) the model's signature must verify "
         "with (repeatable or comma-separated). Default: the trust policy's "
@@ -275,9 +364,14 @@ def assess(
     A section that cannot run on this model or data (bad input for it, a capability the model
     lacks) is reported as failed with the reason, and the other sections still run.
 
+    With --baseline, the report also says what changed since that earlier assessment (a risk that
+    got worse, a defence that stopped holding); --fail-on regression turns that into exit 1.
+
     Exits with 1 when a --fail-under threshold is missed (including one on a metric whose section
-    failed or was skipped: the report is still written), 2 on bad input, 3 on an internal error (a
-    modelshield bug: the message names the crash file holding the traceback; --debug prints it).
+    failed or was skipped) or, with --fail-on regression, the assessment regressed against
+    --baseline (the report is still written), 2 on bad input (a missing or non-report --baseline
+    included), 3 on an internal error (a modelshield bug: the message names the crash file holding
+    the traceback; --debug prints it).
     """
     resolve_device(device, owner="modelshield assess")  # a bad --device fails before any work
     owner = "modelshield assess"
@@ -293,6 +387,7 @@ def assess(
         raise ConfigError(f"{owner}: '--shard-size' must be a positive multiple of --batch-size "
                           f"{batch_size}; got {shard_size}. Use e.g. --shard-size {batch_size}.")
     thresholds = [parse_threshold(t) for t in fail_under or []]
+    base = _baseline(baseline, fail_on, baseline_tolerance)
     evasion = EvasionPlan(
         attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()),
         eps=parse_floats(eps, name="--eps", owner="modelshield assess"), headline_eps=headline_eps,
@@ -318,6 +413,8 @@ def assess(
                                            skops_trust=skops_trust))
     with render.progress_bar("loading model") as progress, render.show_warnings():
         target = ref.load(progress)
+    if base is not None:  # data that differ from the baseline's fail before the run
+        check_baseline(base.report, data=target.data_info)
     chosen = (tuple(s.strip() for s in sections.split(",") if s.strip()) if sections is not None
               else default_sections(target))
     if defended is not None and "defenses" not in chosen:
@@ -354,7 +451,7 @@ def assess(
         jobs = {"executor": pool, "ref": ref, "shard_size": shard_size, "retries": retries,
                 "checkpoint": checkpoint if checkpoint is not None else out / "checkpoints",
                 "defended_ref": d_ref}
-    _assess_and_write(target, plan, out, force=force, thresholds=thresholds, jobs=jobs)
+    _assess_and_write(target, plan, out, force=force, thresholds=thresholds, jobs=jobs, baseline=base)
 
 
 def demo(
