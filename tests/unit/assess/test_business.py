@@ -89,3 +89,21 @@ def test_a_report_carries_its_business_view(digits_mlp: Any) -> None:
     view = report["business"]
     assert view == business_view(report["sections"], model="mlp")
     assert view["risks"][0]["section"] == "blackbox" and view["executive_summary"]
+
+
+def test_the_html_report_opens_with_the_executive_summary_and_prints_by_section(digits_mlp: Any) -> None:
+    from modelshield.assess import AssessmentPlan, BlackBoxPlan, run
+    from modelshield.assess.report import render_html
+
+    net, x, y = digits_mlp
+    plan = AssessmentPlan(sections=("blackbox",), n=16, batch_size=16,
+                          blackbox=BlackBoxPlan(eps=0.3, budgets=(200,), hsj_budgets=(), n=None))
+    report = run(net, x, y, plan=plan, model_info={"name": "mlp", "source": "zoo"},
+                 data_info={"name": "digits"}).to_dict()
+    html = render_html(report)
+    order = [html.index(f'id="{i}"') for i in ("executive-summary", "summary", "business")]
+    assert order == sorted(order)
+    assert report["business"]["executive_summary"][0] in html
+    if report["business"]["remediation_plan"]:
+        assert 'id="remediation"' in html and "modelshield serve --model mlp" in html
+    assert "@page" in html and "break-before: page" in html
