@@ -25,6 +25,7 @@ from modelshield.assess._section import (
     max_severity,
     register_section,
 )
+from modelshield.assess.business import business_view
 from modelshield.assess.plan import (
     DEFAULT_ATTACKS,
     DEFAULT_EPS,
@@ -34,6 +35,7 @@ from modelshield.assess.plan import (
     ExtractionPlan,
     TabularPlan,
 )
+from modelshield.assess.regression import Comparison, compare_reports, load_report
 from modelshield.assess.report import check_new_files, render_html, write_json, write_report
 from modelshield.assess.sections import (
     SEVERITY_THRESHOLDS,
@@ -63,6 +65,7 @@ __all__ = [
     "AssessmentPlan",
     "BlackBoxPlan",
     "BlackBoxSection",
+    "Comparison",
     "EvasionPlan",
     "EvasionSection",
     "ExtractionPlan",
@@ -77,10 +80,13 @@ __all__ = [
     "Threshold",
     "atlas",
     "attack_batches",
+    "business_view",
     "check_new_files",
     "check_threshold_metrics",
     "check_thresholds",
+    "compare_reports",
     "evasion_severity",
+    "load_report",
     "max_severity",
     "package_versions",
     "parse_threshold",
