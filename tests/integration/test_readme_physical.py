@@ -143,3 +143,5 @@ def test_python_runs_and_prints_what_it_says() -> None:
     assert re.fullmatch(r"PatchCleanser accuracy with it [\d.]+", lines[1]), lines[1]
     c = re.fullmatch(r"certified accuracy ([\d.]+)", lines[2])
     assert c is not None and float(c.group(1)) < 0.15  # "a few per cent"
+    t = re.fullmatch(r"after masked training: certified ([\d.]+)", lines[3])
+    assert t is not None and float(t.group(1)) > float(c.group(1))  # "rises to 0.11 here"
