@@ -231,18 +231,36 @@ def test_assess_refuses_existing_report_without_force(zoo_cache: Path, tmp_path:
     assert (tmp_path / "r" / "report.html").read_text() == "old"
 
 
-def test_demo_writes_both_files(zoo_cache: Path, tmp_path: Path) -> None:
-    started = time.perf_counter()
-    result = invoke("demo", "--out", str(tmp_path / "demo"))
-    elapsed = time.perf_counter() - started
+def _check_demo(out: Path, result: Any, *, quick: bool) -> None:
+    from modelshield.assess.demo import DEMO_MODELS
+
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    html = (tmp_path / "demo" / "report.html").read_text()
-    assert report["model"]["name"] == "digits-cnn" and report["data"]["n"] == 300
-    assert [s["id"] for s in report["sections"]] == ["evasion", "blackbox"]
-    assert "data:image/png;base64," in html and "report.html" in result.stdout
-    assert elapsed < 180
-    assert (tmp_path / "demo" / "report.html").resolve().as_posix() in result.stdout.replace("\n", "")
+    index = (out / "index.html").read_text()
+    for m in DEMO_MODELS:
+        report = json.loads((out / m.name / "report.json").read_text())
+        html = (out / m.name / "report.html").read_text()
+        assert report["model"]["name"] == m.name and report["data"]["n"] == (m.quick_n if quick else m.n)
+        assert [s["id"] for s in report["sections"]] == list(m.quick_sections if quick else m.sections)
+        assert not any(s["metrics"].get("failed") for s in report["sections"]), m.name
+        assert "data:image/png;base64," in html and 'id="executive-summary"' in html
+        assert f'href="{m.name}/report.html"' in index and report["business"]["executive_summary"][0] in index
+    assert "CC BY 4.0" in index
+    assert (out / "index.html").resolve().as_posix() in result.stdout.replace("\n", "")
+
+
+def test_demo_quick_writes_a_report_per_model_and_an_index(zoo_cache: Path, tmp_path: Path) -> None:
+    started = time.perf_counter()
+    result = invoke("demo", "--quick", "--out", str(tmp_path / "demo"))
+    _check_demo(tmp_path / "demo", result, quick=True)
+    assert time.perf_counter() - started < 180
+    again = invoke("demo", "--quick", "--out", str(tmp_path / "demo"))  # never overwrites
+    assert again.exit_code == 2 and "--force" in one_error_line(again)
+
+
+@pytest.mark.slow
+def test_the_full_demo_runs_every_section_that_applies(zoo_cache: Path, tmp_path: Path) -> None:
+    result = invoke("demo", "--out", str(tmp_path / "demo"))
+    _check_demo(tmp_path / "demo", result, quick=False)
 
 
 def test_threads_option_applies_to_the_command_only() -> None:

@@ -45,7 +45,7 @@ from modelshield.cli._runner import (
     WorkersOption,
     executor,
 )
-from modelshield.cli._target import Target, check_model_fits, load_target, parse_norm, torch_threads
+from modelshield.cli._target import Target, check_model_fits, parse_norm, torch_threads
 from modelshield.cli.attack import (
     ARCH_HELP,
     DATA_DIR_HELP,
@@ -65,14 +65,7 @@ from modelshield.errors import ConfigError
 from modelshield.models import resolve_device
 from modelshield.targets import TargetRef
 
-__all__ = ["DEMO_MODEL", "DEMO_PLAN", "assess", "demo"]
-
-DEMO_MODEL = "digits-cnn"
-DEMO_PLAN = AssessmentPlan(sections=("evasion", "blackbox"), n=300, batch_size=300, seed=0,
-                           evasion=EvasionPlan(steps=20), blackbox=BlackBoxPlan(n=100))
-"""The demo: the default attacks and eps grid on 300 digits test points, 20 steps per attack, and
-the black-box section (Square up to 3,000 queries, HopSkipJump at 100/300/1,000) on 100 of them
-(about 8 s on one core)."""
+__all__ = ["assess", "demo"]
 
 _EPS_DEFAULT = ",".join(f"{e:g}" for e in DEFAULT_EPS)
 _ATTACKS_DEFAULT = ",".join(DEFAULT_ATTACKS)
@@ -455,22 +448,28 @@ def assess(
 
 
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the report.")] = Path("modelshield-report"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for the reports and index.html.")] = Path(
+        "modelshield-report"),
+    quick: Annotated[bool, typer.Option("--quick", help=(
+        "The one-minute tour: fewer sections and points per model."))] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing report files.")] = False,
     device: DeviceOption = "cpu",
 ) -> None:
-    """Train (or load) the digits-cnn zoo model, assess it and write an HTML + JSON report.
+    """Assess one model of each kind with every section that applies; write their reports and an index.
 
-    Runs the default attacks (FGSM, PGD, APGD-CE, APGD-CE + APGD-T ensemble; 20 steps each) over
-    eps 0 to 0.3 on 300 test points, then the query-only attacks (Square, HopSkipJump) on 100 of
-    them, single-threaded (fastest for this small model).
+    digits-cnn (images: evasion, black-box, physical patches, backdoor scan, extraction, defences,
+    explanations), phishing-gbm (tabular: constrained evasion, black-box, extraction, explanations)
+    and spam-nb (text: poisoning and its detection, text evasion, extraction, explanations), each
+    trained on first use from data inside the package; writes OUT/<model>/report.json and
+    report.html for each and OUT/index.html, single-threaded (fastest for these small models).
     """
+    from modelshield.assess.demo import run_demo
+
     resolve_device(device, owner="modelshield demo")  # a bad --device fails before any work
-    check_new_files([out / "report.json", out / "report.html"], overwrite=force, owner="modelshield demo")
-    with torch_threads(1):
-        with render.progress_bar(f"loading {DEMO_MODEL} (trains it on first use)") as progress, \
-                render.show_warnings():
-            target = load_target(DEMO_MODEL, data=None, data_dir=None, arch=None, n=DEMO_PLAN.n,
-                                 progress=progress, device=device)
-        _assess_and_write(target, DEMO_PLAN, out, force=force, thresholds=[])
-    render.say(f"Open {(out / 'report.html').resolve()} in a browser.")
+    with torch_threads(1), render.show_warnings():
+        entries = run_demo(out, quick=quick, force=force, device=device, progress_for=render.progress_bar)
+    for e in entries:
+        sections = ", ".join(f"{s['id']} {s['severity']}" for s in e.report["sections"])
+        render.say(f"{e.model.name}: overall {e.report['summary']['severity']} ({sections}); "
+                   f"{e.time_s:.0f} s -> {e.html_path}")
+    render.say(f"Open {(out / 'index.html').resolve()} in a browser.")
