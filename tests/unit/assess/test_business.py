@@ -21,7 +21,9 @@ def _section(sid: str, severity: str, **metrics: Any) -> dict[str, Any]:
 def test_every_built_in_section_has_a_business_reading() -> None:
     import modelshield.assess.sections  # noqa: F401  (registers them)
 
-    assert set(SECTIONS) <= set(RISKS)
+    built_in = {sid for sid, runner in SECTIONS.items()
+                if type(runner).__module__.startswith("modelshield.assess.sections")}
+    assert len(built_in) >= 11 and built_in <= set(RISKS)  # (other tests register their own sections)
     for risk in RISKS.values():
         assert set(risk.impact) == set(IMPACTS) and all(risk.impact.values())
         assert all(i in OWASP_ML for i in risk.owasp) and all(i in NIST_AI_RMF for i in risk.nist)
