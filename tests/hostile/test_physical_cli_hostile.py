@@ -202,7 +202,8 @@ def test_a_patch_wider_than_a_non_square_image_is_refused(user_dir: Path, tmp_pa
     base = ["attack", "physical", "--model", tmp_path / "wide.pt", "--arch", "userphys_models:make_wide",
             "--data", tmp_path / "wide.npz", *QUICK, "--out", out]
     line = one_error_line(invoke(*base, "--size", "0.5"))
-    assert "size=0.5" in line and "6x6" in line and "4x16" in line and "smaller size" in line
+    assert "'--size'" in line and "got 0.5" in line and "6x6" in line and "4x16" in line
+    assert "smaller --size (at most 0.25)" in line  # a 4x4 patch: 0.25 of 4x16
     assert not out.exists()
     mask = _grey(tmp_path / "mask.png", (8, 8), 0, (0, 0, 8, 2))  # the digits' size, not 16x4
     line = one_error_line(invoke(*base, "--kind", "sticker", "--mask", mask))

@@ -419,11 +419,10 @@ def _physical_attack(kind: str, target: Target, given: dict[str, Any], *, steps:
     else:
         size = given["--size"] if given["--size"] is not None else 0.05
         side = physical.patch_side(size, h, w)
-        if side >= h and side >= w:
-            most = int((h - 1) * (w - 1) / (h * w) * 1000) / 1000
+        if side > physical.largest_patch_side(h, w):
             raise ConfigError(f"{PHYSICAL_OWNER}: '--size' must leave part of the image visible; got "
                               f"{size!r}, a patch of {side}x{side} pixels on {h}x{w} images. Use a smaller "
-                              f"--size (at most {most}).")
+                              f"--size (at most {physical.max_patch_share(h, w)}).")
         atk = physical.AdversarialPatch(size=size, seed=seed)
     return atk if steps is None else replace(atk, steps=steps)
 

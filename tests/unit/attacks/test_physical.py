@@ -20,8 +20,10 @@ from modelshield.attacks.physical import (
     UniversalPerturbation,
     default_palette,
     evaluate_pattern,
+    largest_patch_side,
     load_mask,
     load_palette,
+    max_patch_share,
     non_printability,
     patch_side,
     place_patch,
@@ -106,6 +108,10 @@ def test_patch_side_is_the_ceiling_of_the_area_root() -> None:
     assert patch_side(0.05, 28, 28) == 7  # 39.2 pixels -> 7x7 (49 pixels, 6.25%)
     assert patch_side(0.1, 28, 28) == 9
     assert patch_side(0.03, 28, 28) == 5
+    # the hint for a patch too large: its own patch fits, a thousandth more does not
+    for h, w in ((8, 8), (28, 28), (4, 16)):
+        most = max_patch_share(h, w)
+        assert patch_side(most, h, w) <= largest_patch_side(h, w) < patch_side(most + 0.002, h, w)
     with pytest.raises(ConfigError, match="share"):
         patch_side(1.0, 28, 28)
 
@@ -310,7 +316,7 @@ def test_bad_attack_settings_and_calls_are_refused(digits: Digits) -> None:
     wide = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     with pytest.raises(ConfigError, match="does not fit inside the 4x16 image"):
         AdversarialPatch(size=0.9, steps=1)(wide, torch.rand(5, 1, 4, 16), torch.zeros(5, dtype=torch.long))
-    with pytest.raises(ConfigError, match=r"at most 0\.766"):  # 7x7 of 8x8: part stays visible
+    with pytest.raises(ConfigError, match=r"at most 0\.765\)"):  # 7x7 of 8x8: part stays visible
         AdversarialPatch(size=0.99, steps=1)(model, xtr[:10], ytr[:10])
     patch = AdversarialPatch(size=0.1, steps=1)(model, xtr[:10], ytr[:10])
     with pytest.raises(InputError, match="made for"):

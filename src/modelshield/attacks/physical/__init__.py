@@ -22,7 +22,14 @@ from modelshield.attacks.physical.files import load_mask, load_palette, save_pat
 from modelshield.attacks.physical.patch import AdversarialPatch
 from modelshield.attacks.physical.results import PhysicalEvaluation, PhysicalPattern, stamp
 from modelshield.attacks.physical.sticker import Sticker, default_palette, non_printability, total_variation
-from modelshield.attacks.physical.transforms import Transforms, patch_side, place_patch, view_scene
+from modelshield.attacks.physical.transforms import (
+    Transforms,
+    largest_patch_side,
+    max_patch_share,
+    patch_side,
+    place_patch,
+    view_scene,
+)
 from modelshield.attacks.physical.universal import UniversalPerturbation
 
 __all__ = [
@@ -35,8 +42,10 @@ __all__ = [
     "UniversalPerturbation",
     "default_palette",
     "evaluate_pattern",
+    "largest_patch_side",
     "load_mask",
     "load_palette",
+    "max_patch_share",
     "non_printability",
     "patch_side",
     "place_patch",

@@ -20,7 +20,14 @@ from modelshield.attacks.physical.optimise import (
     start_physical,
 )
 from modelshield.attacks.physical.results import PhysicalPattern
-from modelshield.attacks.physical.transforms import Draws, Transforms, patch_side, place_patch
+from modelshield.attacks.physical.transforms import (
+    Draws,
+    Transforms,
+    largest_patch_side,
+    max_patch_share,
+    patch_side,
+    place_patch,
+)
 from modelshield.attacks.verify import attack_params
 from modelshield.errors import ConfigError
 from modelshield.models import ModelLike, eval_mode
@@ -79,12 +86,11 @@ class AdversarialPatch:
         m = call.gradient_model
         tgt = check_target(target, m.n_classes, owner="AdversarialPatch")
         side = patch_side(self.size, h, w)
-        if side > min(h, w) or (side == h and side == w):
-            most = (min(h, w) - (1 if h == w else 0)) ** 2 / (h * w)
+        if side > largest_patch_side(h, w):
             raise ConfigError(
                 f"AdversarialPatch: a patch of size={self.size} is {side}x{side} pixels, which does not "
                 f"fit inside the {h}x{w} image with part of the image left visible. Use a smaller size "
-                f"(at most {most:.3f})."
+                f"(at most {max_patch_share(h, w)})."
             )
         bounds = m.bounds
         gen = make_generator(self.seed, call.x.device)

@@ -29,7 +29,8 @@ from torch import Tensor
 from modelshield._checks import check_range
 from modelshield.errors import ConfigError
 
-__all__ = ["Draws", "Transforms", "light", "patch_side", "place_patch", "view_scene"]
+__all__ = ["Draws", "Transforms", "largest_patch_side", "light", "max_patch_share", "patch_side",
+           "place_patch", "view_scene"]
 
 
 def patch_side(share: float, height: int, width: int) -> int:
@@ -51,6 +52,18 @@ def patch_side(share: float, height: int, width: int) -> int:
     check_range("height", height, owner="patch_side", low=1, integer=True)
     check_range("width", width, owner="patch_side", low=1, integer=True)
     return max(1, math.ceil(math.sqrt(share * height * width)))
+
+
+def largest_patch_side(height: int, width: int) -> int:
+    """The largest square patch side that fits in the image and leaves part of it visible."""
+    return min(height, width) - (1 if height == width else 0)
+
+
+def max_patch_share(height: int, width: int) -> float:
+    """The largest share (3 decimals, rounded down) whose ``patch_side`` is ``largest_patch_side``
+    or less: the hint given when a patch does not fit."""
+    side = largest_patch_side(height, width)
+    return math.floor(side * side / (height * width) * 1000) / 1000
 
 
 def _check_pair(name: str, value: object, owner: str, low: float, high: float) -> tuple[float, float]:
