@@ -13,7 +13,7 @@ from torch import Tensor
 
 from modelshield.attacks.results import EvasionResult
 
-__all__ = ["examples_grid", "is_image", "png_base64", "robustness_curve"]
+__all__ = ["display_image", "examples_grid", "is_image", "png_base64", "robustness_curve"]
 
 _COLORS = ("#1f6feb", "#d1242f", "#2da44e", "#8250df", "#bf8700", "#0a7d8c", "#cf222e", "#57606a")
 
@@ -54,7 +54,7 @@ def robustness_curve(
     return png_base64(fig)
 
 
-def _image(x: Tensor, bounds: tuple[float, float]) -> Tensor:
+def display_image(x: Tensor, bounds: tuple[float, float]) -> Tensor:
     """(H, W) or (H, W, 3) image scaled to [0, 1] for imshow."""
     lo, hi = bounds
     img = ((x.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
@@ -95,9 +95,9 @@ def examples_grid(
             if d_img.dim() == 3:
                 d_img = d_img.permute(1, 2, 0)
             panels = (
-                (_image(x[i], bounds),
+                (display_image(x[i], bounds),
                  f"true {name(int(result.y[i]))}\npred {name(int(result.clean_pred[i]))}"),
-                (_image(result.x_adv[i], bounds), f"adv pred {name(int(result.adv_pred[i]))}"),
+                (display_image(result.x_adv[i], bounds), f"adv pred {name(int(result.adv_pred[i]))}"),
                 (d_img, f"|δ|max {scale:.2g}"),
             )
             for row, (img, title) in enumerate(panels):

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure as MplFigure
 from torch import Tensor
 
 from modelshield._checks import check_range
-from modelshield.assess._plots import is_image, png_base64
+from modelshield.assess._plots import display_image, is_image, png_base64
 from modelshield.assess._section import (
     AssessmentContext,
     Figure,
@@ -65,11 +65,6 @@ def anomaly_figure(nc: NeuralCleanseReport, *, classes: Sequence[str] | None = N
     return png_base64(fig)
 
 
-def _img(t: Tensor, lo: float, hi: float) -> Tensor:
-    img = ((t.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
-    return img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)
-
-
 def trigger_figure(
     nc: NeuralCleanseReport,
     shown: Sequence[int],
@@ -89,8 +84,8 @@ def trigger_figure(
         panels = (
             (trig.mask.detach().float().cpu()[0], f"class {name}\nAI {float(nc.anomaly_index[i]):.2f}, "
                                                   f"L1 {float(nc.norms[i]):.1f}"),
-            (_img(trig.image, lo, hi), "mask x pattern"),
-            (_img(trig.apply(example[None])[0], lo, hi), "stamped input"),
+            (display_image(trig.image, (lo, hi)), "mask x pattern"),
+            (display_image(trig.apply(example[None])[0], (lo, hi)), "stamped input"),
         )
         for row, (img, title) in enumerate(panels):
             ax = axes[row][j]

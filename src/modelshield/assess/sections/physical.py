@@ -34,7 +34,7 @@ from matplotlib.figure import Figure as MplFigure
 from torch import Tensor
 
 from modelshield._typing import Norm
-from modelshield.assess._plots import is_image, png_base64
+from modelshield.assess._plots import display_image, is_image, png_base64
 from modelshield.assess._section import (
     AssessmentContext,
     Figure,
@@ -178,12 +178,6 @@ def strength_figure(rows: Sequence[dict[str, Any]]) -> str:
     return png_base64(fig)
 
 
-def _img(t: Tensor, bounds: tuple[float, float]) -> Tensor:
-    lo, hi = bounds
-    img = ((t.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
-    return img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)
-
-
 def examples_figure(
     x: Tensor, x_patched: Tensor, y: Tensor, clean_pred: Tensor, patched_pred: Tensor, patch: Tensor, *,
     bounds: tuple[float, float], classes: Sequence[str] | None = None, k: int = 6,
@@ -202,16 +196,16 @@ def examples_figure(
     for ax in axes.flatten():
         ax.set_xticks([])
         ax.set_yticks([])
-    patch_img = _img(patch, bounds)
+    patch_img = display_image(patch, bounds)
     axes[0][0].imshow(patch_img.numpy(), cmap="gray" if patch_img.dim() == 2 else None, vmin=0, vmax=1,
                       interpolation="nearest")
     axes[0][0].set_title(f"the patch\n{patch.shape[-2]}x{patch.shape[-1]} px", fontsize=8)
     axes[1][0].axis("off")
     for j, i in enumerate(idx, start=1):
         for row, (img, title, bad) in enumerate((
-            (_img(x[i], bounds), f"true {name(int(y[i]))}\npred {name(int(clean_pred[i]))}",
+            (display_image(x[i], bounds), f"true {name(int(y[i]))}\npred {name(int(clean_pred[i]))}",
              int(clean_pred[i]) != int(y[i])),
-            (_img(x_patched[i], bounds), f"patched: {name(int(patched_pred[i]))}",
+            (display_image(x_patched[i], bounds), f"patched: {name(int(patched_pred[i]))}",
              int(patched_pred[i]) != int(y[i])),
         )):
             ax = axes[row][j]
