@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from modelshield._checks import check_choice, check_range
+from modelshield._stats import auroc, calibrate_threshold
 from modelshield.attacks.ops import make_generator
 from modelshield.errors import ConfigError, InputError, NotFittedError
 from modelshield.explain.gradients import Saliency
 from modelshield.explain.permutation import PermutationImportance
-from modelshield.explain.ranks import average_ranks, rank_correlation
+from modelshield.explain.ranks import rank_correlation
 from modelshield.explain.result import Attribution
 from modelshield.explain.shapley import probability_fn
 
@@ -56,26 +57,6 @@ Decision = Literal["sentinet", "difference"]
 
 # --------------------------------------------------------------------------------------------
 # Pure helpers
-
-
-def calibrate_threshold(clean_scores: Tensor, fpr: float) -> float:
-    """The ``1 - fpr`` quantile of clean scores: flagging ``score > threshold`` keeps at most about
-    ``fpr`` of clean inputs (exactly, up to ties, on the calibration set itself)."""
-    s = clean_scores.detach().double().flatten().cpu()
-    return float(torch.quantile(s, 1.0 - fpr, interpolation="higher"))
-
-
-def auroc(negative: Tensor, positive: Tensor) -> float:
-    """Area under the ROC curve of scores (positives should score higher): the Mann-Whitney
-    probability ``P(pos > neg) + P(pos == neg) / 2``; 0.5 when either set is empty."""
-    neg = negative.detach().double().flatten().cpu()
-    pos = positive.detach().double().flatten().cpu()
-    if neg.numel() == 0 or pos.numel() == 0:
-        return 0.5
-    ranks = average_ranks(torch.cat([neg, pos])[None])[0] + 1.0  # 1-based, ties averaged
-    n_neg, n_pos = neg.numel(), pos.numel()
-    u = float(ranks[n_neg:].sum()) - n_pos * (n_pos + 1) / 2.0
-    return u / (n_neg * n_pos)
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:

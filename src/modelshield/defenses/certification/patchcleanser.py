@@ -18,6 +18,7 @@ from torch import Tensor
 
 from modelshield._checks import check_inputs, check_labels, check_range
 from modelshield._resources import check_memory, tensor_bytes
+from modelshield._stats import auroc, calibrate_threshold
 from modelshield.attacks.physical.transforms import patch_side
 from modelshield.errors import ConfigError, InputError, NotFittedError
 from modelshield.models import CallableModel, ModelLike, TorchModel, as_model, eval_mode
@@ -581,28 +582,6 @@ class PatchCleanser:
 # The masking-consistency detector
 
 
-def _threshold(clean_scores: Tensor, fpr: float) -> float:
-    """The ``1 - fpr`` quantile of clean scores ("higher"): flagging ``score > threshold`` flags at
-    most about ``fpr`` of them."""
-    return float(torch.quantile(clean_scores.detach().double().cpu(), 1.0 - fpr, interpolation="higher"))
-
-
-def _auroc(negative: Tensor, positive: Tensor) -> float:
-    """Mann-Whitney AUROC ``P(pos > neg) + P(pos == neg) / 2`` (ties get average ranks)."""
-    neg = negative.detach().double().flatten().cpu()
-    pos = positive.detach().double().flatten().cpu()
-    if neg.numel() == 0 or pos.numel() == 0:
-        return 0.5
-    values = torch.cat([neg, pos])
-    _, inverse, counts = torch.unique(values, return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).double()  # 1-based rank of each distinct value's last copy
-    avg_rank = ends - (counts.double() - 1.0) / 2.0
-    ranks = avg_rank[inverse]
-    n_neg, n_pos = neg.numel(), pos.numel()
-    u = float(ranks[n_neg:].sum()) - n_pos * (n_pos + 1) / 2.0
-    return u / (n_neg * n_pos)
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MaskingDetectionResult:
     """How well a fitted ``MaskingConsistencyDetector`` separates clean from patched images.
@@ -707,7 +686,7 @@ class MaskingConsistencyDetector:
             raise InputError(f"{owner}: x_clean must have at least {need} rows for fpr={self.fpr}; got "
                              f"{int(x_clean.shape[0])}. Pass more clean images.")
         scores = self._cleanser()._consistency_scores(model, x_clean, owner)
-        self.threshold_ = _threshold(scores, self.fpr)
+        self.threshold_ = calibrate_threshold(scores, self.fpr)
         self.fpr_ = float((scores > self.threshold_).double().mean())
         self.n_fit_ = int(scores.numel())
         return self
@@ -730,6 +709,6 @@ class MaskingConsistencyDetector:
         bad = self.score(model, x_patched)
         return MaskingDetectionResult(
             threshold=thr, target_fpr=float(self.fpr), tpr=float((bad > thr).double().mean()),
-            fpr=float((clean > thr).double().mean()), auroc=_auroc(clean, bad), n_clean=int(clean.numel()),
+            fpr=float((clean > thr).double().mean()), auroc=auroc(clean, bad), n_clean=int(clean.numel()),
             n_patched=int(bad.numel()), clean_scores=clean, patched_scores=bad, config=self.config(),
             time_s=time.perf_counter() - started)

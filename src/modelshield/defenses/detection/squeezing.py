@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modelshield._checks import check_bounds, check_inputs, check_labels, check_range
+from modelshield._stats import calibrate_threshold
 from modelshield._typing import NORMS, Norm
 from modelshield.attacks.evasion.pgd import PGD
 from modelshield.attacks.results import EvasionResult
@@ -214,8 +215,7 @@ class FeatureSqueezing:
             )
         with torch.no_grad():
             s = self._scores(m.logits, x)
-        # "higher": the threshold is an observed score, and "> threshold" flags at most fpr of x.
-        self.threshold_ = float(torch.quantile(s.double(), 1.0 - self.fpr, interpolation="higher"))
+        self.threshold_ = calibrate_threshold(s, self.fpr)  # "> threshold" flags at most fpr of x
         self.fpr_ = float((s > self.threshold_).double().mean())
         self.n_fit_ = int(x.shape[0])
         return self
