@@ -43,6 +43,7 @@ from modelshield.assess.sections.evasion import evasion_severity
 from modelshield.attacks.evasion.hopskipjump import HopSkipJump
 from modelshield.attacks.evasion.square import Square
 from modelshield.attacks.evasion.tabular import ConstraintSpec, TabularSearch, count_changes
+from modelshield.attacks.ops import lp_norms
 from modelshield.attacks.results import EvasionResult
 from modelshield.errors import ConfigError
 from modelshield.models import CallableModel
@@ -249,6 +250,11 @@ _TABULAR_ADVICE = (
 )
 
 
+def broken_within(res: EvasionResult, x: Tensor, eps: float) -> Tensor:
+    """(N,) bool: eligible points a minimum-norm attack broke within L-inf ``eps`` (tolerance 1e-6)."""
+    return res.success & res.eligible & (lp_norms(res.x_adv - x, "inf") <= eps + 1e-6)
+
+
 def hsj_point(res: EvasionResult, x: Tensor, budget: int, eps: float) -> dict[str, Any]:
     """One HopSkipJump budget's row: median L2, success at any size, and success within L-inf eps.
 
@@ -256,9 +262,7 @@ def hsj_point(res: EvasionResult, x: Tensor, budget: int, eps: float) -> dict[st
     that already misclassifies, so "queries per success" equals the budget and says nothing;
     success within the section's L-inf ``eps`` at each budget is what grows with the queries.
     """
-    n = int(x.shape[0])
-    linf = (res.x_adv - x).flatten(1).abs().amax(1) if n else torch.zeros(0)
-    within = res.success & res.eligible & (linf <= eps + 1e-6)
+    within = broken_within(res, x, eps)
     n_eligible = int(res.eligible.sum())
     return {"budget": budget, "median_l2": json_float(res.median_perturbation),
             "success_rate": json_float(res.attack_success_rate),
@@ -435,8 +439,7 @@ class BlackBoxSection:
                 "upper bound on query-only exposure; the tabular section gives the constraint-respecting "
                 "view.")
         last, top = results[-1], plan.hsj_budgets[-1]
-        linf = (last.x_adv - x).flatten(1).abs().amax(1) if n else torch.zeros(0)
-        broken = last.success & last.eligible & (linf <= plan.eps + 1e-6)
+        broken = broken_within(last, x, plan.eps)
         n_eligible = int(last.eligible.sum())
         clean = last.clean_accuracy
         robust = float((last.clean_correct & ~broken).float().mean()) if n else math.nan
