@@ -65,7 +65,7 @@ class Risk:
             (to ship a file the team loads). The less it needs, the more likely the attack.
         impact: the business consequence per kind in ``IMPACTS``.
         owasp: OWASP ML Top 10 ids; nist: NIST AI RMF subcategories; eu_ai_act: the article.
-        command: the modelshield command that applies the defence (``M`` is the model).
+        command: the modelshield command that applies the defence (``{model}`` is the model).
         action: what that command (or step) does, in plain words.
     """
 
@@ -106,28 +106,28 @@ RISKS: dict[str, Risk] = {
         threat="change an input imperceptibly so that the model answers wrongly, knowing its weights",
         access="white-box", impact=_EVASION_IMPACT, owasp=("ML01",),
         nist=("MEASURE 2.7", "MEASURE 2.5"), eu_ai_act=_ART15,
-        command="modelshield defend adversarial-training --model M --out hardened.pt",
+        command="modelshield defend adversarial-training --model {model} --out hardened.pt",
         action="retrain with adversarial examples (PGD or TRADES) and re-assess the result with "
                "--defended"),
     "blackbox": Risk(
         threat="find inputs the model gets wrong by querying it, without its weights",
         access="query", impact=_EVASION_IMPACT, owasp=("ML01",),
         nist=("MEASURE 2.7", "MANAGE 4.1"), eu_ai_act=_ART15,
-        command="modelshield serve --model M --config gateway.yaml",
+        command="modelshield serve --model {model} --config gateway.yaml",
         action="put the gateway in front of the model: per-key quotas and the stateful "
                "query monitors that spot black-box search"),
     "tabular": Risk(
         threat="change the few features a fraudster controls so that a case passes as legitimate",
         access="query", impact=_EVASION_IMPACT, owasp=("ML01",),
         nist=("MEASURE 2.7", "MEASURE 2.5"), eu_ai_act=_ART15,
-        command="modelshield defend adversarial-training --model M --out hardened.pt",
+        command="modelshield defend adversarial-training --model {model} --out hardened.pt",
         action="train on constraint-respecting adversarial cases and rely less on features the "
                "attacker controls"),
     "text-evasion": Risk(
         threat="reword a message so that the filter lets it through",
         access="query", impact=_EVASION_IMPACT, owasp=("ML01",),
         nist=("MEASURE 2.7",), eu_ai_act=_ART15,
-        command="modelshield serve --model M --config gateway.yaml",
+        command="modelshield serve --model {model} --config gateway.yaml",
         action="monitor and rate-limit probing; retrain on the reworded messages"),
     "physical": Risk(
         threat="print a patch or sticker that makes the camera's model misread whatever it is on",
@@ -138,7 +138,7 @@ RISKS: dict[str, Risk] = {
             "regulatory": "high-risk vision systems must be robust to adversarial inputs (EU AI Act "
                           "Art. 15)"},
         owasp=("ML01",), nist=("MEASURE 2.7",), eu_ai_act=_ART15,
-        command="modelshield attack physical --model M --kind patch --out patch-run",
+        command="modelshield attack physical --model {model} --kind patch --out patch-run",
         action="measure patches of the sizes an attacker can place; certify with PatchCleanser "
                "after masked training (modelshield.defenses.certification)"),
     "extraction": Risk(
@@ -149,7 +149,7 @@ RISKS: dict[str, Risk] = {
             "reputational": "a leaked model reveals what it learned from customers' data",
             "regulatory": "confidentiality attacks are named in EU AI Act Art. 15(5)"},
         owasp=("ML05",), nist=("MEASURE 2.7", "MANAGE 4.1"), eu_ai_act=_ART15_CONF,
-        command="modelshield serve --model M --config gateway.yaml",
+        command="modelshield serve --model {model} --config gateway.yaml",
         action="serve labels or rounded scores, cap each key's queries and turn on the PRADA "
                "extraction monitor"),
     "poisoning": Risk(
@@ -181,7 +181,7 @@ RISKS: dict[str, Risk] = {
             "reputational": "a trojaned model is a breach",
             "regulatory": "model poisoning is named in EU AI Act Art. 15(5)"},
         owasp=("ML10",), nist=("MEASURE 2.7", "GOVERN 6.1"), eu_ai_act=_ART15_POISON,
-        command="modelshield backdoor scan --model M",
+        command="modelshield backdoor scan --model {model}",
         action="scan every model before release; unlearn a found trigger, or retrain from data "
                "of known provenance"),
     "supply-chain": Risk(
@@ -193,13 +193,13 @@ RISKS: dict[str, Risk] = {
             "regulatory": "third-party components are in scope (NIST AI RMF GOVERN 6.1, EU AI Act "
                           "Art. 15(5))"},
         owasp=("ML06",), nist=("GOVERN 6.1", "MEASURE 2.7"), eu_ai_act=_ART15_SUPPLY,
-        command="modelshield scan M && modelshield sign M --key signing-key.pem",
+        command="modelshield scan {model} && modelshield sign {model} --key signing-key.pem",
         action="scan every model file, sign what you release and verify signatures before loading"),
     "defenses": Risk(
         threat="break a defence that looks robust but only hides the gradients",
         access="white-box", impact=_EVASION_IMPACT, owasp=("ML01",),
         nist=("MEASURE 2.7",), eu_ai_act=_ART15,
-        command="modelshield defend adversarial-training --model M --out hardened.pt",
+        command="modelshield defend adversarial-training --model {model} --out hardened.pt",
         action="keep only defences that hold against the strongest attack (adaptive, black-box and "
                "transfer)"),
     "explain": Risk(
@@ -210,7 +210,7 @@ RISKS: dict[str, Risk] = {
             "reputational": "explanations that cannot be trusted",
             "regulatory": "explainability and documentation (NIST AI RMF MEASURE 2.9)"},
         owasp=("ML01",), nist=("MEASURE 2.9",), eu_ai_act=_ART15,
-        command="modelshield explain --model M --out explained",
+        command="modelshield explain --model {model} --out explained",
         action="check the explainer passes its sanity checks before anyone relies on it"),
 }
 """The business reading of each built-in section, by section id."""
@@ -252,9 +252,7 @@ def business_view(sections: Sequence[Mapping[str, Any]], *, model: str = "M") ->
     risks = []
     plan: list[dict[str, Any]] = []
     for s, risk, severity, failed in rows:
-        command = risk.command.replace(" M ", f" {model} ").replace(" M&", f" {model}&")
-        if command.endswith(" M"):
-            command = command[:-2] + f" {model}"
+        command = risk.command.replace("{model}", model)
         risks.append({
             "section": s.get("id"), "title": s.get("title"), "severity": severity,
             "threat": risk.threat, "access": risk.access,
