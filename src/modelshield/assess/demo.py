@@ -13,12 +13,12 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from modelshield._io import write_atomic
-from modelshield._typing import Progress
 from modelshield.assess.plan import AssessmentPlan, BlackBoxPlan, EvasionPlan, PhysicalPlan
 from modelshield.assess.report import check_new_files, write_report
 from modelshield.assess.suite import run, target_inputs
@@ -73,6 +73,10 @@ def demo_files(out: Path) -> list[Path]:
     return files
 
 
+def _silent(done: int, total: int | None, message: str) -> None:
+    """The progress callback of a demo run without a progress bar."""
+
+
 @dataclass(frozen=True, slots=True)
 class DemoEntry:
     """One model's result in the demo: its report (the JSON dict), where it was written, its time."""
@@ -106,7 +110,8 @@ def run_demo(
     for m in DEMO_MODELS:
         plan = demo_plan(m, quick=quick)
         started = time.perf_counter()
-        with _progress(progress_for, f"{m.name}: loading (trains it on first use)") as progress:
+        label = f"{m.name}: loading (trains it on first use)"
+        with nullcontext(_silent) if progress_for is None else progress_for(label) as progress:
             ref = TargetRef(model=m.name, n=plan.n, device=device if m.kind == "image" else "cpu")
             target = ref.load(progress)
             progress(0, None, f"{m.name}: {', '.join(plan.sections)}")
@@ -116,18 +121,6 @@ def run_demo(
         entries.append(DemoEntry(m, report, json_path, html_path, time.perf_counter() - started))
     write_atomic(out / "index.html", render_index(entries, quick=quick), force=True)
     return entries
-
-
-class _Silent:
-    def __enter__(self) -> Progress:
-        return lambda done, total, message: None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _progress(factory: Callable[[str], Any] | None, label: str) -> Any:
-    return _Silent() if factory is None else factory(label)
 
 
 _SEV_COLOURS = {"critical": "#cf222e", "high": "#d1242f", "medium": "#bf8700", "low": "#0969da",
