@@ -95,7 +95,8 @@ def test_section_schema(report: dict[str, Any]) -> None:
     assert section["severity"] in SEVERITIES
     assert {a["id"] for a in section["atlas"]} == {"AML.T0015", "AML.T0043", "AML.T0043.000"}
     assert "adversarial training" in section["recommendation"]
-    assert len(section["figures"]) == 2 and all(f["png_base64"] for f in section["figures"])
+    assert len(section["figures"]) == 2
+    assert all(f["png_base64"] and f["how_to_read"] for f in section["figures"])
     assert section["tables"][0]["columns"][0] == "attack"
     curves = section["metrics"]["curves"]
     assert [p["eps"] for p in curves["pgd"]] == [0.0, 0.1, 0.3]

@@ -23,6 +23,7 @@ from modelshield.assess._section import (
     Table,
     atlas,
     max_severity,
+    points_line,
     register_section,
 )
 from modelshield.assess.business import business_view
@@ -90,6 +91,7 @@ __all__ = [
     "max_severity",
     "package_versions",
     "parse_threshold",
+    "points_line",
     "provenance",
     "register_section",
     "render_html",

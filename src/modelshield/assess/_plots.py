@@ -11,18 +11,25 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 from torch import Tensor
 
+from modelshield._figures import check_axes_labelled
 from modelshield.attacks.results import EvasionResult
 
-__all__ = ["display_image", "examples_grid", "is_image", "png_base64", "robustness_curve"]
+__all__ = ["check_axes_labelled", "display_image", "examples_grid", "is_image", "png_base64",
+           "robustness_curve"]
 
 _COLORS = ("#1f6feb", "#d1242f", "#2da44e", "#8250df", "#bf8700", "#0a7d8c", "#cf222e", "#57606a")
 
 
 def png_base64(fig: MplFigure) -> str:
-    """Render fig to PNG and return it base64-encoded (ASCII)."""
+    """Render fig to PNG and return it base64-encoded (ASCII).
+
+    Warns (``UserWarning``, an error under the test suite) for an axis that shows tick labels
+    without an axis label: see :func:`check_axes_labelled`.
+    """
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    check_axes_labelled(fig, stacklevel=3)  # tick labels are filled in once drawn; 3: png_base64's caller
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 

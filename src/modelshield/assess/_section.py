@@ -30,6 +30,7 @@ __all__ = [
     "is_text_model",
     "json_float",
     "max_severity",
+    "points_line",
     "register_section",
     "skipped_section",
 ]
@@ -71,6 +72,21 @@ def max_severity(severities: Sequence[str]) -> Severity:
     return max(severities, key=SEVERITIES.index, default="none")  # type: ignore[arg-type]  # validated members
 
 
+def points_line(n: int, total: int, *, why: str = "") -> str:
+    """``Section.points`` for a section run on the first ``n`` of the ``total`` assessment points:
+    "all 300 assessment points", or "the first 100 of the 300 assessment points: <why>".
+
+    Raises:
+        ConfigError: n < total without ``why`` (a subset must say why it is one).
+    """
+    if n >= total:
+        return f"all {total} assessment points"
+    if not why.strip():
+        raise ConfigError(f"points_line: {n} of {total} points needs a reason; pass why=... saying "
+                          "why this section runs on a subset.")
+    return f"the first {n} of the {total} assessment points: {why}"
+
+
 def json_float(v: float | None, digits: int = 6) -> float | None:
     """Round v for JSON; nan and None become None."""
     return None if v is None or math.isnan(v) else round(float(v), digits)
@@ -82,16 +98,25 @@ class Figure:
 
     Attributes:
         title: short heading shown above the image.
-        caption: one or two sentences saying how to read it.
+        caption: one or two sentences saying what is plotted (which points, which settings).
         png_base64: the PNG bytes, base64-encoded (ASCII).
+        how_to_read: the one-line reading guide shown under it ("Lower is worse: ..."); every
+            built-in figure has one, and the report shows it as "How to read".
     """
 
     title: str
     caption: str
     png_base64: str
+    how_to_read: str = ""
+
+    def __post_init__(self) -> None:
+        if "\n" in self.how_to_read.strip():
+            raise ConfigError(f"Figure {self.title!r}: how_to_read must be one line; got "
+                              f"{self.how_to_read!r}. Put details in the caption.")
 
     def to_dict(self) -> dict[str, str]:
-        return {"title": self.title, "caption": self.caption, "png_base64": self.png_base64}
+        return {"title": self.title, "caption": self.caption, "how_to_read": self.how_to_read,
+                "png_base64": self.png_base64}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -137,6 +162,9 @@ class Section:
         tables: tables shown in the section.
         warnings: sanity-check flags: reasons the numbers may be misleading.
         provenance: settings needed to reproduce the section (e.g. each attack's config).
+        points: one line naming the points its numbers are on, and why when they are not all the
+            assessment points (see ``points_line``); shown under the section's summary. Every
+            built-in section sets it, so that one report tells one story.
     """
 
     id: str
@@ -152,6 +180,7 @@ class Section:
     tables: Sequence[Table] = ()
     warnings: Sequence[str] = ()
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    points: str = ""
 
     def __post_init__(self) -> None:
         check_choice("severity", self.severity, SEVERITIES, owner=f"Section {self.id!r}")
@@ -173,9 +202,9 @@ class Section:
                 findings=tuple(d.get("findings", ())), warnings=tuple(d.get("warnings", ())),
                 tables=tuple(Table(title=t["title"], columns=t["columns"], rows=t["rows"])
                              for t in d.get("tables", ())),
-                figures=tuple(Figure(title=f["title"], caption=f["caption"], png_base64=f["png_base64"])
-                              for f in d.get("figures", ())),
-                provenance=dict(d.get("provenance", {})),
+                figures=tuple(Figure(title=f["title"], caption=f["caption"], png_base64=f["png_base64"],
+                                     how_to_read=f.get("how_to_read", "")) for f in d.get("figures", ())),
+                provenance=dict(d.get("provenance", {})), points=d.get("points", ""),
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"Section.from_dict: the dict must be a Section's to_dict(); got an error "
@@ -198,6 +227,7 @@ class Section:
             "tables": [t.to_dict() for t in self.tables],
             "figures": [f.to_dict() for f in self.figures],
             "provenance": dict(self.provenance),
+            "points": self.points,
         }
 
 

@@ -10,7 +10,6 @@ The zoo models train on first use and are cached.
 
 from __future__ import annotations
 
-import html
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
@@ -18,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelshield import __version__
 from modelshield._io import write_atomic
 from modelshield.assess.plan import AssessmentPlan, BlackBoxPlan, EvasionPlan, PhysicalPlan
-from modelshield.assess.report import check_new_files, write_report
+from modelshield.assess.report import check_new_files, render_page, write_report
 from modelshield.assess.suite import run, target_inputs
 from modelshield.data import ATTRIBUTIONS
 from modelshield.targets import TargetRef
@@ -43,14 +43,17 @@ class DemoModel:
 
 DEMO_MODELS: tuple[DemoModel, ...] = (
     DemoModel("digits-cnn", "image",
-              ("evasion", "blackbox", "physical", "backdoor", "extraction", "defenses", "explain"),
+              ("evasion", "blackbox", "physical", "backdoor", "extraction", "defenses", "explain",
+               "supply-chain"),
               ("evasion", "blackbox", "extraction"), 300, 100, "digits (scikit-learn)"),
     DemoModel("phishing-gbm", "tabular", ("tabular", "blackbox", "extraction", "explain"),
               ("tabular", "extraction"), 300, 100, "phishing-websites (UCI, embedded)"),
     DemoModel("spam-nb", "text", ("poisoning", "text-evasion", "extraction", "explain"),
               ("text-evasion", "extraction"), 200, 100, "sms-spam (UCI, embedded)"),
 )
-"""The three demo models, in the order they run."""
+"""The three demo models, in the order they run. Supply chain runs on digits-cnn only: it is the one
+with a model file (its cached weights); the phishing and spam zoo entries are rebuilt from the
+embedded data on every load, so there is no file to scan or sign."""
 
 
 def demo_plan(model: DemoModel, *, quick: bool = False) -> AssessmentPlan:
@@ -123,60 +126,11 @@ def run_demo(
     return entries
 
 
-_SEV_COLOURS = {"critical": "#cf222e", "high": "#d1242f", "medium": "#bf8700", "low": "#0969da",
-                "none": "#1a7f37"}
-
-
-def _badge(severity: str) -> str:
-    colour = _SEV_COLOURS.get(severity, "#57606a")
-    return (f'<span class="badge" style="background:{colour}">{html.escape(severity.upper())}</span>')
-
-
 def render_index(entries: Sequence[DemoEntry], *, quick: bool = False) -> str:
-    """A self-contained ``index.html``: each model's overall risk, its sections' severities, the
-    first lines of its executive summary and a link to its report; the data credits."""
-    rows = []
-    for e in entries:
-        r = e.report
-        biz = r.get("business") or {}
-        summary = "".join(f"<p>{html.escape(line)}</p>" for line in biz.get("executive_summary", [])[:2])
-        chips = " ".join(f'<span class="chip">{html.escape(str(s["id"]))} {_badge(str(s["severity"]))}</span>'
-                         for s in r.get("sections", []))
-        link = f"{e.model.name}/report.html"
-        rows.append(
-            f'<section class="card" id="model-{html.escape(e.model.name)}">'
-            f'<div class="head"><h2><a href="{html.escape(link)}">{html.escape(e.model.name)}</a></h2>'
-            f'{_badge(str(r.get("summary", {}).get("severity", "none")))}</div>'
-            f'<p class="meta">{html.escape(e.model.kind)} model on {html.escape(e.model.data)}, '
-            f'{r.get("summary", {}).get("n")} points, {e.time_s:.0f} s</p>'
-            f'<div class="chips">{chips}</div>{summary}'
-            f'<p><a href="{html.escape(link)}">Open the full report</a> '
-            f'(<a href="{e.model.name}/report.json">JSON</a>)</p></section>')
-    credits = "".join(f"<li>{html.escape(text)}</li>" for text in ATTRIBUTIONS.values())
-    total = sum(e.time_s for e in entries)
-    mode = "quick tour" if quick else "full suite"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>modelshield demo</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
- body {{ font-family: system-ui, sans-serif; margin: 0; background: #f6f8fa; color: #1f2328; }}
- header {{ background: #0b2a4a; color: #fff; padding: 24px 40px; }}
- main {{ max-width: 1100px; margin: 24px auto; padding: 0 16px; }}
- .card {{ background: #fff; border: 1px solid #d0d7de; border-radius: 8px; padding: 16px 24px;
-          margin-bottom: 16px; }}
- .head {{ display: flex; align-items: center; gap: 12px; }} .head h2 {{ margin: 0; }}
- .badge {{ color: #fff; border-radius: 12px; padding: 2px 10px; font-size: 12px; font-weight: 600; }}
- .chip {{ display: inline-block; border: 1px solid #d0d7de; border-radius: 12px; padding: 2px 8px;
-          margin: 2px; font-size: 13px; }}
- .meta {{ color: #57606a; }} a {{ color: #0969da; }}
- @media print {{ body {{ background: #fff; }} .card {{ break-inside: avoid; }} }}
-</style></head>
-<body><header><div>modelshield &middot; demo ({mode})</div>
-<h1>One model of each kind, every threat that applies</h1>
-<div>{len(entries)} models assessed in {total:.0f} s. Each report opens with its executive summary,
-then the risks, their business impact and frameworks, and the remediation plan.</div></header>
-<main>{''.join(rows)}
-<section class="card" id="credits"><h2>Data</h2><p>The digits come with scikit-learn. The tabular and
-text data sets ship inside modelshield, unchanged, under CC BY 4.0:</p><ul>{credits}</ul></section>
-</main></body></html>
-"""
+    """A self-contained ``index.html`` (the reports' styles and badges): each model's overall
+    risk, its sections' severities, the first lines of its executive summary and a link to its
+    report; the data credits."""
+    rows = [{"name": e.model.name, "kind": e.model.kind, "data": e.model.data, "time_s": e.time_s,
+             "report": e.report} for e in entries]
+    return render_page("index.html.j2", entries=rows, quick=quick, version=__version__,
+                       total_s=sum(e.time_s for e in entries), credits=list(ATTRIBUTIONS.values()))

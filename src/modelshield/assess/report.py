@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from importlib import resources
@@ -14,7 +15,7 @@ from modelshield._io import check_output_paths, write_atomic
 from modelshield.assess._section import SEVERITIES
 from modelshield.assess.suite import Assessment
 
-__all__ = ["check_new_files", "render_html", "report_numbers", "write_json", "write_report"]
+__all__ = ["check_new_files", "render_html", "render_page", "report_numbers", "write_json", "write_report"]
 
 _TIME_COLUMNS = frozenset({"time (s)"})
 
@@ -76,15 +77,31 @@ def _cell(v: Any, column: str) -> str:
     return _pct(v) if rate and isinstance(v, int | float) and not isinstance(v, bool) else _num(v)
 
 
-def render_html(report: Assessment | Mapping[str, Any]) -> str:
-    """Render the report dict with the package's one Jinja2 template (autoescaped, no external assets)."""
-    data = report.to_dict() if isinstance(report, Assessment) else report
-    source = resources.files("modelshield.assess").joinpath("templates", TEMPLATE).read_text("utf-8")
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True)
+@functools.cache
+def _environment() -> jinja2.Environment:
+    """The Jinja2 environment over the package's templates (autoescaped, strict undefined)."""
+    folder = resources.files("modelshield.assess").joinpath("templates")
+
+    def load(name: str) -> str:
+        return folder.joinpath(name).read_text("utf-8")
+
+    env = jinja2.Environment(loader=jinja2.FunctionLoader(load), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(pct=_pct, num=_num, cell=_cell)
     env.globals["severities"] = SEVERITIES
-    return env.from_string(source).render(r=data, provenance_json=json.dumps(
+    return env
+
+
+def render_page(template: str, **context: Any) -> str:
+    """Render one of the package's HTML templates (``report.html.j2``, ``index.html.j2``) with
+    the shared styles and macros; every page is self-contained (inline CSS, data-URI images)."""
+    return _environment().get_template(template).render(**context)
+
+
+def render_html(report: Assessment | Mapping[str, Any]) -> str:
+    """Render the report dict with the package's report template (autoescaped, no external assets)."""
+    data = report.to_dict() if isinstance(report, Assessment) else report
+    return render_page(TEMPLATE, r=data, provenance_json=json.dumps(
         data.get("provenance", {}), indent=2, sort_keys=True))
 
 

@@ -458,10 +458,11 @@ def demo(
     """Assess one model of each kind with every section that applies; write their reports and an index.
 
     digits-cnn (images: evasion, black-box, physical patches, backdoor scan, extraction, defences,
-    explanations), phishing-gbm (tabular: constrained evasion, black-box, extraction, explanations)
-    and spam-nb (text: poisoning and its detection, text evasion, extraction, explanations), each
-    trained on first use from data inside the package; writes OUT/<model>/report.json and
-    report.html for each and OUT/index.html, single-threaded (fastest for these small models).
+    explanations, supply chain of its weights file), phishing-gbm (tabular: constrained evasion,
+    black-box, extraction, explanations) and spam-nb (text: poisoning and its detection, text
+    evasion, extraction, explanations), each trained on first use from data inside the package;
+    writes OUT/<model>/report.json and report.html for each and OUT/index.html, single-threaded
+    (fastest for these small models).
     """
     from modelshield.assess.demo import run_demo
 

@@ -21,6 +21,7 @@ from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from modelshield._figures import check_axes_labelled
 from modelshield._io import write_atomic
 from modelshield.errors import InputError
 
@@ -76,11 +77,14 @@ def signed_colors(values: Tensor | np.ndarray | Sequence[float], *, limit: float
 
 
 def _save(fig: Figure, path: str | Path, overwrite: bool) -> Path:
-    """Render fig to PNG bytes (no metadata timestamp), write them atomically, release the figure."""
+    """Render fig to PNG bytes (no metadata timestamp), write them atomically, release the figure.
+
+    Warns for an axis with tick labels but no axis label (:func:`check_axes_labelled`)."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     try:
         fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+        check_axes_labelled(fig, stacklevel=4)  # once drawn; 4: the caller of heatmap_png etc.
     finally:
         fig.clear()  # drop the artists now rather than at the next garbage collection
     return write_atomic(path, buf.getvalue(), force=overwrite)
@@ -215,6 +219,7 @@ def bars_png(
     ypos = np.arange(len(order))[::-1]
     ax.barh(ypos, shown, color=colors, edgecolor="#57606a", linewidth=0.5)
     ax.set_yticks(ypos, [names[i] for i in order], fontsize=8)
+    ax.set_ylabel("feature", fontsize=8)
     ax.axvline(0.0, color="#24292f", lw=0.8)
     ax.set_xlim(-1.25 * limit, 1.25 * limit)
     ax.tick_params(axis="x", labelsize=8)

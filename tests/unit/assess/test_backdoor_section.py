@@ -84,6 +84,7 @@ def test_flags_the_target_of_a_backdoored_digits_model(backdoored_report: dict[s
     ai = (norms - med).abs() / (1.4826 * (norms - med).abs().median())
     assert torch.allclose(ai, torch.tensor(m["neural_cleanse"]["anomaly_index"]), atol=1e-4)
     assert len(s["figures"]) == 2 and all(_png(f["png_base64"]) == b"\x89PNG\r\n\x1a\n" for f in s["figures"])
+    assert all(f["how_to_read"] for f in s["figures"])  # every figure has its reading guide
     strip = m["strip"]
     assert strip["n_clean"] == 200 and strip["n_holdout"] == N - 200
     assert strip["reversed_trigger_detection"]["0"] > 0.5

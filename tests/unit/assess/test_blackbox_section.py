@@ -88,6 +88,7 @@ def test_blackbox_section_on_a_small_model(digits_mlp: tuple[nn.Module, torch.Te
     assert robust == sorted(robust, reverse=True) and robust[0] <= sec.metrics["clean_accuracy"]
     assert sec.headline["blackbox_robust_accuracy"] == robust[-1]
     assert len(sec.metrics["hsj_curve"]) == 1 and sec.figures and "rate-limit" in sec.recommendation
+    assert all(f.how_to_read for f in sec.figures) and "breaks within L-inf eps=0.3" in sec.figures[0].caption
     d = report.to_dict()
     assert d["summary"]["metrics"]["blackbox_success_rate"] == rates[-1]
     # HopSkipJump minimises the norm and spends its whole budget: its row says how many points it
@@ -96,7 +97,8 @@ def test_blackbox_section_on_a_small_model(digits_mlp: tuple[nn.Module, torch.Te
     assert "median_queries_per_success" not in hsj
     assert hsj["success_within_eps"] is not None and hsj["success_within_eps"] <= hsj["success_rate"]
     assert sec.tables[-1].columns[-1] == "success within L-inf eps=0.3"
-    assert "Clean accuracy on the 16 assessment points" in " ".join(sec.findings)
+    assert "Clean accuracy on these 16 points" in " ".join(sec.findings)
+    assert sec.points == "all 16 assessment points"
 
 
 def test_blackbox_on_a_subset_says_so(digits_mlp: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
@@ -104,7 +106,8 @@ def test_blackbox_on_a_subset_says_so(digits_mlp: tuple[nn.Module, torch.Tensor,
     plan = AssessmentPlan(sections=("blackbox",), n=24, batch_size=8,
                           blackbox=BlackBoxPlan(eps=0.3, budgets=(20,), hsj_budgets=(), n=8))
     sec = run(net, x, y, plan=plan, model_info={"name": "mlp"}, data_info={"name": "digits"}).sections[0]
-    assert "the first 8 of the 24 assessment points" in " ".join(sec.findings)
+    assert sec.points.startswith("the first 8 of the 24 assessment points: each query-only attack costs")
+    assert "Clean accuracy on these 8 points" in " ".join(sec.findings)
 
 
 def test_tabular_section_with_an_inferred_spec() -> None:
@@ -124,6 +127,7 @@ def test_tabular_section_with_an_inferred_spec() -> None:
     assert m["changes_curve"][0]["success_rate"] == 1.0 and sec.headline["malicious_recall_after"] == 0.0
     assert "a" in m["features_used"] and sec.severity == "critical"
     assert any("inferred" in w for w in sec.warnings)
+    assert sec.figures and all(f.how_to_read for f in sec.figures)
 
 
 def test_tabular_section_on_the_phishing_zoo_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

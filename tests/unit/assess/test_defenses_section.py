@@ -132,7 +132,7 @@ def test_adversarial_training_holds(at_report: dict[str, Any],
     for word in ("TRADES", "randomized smoothing", "distillation alone"):
         assert word in s["recommendation"]
     (fig,) = s["figures"]
-    assert base64.b64decode(fig["png_base64"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert base64.b64decode(fig["png_base64"])[:8] == b"\x89PNG\r\n\x1a\n" and fig["how_to_read"]
     assert s["provenance"]["defended"]["weights_sha256"] == weights_sha256(at)
     assert 'id="section-defenses"' in render_html(at_report)
 

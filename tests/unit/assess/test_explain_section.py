@@ -97,7 +97,7 @@ def test_image_section_shows_heatmaps_and_rank_correlation(image_section: Sectio
     worst = min(ExplainPlan().worst, m["evasions"])
     heat = [f for f in s.figures if f.title.startswith("Evasion")]
     assert len(heat) == 2 * worst  # clean and adversarial for each worst evasion
-    assert all(_is_png(f.png_base64) for f in s.figures)
+    assert all(_is_png(f.png_base64) and f.how_to_read for f in s.figures)
     rho = m["attribution_rank_correlation"]
     assert len(rho) == m["evasions"] and all(-1.0 <= r <= 1.0 for r in rho)
     assert s.headline["explain_rank_correlation"] == pytest.approx(sum(rho) / len(rho), abs=1e-3)
@@ -147,7 +147,7 @@ def test_backdoor_finding_shows_the_model_looks_at_the_trigger(digits: Any) -> N
     assert s.severity == "none"  # rated by the backdoor section, not twice
     assert {a["id"] for a in s.atlas} == {"AML.T0043", "AML.T0018"}
     stamped = [f for f in s.figures if f.title.startswith("Backdoor")]
-    assert stamped and all(_is_png(f.png_base64) for f in stamped)
+    assert stamped and all(_is_png(f.png_base64) and f.how_to_read for f in stamped)
 
 
 def test_trigger_mass_is_the_share_on_the_mask() -> None:
@@ -202,7 +202,7 @@ def test_tabular_tree_model_uses_treeshap_and_finds_the_signal() -> None:
         assert s.metrics["explainer"] == explainer
         assert s.metrics["top_features"][0] == "f2"
         assert s.metrics["misclassified"] > 0
-        assert all(_is_png(f.png_base64) for f in s.figures)
+        assert all(_is_png(f.png_base64) and f.how_to_read for f in s.figures)
         evasions, mistakes = s.tables
         assert evasions.title.startswith("Worst constrained evasions") and s.metrics["evasions"] > 0
         assert len(s.figures) == 1 + len(evasions.rows)  # global importance + one per worst evasion
@@ -230,4 +230,4 @@ def test_text_model_highlights_the_spam_token() -> None:
     assert s.metrics["explained"] == ExplainPlan().worst
     for row in s.tables[0].rows:
         assert row[1] == "spam" and set(row[3].split(", ")[:2]) <= {"win", "free", "now"}
-    assert all(_is_png(f.png_base64) for f in s.figures)
+    assert all(_is_png(f.png_base64) and f.how_to_read for f in s.figures)

@@ -152,7 +152,7 @@ def test_extraction_section_through_the_suite(digits_mlp: Digits, monkeypatch: p
     assert all(v["queries"] == 150 for v in prada.values())
     assert s.metrics["pool"]["relation"] == "noise"
     assert "ClientBudget" in s.recommendation and "PRADA" in s.recommendation
-    assert len(s.figures) == 1 and len(s.tables) == 3
+    assert len(s.figures) == 1 and len(s.tables) == 3 and s.figures[0].how_to_read
     report = result.to_dict()
     assert report["summary"]["metrics"]["extraction_fidelity"] == s.headline["extraction_fidelity"]
     assert "extraction:knockoff-none" in report["provenance"]["attacks"]

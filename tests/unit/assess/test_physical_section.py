@@ -97,7 +97,7 @@ def test_section_reports_patches_defences_figures_and_atlas(section: Section) ->
     assert section.headline["physical_detection_rate"] == det["tpr"]
     assert len(section.figures) == 3
     for fig in section.figures:
-        assert base64.b64decode(fig.png_base64, validate=True).startswith(PNG)
+        assert base64.b64decode(fig.png_base64, validate=True).startswith(PNG) and fig.how_to_read
     assert "patch size" in section.figures[0].title and "Held-out images" in section.figures[2].title
     assert section.provenance["plan"] == SMALL.to_dict()
     assert section.provenance["attacks"]["AdversarialPatch"]["sizes"] == [0.03, 0.05, 0.1]

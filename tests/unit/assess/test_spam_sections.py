@@ -107,6 +107,7 @@ def test_text_sections_in_a_report(spam_target, tmp_path: Path) -> None:  # type
     assert curve[1]["recall"] < pois["metrics"]["clean_spam_recall"]
     assert pois["headline"]["poisoned_spam_recall"] == curve[1]["recall"]
     assert len(pois["figures"]) == 1 and pois["figures"][0]["png_base64"]
+    assert all(f["how_to_read"] for s in (pois, text) for f in s["figures"])
     grid = text["metrics"]["curve"]
     assert {(c["method"], c["budget"]) for c in grid} == {
         (m, b) for m in ("char", "goodword") for b in (0.1, 0.3)

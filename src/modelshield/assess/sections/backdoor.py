@@ -117,6 +117,16 @@ def _skipped(section_id: str, reason: str, settings: dict[str, Any]) -> Section:
     )
 
 
+def _points(n: int, total: int, hold: bool) -> str:
+    """``Section.points``: which assessment points calibrate the scan and which measure STRIP."""
+    used = (f"all {total} assessment points" if n >= total else
+            f"the first {n} of the {total} assessment points")
+    tail = (f"; the other {total - n} measure STRIP's false alarms on unseen inputs" if hold else
+            "; too few others are left to measure STRIP's false alarms on unseen inputs")
+    return (f"the model itself (a trigger reversed for every class), with {used} as the clean "
+            f"inputs that Neural Cleanse optimises on and STRIP calibrates on{tail}")
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BackdoorSection:
     """Section runner: is a backdoor planted in the assessed model? (MITRE ATLAS AML.T0018)
@@ -299,14 +309,18 @@ class BackdoorSection:
         figures = (
             Figure(title="Neural Cleanse anomaly index per class",
                    caption=(f"MAD anomaly index of each class's reversed-trigger size; the dashed line is "
-                            f"the cut-off {nc.threshold:g}. Red: flagged (above the cut-off with a trigger "
-                            "smaller than the median). Grey: trigger larger than the median (never a "
-                            "backdoor sign)."),
+                            f"the cut-off {nc.threshold:g}."),
+                   how_to_read=("Red bars are flagged classes (above the dashed cut-off with a trigger "
+                                "smaller than the median) that may hide a backdoor; grey bars (larger "
+                                "triggers) are never a backdoor sign."),
                    png_base64=anomaly_figure(nc, classes=classes)),
             Figure(title=f"Reversed triggers of the {len(shown)} most suspicious classes",
                    caption=("Per class (smallest trigger first): the mask Neural Cleanse found (white = "
                             "pixels it uses), the trigger drawn (mask x pattern), and a clean input stamped "
-                            "with it. A backdoor usually shows as a compact patch."),
+                            "with it."),
+                   how_to_read=("Look for a small, compact white blob in the top row: a backdoor trigger is "
+                                "usually a tiny patch, a natural class needs a large scattered mask; red "
+                                "titles are flagged classes."),
                    png_base64=trigger_figure(nc, shown, example, bounds=ctx.bounds, classes=classes)),
         )
         table = Table(
@@ -328,4 +342,5 @@ class BackdoorSection:
             tables=(table,), warnings=tuple(warnings),
             provenance={"settings": self.settings(), "attacks": {"NeuralCleanse": nc.params},
                         "strip": {"frr": self.frr, "n_overlays": self.n_overlays, "seed": ctx.seed}},
+            points=_points(n, int(ctx.x.shape[0]), hold),
         )

@@ -34,6 +34,7 @@ from modelshield.assess._section import (
     atlas,
     is_text_model,
     json_float,
+    points_line,
     skipped_section,
 )
 from modelshield.assess.plan import BlackBoxPlan, TabularPlan
@@ -186,20 +187,34 @@ def _budget_figure(curve: list[dict[str, Any]], hsj: list[dict[str, Any]], eps: 
     else:
         ax1.text(0.5, 0.5, "Square not run\n(the model answers labels only)", ha="center", va="center",
                  transform=ax1.transAxes)
+        ax1.set_axis_off()  # no data: no scale to read
     ax1.set_ylim(-0.03, 1.03)
     ax1.set_xlabel("queries per point")
+    ax1.set_ylabel("share of points")
     ax1.set_title(f"Square (scores), L-inf eps={eps:g}", fontsize=9)
     ax1.grid(alpha=0.3)
     if hsj:
         hb = [p["budget"] for p in hsj]
+        within = [p["success_within_eps"] if p["success_within_eps"] is not None else math.nan for p in hsj]
         med = [p["median_l2"] if p["median_l2"] is not None else math.nan for p in hsj]
-        ax2.plot(hb, med, marker="o", color=_GREY)
+        lines = ax2.plot(hb, within, marker="o", color=_RED, label=f"broken within L-inf eps={eps:g}")
         ax2.set_xscale("log")
+        ax2.set_xticks(hb, [str(b) for b in hb])  # the budgets run; log minor labels would overlap
+        ax2.minorticks_off()
+        ax2.set_ylim(-0.03, 1.03)
         ax2.set_xlabel("queries per point")
-        ax2.set_ylabel("median L2 of adversarial points")
+        ax2.set_ylabel(f"broken within L-inf eps={eps:g}")
         ax2.grid(alpha=0.3)
+        l2 = ax2.twinx()
+        lines += l2.plot(hb, med, marker="s", ms=4, ls="--", color=_GREY, label="median L2 (right axis)")
+        l2.set_ylim(bottom=0.0)
+        l2.set_ylabel("median L2 of adversarial points", color=_GREY)
+        l2.tick_params(axis="y", colors=_GREY)
+        fig.legend(lines, [ln.get_label() for ln in lines], fontsize=8, frameon=False, ncol=2,
+                   loc="outside lower right")  # below the panel: the two y scales leave no free corner
     else:
         ax2.text(0.5, 0.5, "HopSkipJump not run", ha="center", va="center", transform=ax2.transAxes)
+        ax2.set_axis_off()
     ax2.set_title("HopSkipJump (labels only)", fontsize=9)
     return png_base64(fig)
 
@@ -221,8 +236,10 @@ def _tabular_figure(curve: list[dict[str, Any]], used: Mapping[str, int], top: i
         ax2.barh(names, [v for _, v in items][::-1], color=_BLUE)
         ax2.tick_params(axis="y", labelsize=7)
         ax2.set_xlabel("successful rows changing the feature")
+        ax2.set_ylabel("feature")
     else:
         ax2.text(0.5, 0.5, "no successful row", ha="center", va="center", transform=ax2.transAxes)
+        ax2.set_axis_off()
     ax2.set_title("Features the attacker used most", fontsize=9)
     return png_base64(fig)
 
@@ -270,13 +287,16 @@ def hsj_point(res: EvasionResult, x: Tensor, budget: int, eps: float) -> dict[st
 
 
 def _which_points(n: int, ctx: AssessmentContext) -> str:
-    """"the N points", or "the first n of the N assessment points (why)" when the plan cut them."""
+    """``Section.points``: all the assessment points, or the first n of them and why."""
+    return points_line(n, int(ctx.x.shape[0]), why=(
+        "each query-only attack costs up to its budget in model queries per point, so this section "
+        "runs on a subset (set BlackBoxPlan.n to change it)"))
+
+
+def _subset_note(n: int, ctx: AssessmentContext) -> str:
+    """" on the first n of the N assessment points" when the section ran on a subset, else ""."""
     total = int(ctx.x.shape[0])
-    if n >= total:
-        return f"the {n} assessment points"
-    return (f"the first {n} of the {total} assessment points (each query-only attack costs up to its "
-            "budget in model queries per point, so this section runs on a subset; the other sections' "
-            f"numbers are on all {total})")
+    return f" on the first {n} of the {total} assessment points" if n < total else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +363,7 @@ class BlackBoxSection:
         med_q, mean_q = sq.queries_per_success
         half = next((p["budget"] for p in curve if (p["success_rate"] or 0.0) >= 0.5), None)
         findings = [
-            f"Clean accuracy on {_which_points(n, ctx)} is {100 * clean:.1f}%.",
+            f"Clean accuracy on these {n} points is {100 * clean:.1f}%.",
             f"With only the model's {'decision margins' if kind == 'margins' else 'scores'}, Square at "
             f"L-inf eps={plan.eps:g} lowers accuracy to "
             f"{100 * robust:.1f}% within {top} queries per point (success rate "
@@ -378,9 +398,12 @@ class BlackBoxSection:
         figures = [Figure(
             title="Black-box attack strength against query budget",
             caption=(f"Left: Square's success rate and the robust accuracy on {n} points as the "
-                     "per-point query budget grows (one run, read at each budget). Right: "
-                     "HopSkipJump's median L2 distance to a misclassified input; lower means an "
-                     "easier target."),
+                     "per-point query budget grows (one run, read at each budget). Right: the share "
+                     f"of eligible points HopSkipJump breaks within L-inf eps={plan.eps:g} (solid) and "
+                     "the median L2 distance of its misclassified inputs (dashed, right axis)."),
+            how_to_read=("The higher the red lines, the more points the attacker breaks with that many "
+                         "queries (blue robust accuracy falls as they rise); on the right, a falling dashed "
+                         "grey line means smaller changes suffice."),
             png_base64=_budget_figure(curve, hsj_curve, plan.eps),
         )]
         headline = {"blackbox_robust_accuracy": json_float(robust),
@@ -394,7 +417,8 @@ class BlackBoxSection:
             id=self.id,
             title="Black-box exposure (query-only attacks)",
             summary=(f"Seeing only outputs, an attacker lowers accuracy from {100 * clean:.1f}% to "
-                     f"{100 * robust:.1f}% with {top} queries per point (Square, L-inf eps={plan.eps:g})."),
+                     f"{100 * robust:.1f}% with {top} queries per point (Square, L-inf eps={plan.eps:g})"
+                     f"{_subset_note(n, ctx)}."),
             severity=severity,
             atlas=atlas("AML.T0040", "AML.T0043.001", "AML.T0015"),
             recommendation=_BLACKBOX_ADVICE,
@@ -406,6 +430,7 @@ class BlackBoxSection:
             warnings=tuple(notes),
             provenance={"plan": plan.to_dict(), "attacks": settings, "scores": kind,
                         "model_notes": model_notes},
+            points=_which_points(n, ctx),
         )
 
     def _labels_only(self, ctx: AssessmentContext, plan: BlackBoxPlan, x: Tensor, y: Tensor,
@@ -450,7 +475,7 @@ class BlackBoxSection:
         findings = [
             "The model answers labels only (no probabilities, no decision_function margins): Square, "
             "which needs class scores, was not run; HopSkipJump needs only the predicted labels.",
-            f"Clean accuracy on {_which_points(n, ctx)} is {100 * clean:.1f}%.",
+            f"Clean accuracy on these {n} points is {100 * clean:.1f}%.",
             f"With labels only, HopSkipJump finds misclassified inputs for "
             f"{100 * (last.attack_success_rate or 0.0):.1f}% of the correctly classified points at a median "
             f"L2 distance of {l2} after {top} queries per point.",
@@ -473,15 +498,19 @@ class BlackBoxSection:
         figure = Figure(
             title="Black-box attack strength against query budget",
             caption=("Left: Square was not run (it needs scores; the model answers labels only). Right: "
-                     "HopSkipJump's median L2 distance to a misclassified input; lower means an easier "
-                     "target."),
+                     f"the share of eligible points HopSkipJump breaks within L-inf eps={plan.eps:g} "
+                     "(solid) and the median L2 distance of its misclassified inputs (dashed, right "
+                     "axis)."),
+            how_to_read=("Read the right panel: the higher the red line climbs with more queries, the more "
+                         "points the attacker breaks within eps; a falling dashed grey line means ever "
+                         "smaller changes suffice."),
             png_base64=_budget_figure([], hsj_curve, plan.eps),
         )
         return Section(
             id=self.id, title=title,
             summary=(f"Seeing only labels, HopSkipJump lowers accuracy within L-inf eps={plan.eps:g} from "
-                     f"{100 * clean:.1f}% to {100 * robust:.1f}% with {top} queries per point; Square "
-                     "skipped (labels only)."),
+                     f"{100 * clean:.1f}% to {100 * robust:.1f}% with {top} queries per point"
+                     f"{_subset_note(n, ctx)}; Square skipped (labels only)."),
             severity=severity,
             atlas=atlas("AML.T0040", "AML.T0043.001", "AML.T0015"),
             recommendation=_BLACKBOX_ADVICE,
@@ -489,6 +518,7 @@ class BlackBoxSection:
             warnings=tuple(notes),
             provenance={"plan": plan.to_dict(), "attacks": settings, "scores": "labels",
                         "model_notes": model_notes},
+            points=_which_points(n, ctx),
         )
 
 
@@ -618,6 +648,9 @@ class TabularSection:
                          "most k features may change (one search; it stops a row at its first "
                          "evading change set). Right: how often each feature was changed in the "
                          f"successful rows at k={plan.headline_changes}."),
+                how_to_read=("Left: the higher the line, the more malicious rows slip through with that "
+                             "few changed features; right: the longest bars are the features to harden "
+                             "or monitor first."),
                 png_base64=_tabular_figure(curve, used),
             ),),
             tables=tuple(tables),
@@ -627,6 +660,8 @@ class TabularSection:
                         "attacks": {"tabular": {"class": res.attack, **res.params}}, "scores": kind,
                         "ranking": "labels (one-hot)" if label_only else "scores",
                         "model_notes": model_notes},
+            points=(f"{points_line(len(x), len(x))}: the {int(attacked.sum())} malicious rows the model "
+                    "detects are attacked (an undetected row needs no attack; a legitimate one none)"),
         )
 
 

@@ -201,4 +201,6 @@ def data_validation_section(section_id: str, ctx: AssessmentContext, progress: P
         findings=tuple(findings),
         tables=(table,),
         provenance={"validation": dict(report.params), "n_train": n, "not_run": why},
+        points=(f"the {n} rows of the training split, not the {int(ctx.x.shape[0])} assessment points: "
+                "poisoning lives in the training data, so that is what is validated"),
     )

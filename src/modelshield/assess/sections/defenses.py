@@ -30,6 +30,7 @@ from modelshield.assess._section import (
     atlas,
     json_float,
     max_severity,
+    points_line,
 )
 from modelshield.assess.masking import MaskingReport, check_gradient_masking
 from modelshield.assess.plan import DefensesPlan
@@ -334,10 +335,10 @@ class DefensesSection:
                 for key in ("attack", "ensemble", "fgsm", "square"):
                     res = rep.results[key]
                     attacks[f"defenses/{key}"] = {"class": res.attack, **res.params}
-        return self._section(plan, found, runs, eps, eps_source, n, tol, attacks)
+        return self._section(plan, found, runs, eps, eps_source, n, tol, attacks, total=int(ctx.x.shape[0]))
 
     def _section(self, plan: DefensesPlan, found: _Defended, runs: list[_Run], eps: float,
-                 eps_source: str, n: int, tol: float, attacks: dict[str, Any]) -> Section:
+                 eps_source: str, n: int, tol: float, attacks: dict[str, Any], *, total: int) -> Section:
         from modelshield.models.load import weights_sha256
 
         und, dfd = runs
@@ -414,6 +415,9 @@ class DefensesSection:
                      f"{norm_txt} budget grows (eps=0 is clean accuracy); crosses mark the per-point "
                      f"worst case over every attack at eps={eps:g}. A flagged model's curve is not "
                      "evidence of robustness."),
+            how_to_read=("Higher is better: the defence helps if its line stays above the undefended one "
+                         "as eps grows; a cross below its line at the dotted eps means other attacks break "
+                         "points the Ensemble missed."),
             png_base64=comparison_figure({labels[r.label]: r.curve for r in runs},
                                          worst={labels[r.label]: r.report.robust_accuracy for r in runs},
                                          eps=eps, norm=plan.norm),
@@ -448,4 +452,7 @@ class DefensesSection:
             metrics=metrics, headline=headline, findings=tuple(findings), figures=(figure,),
             tables=tuple(tables), warnings=tuple(warnings),
             provenance={"plan": plan.to_dict(), "defended": defended_info, "attacks": attacks},
+            points=points_line(n, total, why=(
+                "both models face the Ensemble, PGD and Square at several budgets plus the gradient-"
+                "masking checks, so this section runs on a subset (set DefensesPlan.n to change it)")),
         )

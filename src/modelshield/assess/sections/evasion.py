@@ -17,6 +17,7 @@ from modelshield.assess._section import (
     Table,
     atlas,
     json_float,
+    points_line,
     skipped_section,
 )
 from modelshield.assess.plan import EvasionPlan
@@ -153,18 +154,28 @@ class EvasionSection:
         figures = [Figure(
             title="Robust accuracy against eps",
             caption=(f"Accuracy on {n} points under each attack as the {norm_txt} budget grows; the "
-                     "dashed line is clean accuracy, the dotted line the headline eps. Lower is worse."),
+                     "dashed line is clean accuracy, the dotted line the headline eps."),
+            how_to_read=("Each line is an attack: the lower it falls, the more inputs the attacker can flip "
+                         "at that budget; the gap to the dashed clean line at the dotted headline eps is "
+                         "what the attack costs."),
             png_base64=robustness_curve(curves, headline_eps=plan.headline_eps, norm=plan.norm),
         )]
         classes = ctx.data_info.get("classes")
         png, shown = examples_grid(worst, ctx.x, bounds=ctx.bounds,
                                    classes=list(classes) if classes else None)
-        kind = "images" if is_image(tuple(ctx.x.shape[1:])) else "perturbation per feature"
+        image = is_image(tuple(ctx.x.shape[1:]))
+        kind = "images" if image else "perturbation per feature"
         figures.append(Figure(
             title=f"Examples: {worst_name} at eps={plan.headline_eps:g}",
             caption=(f"{len(shown)} assessment points ({kind}); broken points first. Titles give the "
-                     "true label, the clean prediction and the prediction on the adversarial input "
-                     "(red when wrong)."),
+                     "true label, the clean prediction and the prediction on the adversarial input"
+                     + (" (red when wrong)." if image else ".")),
+            how_to_read=(("Each column is one input: a red title in the middle row means the attack changed "
+                          "the answer; the bottom row magnifies the change, whose real size |δ|max is in "
+                          "its title.") if image else
+                         ("Each panel is one input: a bar is how much the attack moved that feature (up: "
+                          "raised, down: lowered); the title says whether the prediction changed "
+                          "(adv pred vs true).")),
             png_base64=png,
         ))
         tables = [
@@ -221,6 +232,7 @@ class EvasionSection:
             tables=tuple(tables),
             warnings=tuple(sanity),
             provenance={"plan": plan.to_dict(), "attacks": settings},
+            points=points_line(n, n),
         )
 
 

@@ -51,6 +51,7 @@ from modelshield.assess._section import (
     atlas,
     is_text_model,
     json_float,
+    points_line,
     skipped_section,
 )
 from modelshield.assess.plan import EXPLAIN_METHODS, ExplainPlan
@@ -134,6 +135,9 @@ def _layers(module: nn.Module) -> tuple[str, ...]:
     return tuple((n or "<root>") for n, m in module.named_modules()
                  if any(True for _ in m.parameters(recurse=False)))[::-1]
 
+
+_EXPLAIN_WHY = ("each explanation costs many model calls and the section also attacks the points it "
+                "explains, so it runs on the first ExplainPlan.n of them (set it to change)")
 
 @dataclass(frozen=True, slots=True)
 class _Evasions:
@@ -333,6 +337,9 @@ class _ImageRun:
                     caption=(f"{method} attribution of the {tag} input to the class the model gives it "
                              f"({self.name(cls)}; true class {self.name(t)}). Rank correlation between the "
                              f"clean and adversarial maps: {r:.2f}."),
+                    how_to_read=("Red areas pushed the model toward the named class, blue areas against "
+                                 "it; if the clean and adversarial maps differ a lot, the attack changed "
+                                 "what the model looks at."),
                     png_base64=_b64(heatmap_png, img, att, title=f"{method}, {tag}: class {self.name(cls)}",
                                     target=self.name(cls), bounds=ctx.bounds)))
         self.tables.append(Table(
@@ -425,6 +432,9 @@ class _ImageRun:
                          f"{100 * float(share[j]):.0f}% of the attribution mass lies on the trigger, "
                          f"which covers {100 * area:.1f}% of the image: a model with a planted trigger "
                          "looks at it."),
+                how_to_read=("Red areas pushed the model toward the flagged class: red concentrated on the "
+                             "small stamped trigger rather than on the object means the model has learned "
+                             "the trigger."),
                 png_base64=_b64(heatmap_png, stamped[j], att.values[j], target=self.name(c),
                                 title=f"{method}, stamped input: class {self.name(c)}", bounds=ctx.bounds)))
         looks = ratio >= 2.0
@@ -483,7 +493,9 @@ class _ImageRun:
             atlas=atlas(*ids), recommendation=_RECOMMENDATION,
             metrics={**self.metrics, **headline}, headline=headline, findings=tuple(self.findings),
             figures=tuple(self.figures), tables=tuple(self.tables), warnings=tuple(self.warnings),
-            provenance={**self.provenance, "seed": self.ctx.seed})
+            provenance={**self.provenance, "seed": self.ctx.seed},
+            points=points_line(min(self.plan.n, int(self.ctx.x.shape[0])), int(self.ctx.x.shape[0]),
+                               why=_EXPLAIN_WHY))
 
 
 class _NoTrustworthyMethod(Exception):
@@ -541,6 +553,8 @@ def _tabular_section(section_id: str, ctx: AssessmentContext, plan: ExplainPlan,
     figures = [Figure(
         title="Global feature importance",
         caption=f"{how}: the features the model relies on most, largest first.",
+        how_to_read=("The longer the bar, the more the model relies on that feature: the top bars are what "
+                     "its decisions rest on, bars near zero barely matter."),
         png_base64=_b64(bars_png, importance, names, title="Global importance", xlabel=how))]
     findings.append(f"Most important features ({how}): {', '.join(fname(j) for j in top)}.")
     def local(xr: Tensor, tgt: Tensor) -> Attribution:
@@ -580,6 +594,8 @@ def _tabular_section(section_id: str, ctx: AssessmentContext, plan: ExplainPlan,
                        f"predicted {_class_name(p, classes)}"),
                 caption=(f"{att.method} attribution of the row to the wrong class "
                          f"{_class_name(p, classes)} (confidence {float(conf[i]):.2f})."),
+                how_to_read=("Red bars pushed the row toward the wrong class, blue bars against it: the "
+                             "longest red bars are the features that misled the model."),
                 png_base64=_b64(bars_png, v, names, top=12, target=_class_name(p, classes),
                                 title=f"{att.method}: row {i}")))
         findings.append(
@@ -607,7 +623,8 @@ def _tabular_section(section_id: str, ctx: AssessmentContext, plan: ExplainPlan,
         summary=(f"Global importance ({provenance['explainer']['class']}), "
                  f"{len(evasion_rows)} constrained evasions and {len(rows)} misclassified rows explained."),
         severity="none", atlas=atlas("AML.T0043"), recommendation=_RECOMMENDATION, metrics=metrics,
-        findings=tuple(findings), figures=tuple(figures), tables=tuple(tables), provenance=provenance)
+        findings=tuple(findings), figures=tuple(figures), tables=tuple(tables), provenance=provenance,
+        points=points_line(n, int(ctx.x.shape[0]), why=_EXPLAIN_WHY))
 
 
 def _probabilities(ctx: AssessmentContext, x: Tensor) -> Tensor:
@@ -674,6 +691,9 @@ def _tabular_evasions(
             title=f"Evasion of row {i}: {len(changed)} feature(s) changed, now class {c_name}",
             caption=(f"{att.method} attribution of the adversarial row to its new class {c_name} "
                      f"(confidence {float(conf[order[j]]):.2f}); changed: {what}."),
+            how_to_read=("Red bars pushed the row toward its new class, blue bars against it: changed "
+                         "features (listed in the caption) among the longest red bars are how the attack "
+                         "worked."),
             png_base64=_b64(bars_png, v, names, top=12, target=c_name,
                             title=f"{att.method}: row {i} after evasion")))
     info["findings"].append(
@@ -736,7 +756,9 @@ def _text_section(section_id: str, ctx: AssessmentContext, plan: ExplainPlan,
         figures.append(Figure(
             title=f"Message {i}: tokens behind class {_class_name(c, classes)}",
             caption=("Leave-one-token-out attribution: how much the class probability drops when the "
-                     "token is removed (red raises it)."),
+                     "token is removed."),
+            how_to_read=("Red tokens raise the class probability and blue ones lower it: the darkest red "
+                         "words are what the model's decision rests on."),
             png_base64=_b64(tokens_png, toks, vals, target=_class_name(c, classes), title=f"message {i}")))
     if rows:
         findings.append(f"The {len(rows)} most confidently {what} rest on: "
@@ -764,6 +786,8 @@ def _text_section(section_id: str, ctx: AssessmentContext, plan: ExplainPlan,
                            f"(probability {float(adv_p[r]):.2f})"),
                     caption="The message after the combined text attack (at most 20% of words changed): "
                             "what the model now relies on.",
+                    how_to_read=("Red tokens push the model toward its new class and blue ones against it: "
+                                 "red on the words the attack changed shows how the edit fooled it."),
                     png_base64=_b64(tokens_png, toks, adv.values[r], target=_class_name(c, classes),
                                     title=f"message {i} after evasion")))
         findings.append(f"The combined text attack (at most 20% of words) evades {evaded} of "
@@ -781,5 +805,6 @@ def _text_section(section_id: str, ctx: AssessmentContext, plan: ExplainPlan,
         tables=(Table(title=f"Most confidently {what}",
                       columns=("message", "class", "probability", "top tokens"), rows=tuple(rows)),),
         provenance={"plan": plan.to_dict(), "explainer": {"class": "TextOcclusion", **asdict(occl)},
-                    "text_attack": {"method": "combined", "max_word_fraction": 0.2, "seed": ctx.seed}})
+                    "text_attack": {"method": "combined", "max_word_fraction": 0.2, "seed": ctx.seed}},
+        points=points_line(n, int(ctx.x.shape[0]), why=_EXPLAIN_WHY))
 

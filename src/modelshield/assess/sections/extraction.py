@@ -30,6 +30,7 @@ from modelshield.assess._section import (
     atlas,
     is_text_model,
     json_float,
+    points_line,
     skipped_section,
 )
 from modelshield.attacks.extraction import (
@@ -429,7 +430,10 @@ class ExtractionSection:
             title="Copy quality against query budget",
             caption=(f"A {SURROGATE} copy trained on the model's answers to texts of the {pool['name']} "
                      f"({pool['relation']}); fidelity is agreement with the model on {n} assessment texts, "
-                     "re-queried from the model. Higher is worse for the model owner."),
+                     "re-queried from the model."),
+            how_to_read=("Higher is worse for the model owner: the faster a line climbs toward 1, the fewer "
+                         "queries a thief needs for a copy that answers like the model; the dotted line is "
+                         "a constant guess."),
             png_base64=_curve_figure({_TEXT_LABELS[k]: r.curve for k, r in runs.items()}, chance))
         findings = [
             f"With {top} queries of texts from the {pool['name']}, a copy agrees with the model on "
@@ -464,6 +468,8 @@ class ExtractionSection:
             warnings=tuple(warnings),
             provenance={"settings": settings, "pool": pool,
                         "attacks": {f"extraction:text-{k}": r.params for k, r in runs.items()}},
+            points=(f"{points_line(n, n)}, on which each copy's agreement with the model is measured; "
+                    f"the thief's queries are other texts ({pool['name']})"),
         )
 
     def _run(self, ctx: AssessmentContext, progress: Progress | None, pool: Pool,
@@ -553,8 +559,10 @@ class ExtractionSection:
             title="Copy quality against query budget",
             caption=(f"Knockoff Nets copies trained on answers to surrogate queries ({pool.name}, "
                      f"{pool.relation}); fidelity is agreement with the model on {n} assessment points. "
-                     "Solid: undefended API (probabilities, labels only); dashed: hardened outputs. "
-                     "Higher is worse for the model owner."),
+                     "Solid: undefended API (probabilities, labels only); dashed: hardened outputs."),
+            how_to_read=("Higher is worse for the model owner: the faster a line climbs toward 1, the "
+                         "cheaper a faithful copy; a hardened output (dashed) helps only if its line stays "
+                         "below the solid ones."),
             png_base64=_curve_figure({k: r.result.curve for k, r in runs.items()}, chance),
         )]
         findings = [
@@ -618,4 +626,6 @@ class ExtractionSection:
             tables=tuple(tables),
             warnings=tuple(warnings),
             provenance={"settings": self.settings(), "pool": pool.info(), "attacks": attacks},
+            points=(f"{points_line(n, n)}, on which each copy's agreement with the model is measured "
+                    f"(and PRADA's honest client); the thief's queries are {source}"),
         )

@@ -45,6 +45,7 @@ from modelshield.assess._section import (
     atlas,
     is_text_model,
     json_float,
+    points_line,
     skipped_section,
 )
 from modelshield.assess.plan import PhysicalPlan
@@ -282,6 +283,20 @@ def _attacker_data(ctx: AssessmentContext, plan: PhysicalPlan, warnings: list[st
     return _Data(x_tr, y_tr, x_te, y_te, source)
 
 
+def _points(data: _Data, total: int, *, certified: int) -> str:
+    """``Section.points``: the held-out images the patches are tested on, what trained them, and the
+    subset PatchCleanser and the detector run on."""
+    test = int(data.x_test.shape[0])
+    defence = (f"; PatchCleanser and the masking detector on the first {certified} of them (each image "
+               "costs a forward pass per mask pair)" if certified < test else "")
+    if data.source.get("kind") == "assessment-points":
+        return (f"the second half of the {total} assessment points ({test} held-out images; the first "
+                f"half trained the patches, as no training split fits this model){defence}")
+    held = points_line(test, total, why="set PhysicalPlan.n to test the patches on more of them")
+    return (f"{held} as held-out images (the patches were trained on {data.source['train_rows']} images "
+            f"of the {data.source['name']}){defence}")
+
+
 def footprints(x: Tensor, x_patched: Tensor) -> Tensor:
     """(N, 2) int64 height and width of the bounding box of the pixels the patch changed in each image
     of x (N, C, H, W); (0, 0) when nothing changed. A view whose box fits in a PatchCleanser patch is
@@ -437,6 +452,8 @@ class _Run:
             provenance={"plan": plan.to_dict(), "attacks": attacks, "data": dict(data.source),
                         "eval_seed": self.eval_seed,
                         "transforms": head_patch.transforms.to_dict()},
+            points=_points(data, int(ctx.x.shape[0]),
+                           certified=min(plan.certify_n, int(data.x_test.shape[0]))),
         )
 
     # -- parts ---------------------------------------------------------------------------------
@@ -473,6 +490,9 @@ class _Run:
                      f"tested on held-out points under {plan.draws} freshly drawn placements and conditions "
                      "per image (solid) and, as the attacker would estimate it, on training images "
                      "(dashed)."),
+            how_to_read=("Higher is worse: the solid red line is the share of held-out views a patch of "
+                         "that size fools; where the dashed line sits above it, the attacker's own "
+                         "estimate is too optimistic."),
             png_base64=size_figure(rows, headline=plan.headline_size)))
         self.tables.append(Table(
             title="Adversarial patches by size (held-out, fresh conditions)",
@@ -501,6 +521,9 @@ class _Run:
             caption=("Success (eligible views fooled) and fooling rate (label changed) when rotation, "
                      "scale, lighting and noise ranges are multiplied by the strength; 1 is what the patch "
                      "was trained for, 0 a digital patch at a random place."),
+            how_to_read=("Higher is worse: lines that stay high right of the dotted line at 1 mean the patch "
+                         "survives harsher real-world conditions than it was trained for; a steep drop "
+                         "means it is fragile."),
             png_base64=strength_figure(rows)))
         self.tables.append(Table(
             title="Headline patch against transformation strength",
@@ -603,6 +626,8 @@ class _Run:
             caption=("The trained patch, then held-out images clean (top) and with the patch under one "
                      "fresh draw of placement and conditions (bottom), with the model's answers (red: "
                      "wrong). Patches that fool the model are shown first."),
+            how_to_read=("A column whose top title is black (right) and bottom title red (wrong) is an "
+                         "input the patch fooled; the more such columns, the more dangerous the patch."),
             png_base64=figure))
         self.tables.append(Table(
             title=(f"Defences against the {patch.share:.1%} patch ({k} held-out points, one patched view "

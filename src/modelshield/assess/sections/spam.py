@@ -35,6 +35,7 @@ from modelshield.assess._section import (
     Table,
     atlas,
     json_float,
+    points_line,
 )
 from modelshield.errors import ConfigError
 
@@ -313,6 +314,11 @@ class PoisoningSection:
                         "flipped to ham (solid), and again after dropping the rows the validator flags "
                         "(dashed). Scored on the held-out SMS test split."
                     ),
+                    how_to_read=(
+                        "Lower is worse: the faster the solid lines fall, the more spam the poisoned "
+                        "filter lets through; a dashed line above its solid partner means the validator's "
+                        "cleaning helps."
+                    ),
                     png_base64=_poison_figure(rows),
                 ),
             ),
@@ -326,6 +332,9 @@ class PoisoningSection:
                 "data_sha256": ds.sha256,
                 "attacks": {f"poisoning:{self.attack}": {"rates": list(rates), "seed": ctx.seed}},
             },
+            points=(f"the whole held-out SMS test split ({len(ds.y_test)} messages), not the "
+                    f"{int(ctx.x.shape[0])} assessment points: poisoning changes the training data, so each "
+                    "rate retrains the filter and scores it on every held-out message"),
         )
 
 
@@ -493,6 +502,11 @@ class TextEvasionSection:
                         "the given share of each message's words may change; one line per method. Every "
                         "success is re-verified by querying the model again."
                     ),
+                    how_to_read=(
+                        "Higher is worse: each line is an attack method, and the higher it sits at a "
+                        "budget, the more messages the attacker gets past the model by changing that few "
+                        "words."
+                    ),
                     png_base64=_text_figure(curve, self.methods, budgets),
                 ),
             ),
@@ -508,6 +522,7 @@ class TextEvasionSection:
                 "attacks": {f"text:{m}": {"budgets": list(budgets), "seed": ctx.seed, "goal": goal,
                                           "malicious_class": malicious} for m in self.methods},
             },
+            points=f"{points_line(len(texts), len(texts))}: the {eligible} {rows_word} are attacked",
         )
 
 

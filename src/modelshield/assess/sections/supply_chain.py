@@ -418,4 +418,6 @@ class SupplyChainSection:
             findings=tuple(f for p in parts.values() for f in p.findings),
             tables=tuple(p.table for p in parts.values() if p.table is not None),
             provenance={"plan": plan.to_dict(), "model_path": None if path is None else str(path)},
+            points=("no assessment points: this section checks the model file, its signature, the data "
+                    "manifest and the audit log"),
         )

@@ -31,6 +31,7 @@ from modelshield.assess._section import (
     atlas,
     json_float,
     max_severity,
+    points_line,
     skipped_section,
 )
 from modelshield.assess.sections.data_validation import class_label, data_validation_section
@@ -221,4 +222,6 @@ def tabular_poisoning_section(section_id: str, ctx: AssessmentContext, progress:
                                                          "target_label": benign_label}},
                     "estimator": type(estimator).__name__, "recipe": recipe.to_dict(),
                     "validation": dict(validation.provenance)},
+        points=(f"{points_line(len(y_ev), len(y_ev))}, on which each refitted model is scored; the "
+                f"labels flipped and validated are those of the {len(y_tr)} training rows"),
     )
