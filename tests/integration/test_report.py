@@ -215,3 +215,23 @@ def test_unknown_section_is_a_config_error(digits_mlp: tuple[nn.Module, Tensor, 
     net, x, y = digits_mlp
     with pytest.raises(ConfigError, match=r"'sections' must be one of .*got 'nope'"):
         run(net, x, y, plan=AssessmentPlan(sections=("nope",)), model_info={}, data_info={})
+
+
+class _Replacement(_Custom):
+    """The same section id, configured differently: what ``run(runners=...)`` swaps in."""
+
+    def __call__(self, ctx: AssessmentContext, progress: object) -> Section:
+        return Section(id=self.id, title="Custom threat", summary="replaced", severity="low")
+
+
+def test_runners_replace_a_registered_section_for_one_run(digits_mlp: tuple[nn.Module, Tensor, Tensor],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    net, x, y = digits_mlp
+    monkeypatch.setitem(SECTIONS, "custom-test", _Custom())
+    plan = AssessmentPlan(n=20, sections=("custom-test",))
+    info = {"model_info": {"name": "m"}, "data_info": {}}
+    d = run(net, x, y, plan=plan, runners={"custom-test": _Replacement()}, **info).to_dict()
+    assert d["sections"][0]["summary"] == "replaced" and d["summary"]["severity"] == "low"
+    assert run(net, x, y, plan=plan, **info).sections[0].summary == "20 points seen"  # registry unchanged
+    with pytest.raises(ConfigError, match=r"runners\['evasion'\] is a runner for section 'custom-test'"):
+        run(net, x, y, plan=plan, runners={"evasion": _Replacement()}, **info)

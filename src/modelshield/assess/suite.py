@@ -30,7 +30,7 @@ from modelshield.assess._section import (
 from modelshield.assess.business import business_view
 from modelshield.assess.plan import AssessmentPlan
 from modelshield.attacks.verify import check_batch
-from modelshield.errors import IntegrityError, ModelShieldError
+from modelshield.errors import ConfigError, IntegrityError, ModelShieldError
 from modelshield.models import ModelLike, TorchModel, as_model
 from modelshield.targets import Target
 
@@ -275,6 +275,7 @@ def run(
     user_model: Any = None,
     completed: Mapping[str, Section] | None = None,
     evasion_results: Mapping[tuple[str, float], Any] | None = None,
+    runners: Mapping[str, SectionRunner] | None = None,
 ) -> Assessment:
     """Assess a model against the threats in ``plan`` on the points (x, y).
 
@@ -295,6 +296,9 @@ def run(
         user_model: the user's model object as loaded, for sections that refit a clone of it.
         completed: sections already computed elsewhere (by runner jobs), by id: used as they are.
         evasion_results: white-box attack results already computed, by ``(attack, eps)``.
+        runners: section runners to use instead of the registered ones, by section id (e.g.
+            ``{"poisoning": PoisoningSection(rates=(0.0, 0.1, 0.4))}``); each runner's ``id``
+            must be its key.
 
     Returns:
         The Assessment; ``to_dict()`` is the report JSON, ``write_report`` writes it with HTML.
@@ -304,13 +308,20 @@ def run(
     on; any other exception propagates.
 
     Raises:
-        ConfigError: an unknown section id. InputError: malformed x or y.
+        ConfigError: an unknown section id, or a runner filed under another id. InputError:
+            malformed x or y.
 
     Example:
         result = run(net, x, y, plan=AssessmentPlan(n=300), model_info={"name": "cnn"},
                      data_info={"name": "digits"})
         write_report(result, "report/")
     """
+    chosen = dict(runners or {})
+    for sid, runner in chosen.items():
+        if getattr(runner, "id", None) != sid:
+            raise ConfigError(f"run: runners[{sid!r}] is a runner for section "
+                              f"{getattr(runner, 'id', None)!r}; file each runner under its own id "
+                              "(runners={runner.id: runner}).")
     started = time.perf_counter()
     ctx = assessment_context(model, x, y, plan=plan, model_info=model_info, data_info=data_info,
                              bounds=bounds, texts=texts, text_model=text_model, train=train,
@@ -320,7 +331,8 @@ def run(
     given = dict(completed or {})
     done: list[Section] = []
     for sid in plan.sections:
-        done.append(given[sid] if sid in given else run_section(SECTIONS[sid], ctx, progress))
+        runner = chosen.get(sid, SECTIONS[sid])
+        done.append(given[sid] if sid in given else run_section(runner, ctx, progress))
         earlier[sid] = done[-1]
     return Assessment(
         plan=plan, model_info=ctx.model_info, data_info=ctx.data_info, sections=tuple(done),

@@ -391,7 +391,7 @@ class BlackBoxSection:
         if hsj_curve:
             tables.append(Table(
                 title="HopSkipJump (labels only, L2, minimum norm) by query budget",
-                columns=("queries per point", "median L2", "misclassified (any size)",
+                columns=("queries per point", "median L2", "misclassification rate (any size)",
                          f"success within L-inf eps={plan.eps:g}"),
                 rows=tuple((p["budget"], p["median_l2"], p["success_rate"], p["success_within_eps"])
                            for p in hsj_curve)))
@@ -491,7 +491,7 @@ class BlackBoxSection:
         }
         tables = (Table(
             title="HopSkipJump (labels only, L2, minimum norm) by query budget",
-            columns=("queries per point", "median L2", "misclassified (any size)",
+            columns=("queries per point", "median L2", "misclassification rate (any size)",
                      f"success within L-inf eps={plan.eps:g}"),
             rows=tuple((p["budget"], p["median_l2"], p["success_rate"], p["success_within_eps"])
                        for p in hsj_curve)),)
