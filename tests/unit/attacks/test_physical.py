@@ -223,7 +223,8 @@ def test_the_nps_penalty_pulls_the_sticker_towards_printable_colours(digits: Dig
 @pytest.mark.parametrize(("mask", "match"), [
     (torch.zeros(8, 8, dtype=torch.bool), "empty"),
     (torch.ones(8, 8, dtype=torch.bool), "whole image"),
-    (torch.ones(6, 6, dtype=torch.bool), "6x6 but the images are 8x8"),
+    (torch.ones(6, 6, dtype=torch.bool), "6x6 pixels but the images are 8x8 \\(width x height\\)"),
+    (torch.ones(6, 7, dtype=torch.bool), "7x6 pixels but the images are 8x8"),  # (H, W) = (6, 7)
     (torch.full((8, 8), 0.5), "only 0 and 1"),
 ])
 def test_bad_masks_are_refused_in_one_line(digits: Digits, mask: torch.Tensor, match: str) -> None:

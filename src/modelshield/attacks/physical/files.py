@@ -13,6 +13,7 @@ from torch import Tensor
 
 from modelshield._checks import check_range
 from modelshield.attacks.physical.results import PhysicalPattern
+from modelshield.attacks.physical.sticker import check_mask
 from modelshield.errors import ConfigError, InputError
 
 __all__ = ["load_mask", "load_palette", "save_pattern_png", "save_sheet"]
@@ -43,17 +44,7 @@ def load_mask(path: str | Path, *, height: int, width: int) -> Tensor:
         raise InputError(f"load_mask: {str(p)!r} is not an image file ({type(exc).__name__}). Give a "
                          "PNG, white where the sticker goes and black elsewhere.") from None
     w, h = size
-    if (h, w) != (height, width):
-        raise InputError(f"load_mask: the mask {str(p)!r} is {w}x{h} pixels but the images are "
-                         f"{width}x{height}. Draw the mask at the images' size.")
-    mask = data.view(h, w) > 127
-    if not bool(mask.any()):
-        raise InputError(f"load_mask: the mask {str(p)!r} is empty (no pixel brighter than mid-grey). "
-                         "Paint the sticker's pixels white.")
-    if bool(mask.all()):
-        raise InputError(f"load_mask: the mask {str(p)!r} covers the whole image. Paint only the "
-                         "sticker's pixels white; the rest black.")
-    return mask
+    return check_mask(data.view(h, w) > 127, height=height, width=width, owner=f"load_mask ({str(p)!r})")
 
 
 def load_palette(path: str | Path, *, channels: int, bounds: tuple[float, float] = (0.0, 1.0)) -> Tensor:

@@ -80,8 +80,8 @@ def check_mask(mask: object, *, height: int, width: int, owner: str) -> Tensor:
                          "Give one 2-D mask for all channels.")
     if tuple(m.shape) != (height, width):
         raise InputError(
-            f"{owner}: the mask is {m.shape[0]}x{m.shape[1]} but the images are {height}x{width}. "
-            "Draw the mask at the images' size (white where the sticker goes)."
+            f"{owner}: the mask is {m.shape[1]}x{m.shape[0]} pixels but the images are {width}x{height} "
+            "(width x height). Draw the mask at the images' size (white where the sticker goes)."
         )
     if m.dtype != torch.bool:
         if not torch.isfinite(m.float()).all() or not ((m == 0) | (m == 1)).all():
