@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -16,8 +16,11 @@ from modelshield.attacks.evasion.registry import (
 )
 from modelshield.cli import _render as render
 from modelshield.cli._target import Target, as_query_model, load_target, parse_norm
-from modelshield.errors import ConfigError, DataError
+from modelshield.errors import ConfigError
 from modelshield.models import resolve_device
+
+if TYPE_CHECKING:
+    from modelshield.experiments.physical import PhysicalRun
 
 __all__ = [
     "DEVICE_HELP", "PHYSICAL_KINDS", "TABULAR_ATTACK", "TEXT_ATTACK", "DeviceOption",
@@ -305,9 +308,6 @@ def evasion(
 PHYSICAL_OWNER = "modelshield attack physical"
 PHYSICAL_KINDS = ("patch", "sticker", "universal")
 """``--kind`` of ``modelshield attack physical``: AdversarialPatch, Sticker, UniversalPerturbation."""
-PHYSICAL_STRENGTHS = (0.0, 0.5, 1.0, 1.5, 2.0)
-"""Strengths of the conditions (relative to the training ones) in summary.json's strength curve."""
-PHYSICAL_EXAMPLES = 8
 MAX_PRINT_PX = 10_000  # a side of the printable PNG (850 mm at 300 dpi): 400 MB per RGBA copy
 
 # option -> the kind that uses it (any other kind refuses it)
@@ -380,23 +380,6 @@ def _check_physical_target(target: Target) -> None:
                           "state dict with --arch) or a zoo image model.")
 
 
-def _train_split(target: Target, n: int, data_dir: Path | None) -> tuple[Any, Any]:
-    """The first n rows of the training split of the target's data (the test split stays held out)."""
-    if target.data is not None:  # the user's data
-        x, y = target.data.x_train, target.data.y_train
-    else:  # a zoo model: the training split of its data set
-        from modelshield import zoo
-        from modelshield.data import load_dataset
-
-        ds = load_dataset(zoo.spec(str(target.model_info["name"])).dataset, root=data_dir)
-        x, y = ds.x_train, ds.y_train
-    if len(y) == 0:
-        raise DataError(f"{PHYSICAL_OWNER}: the data {target.data_info.get('name')!r} must have a training "
-                        "split to learn the pattern on; got none. Pass data with training and test rows.")
-    dev = target.x.device
-    return x[:n].float().clone().to(dev), y[:n].long().clone().to(dev)
-
-
 def _physical_attack(kind: str, target: Target, given: dict[str, Any], *, steps: int | None,
                      seed: int) -> Any:
     """The attack for --kind, built from the options (mask and palette read at the images' size)."""
@@ -425,47 +408,6 @@ def _physical_attack(kind: str, target: Target, given: dict[str, Any], *, steps:
                               f"--size (at most {physical.max_patch_share(h, w)}).")
         atk = physical.AdversarialPatch(size=size, seed=seed)
     return atk if steps is None else replace(atk, steps=steps)
-
-
-def _learn_and_evaluate(atk: Any, model: Any, target: Target, train: tuple[Any, Any], *,
-                        target_class: int | None, draws: int, progress: Any) -> tuple[Any, Any, list[Any]]:
-    """(pattern, held-out evaluation, strength curve): learned on train, tested on the target's points."""
-    from modelshield.attacks import physical
-
-    if isinstance(atk, physical.UniversalPerturbation):
-        pattern = atk(model, *train, progress=progress)
-    else:
-        pattern = atk(model, *train, target=target_class, progress=progress)
-    progress(0, 1, f"held-out evaluation ({int(target.x.shape[0])} images)")
-    if pattern.kind == "universal":  # digital: no physical conditions to strengthen
-        curve: list[Any] = []
-        evaluation = physical.evaluate_pattern(model, pattern, target.x, target.y, draws=draws)
-    else:
-        curve = physical.strength_curve(model, pattern, target.x, target.y, strengths=PHYSICAL_STRENGTHS,
-                                        draws=draws)
-        evaluation = curve[PHYSICAL_STRENGTHS.index(1.0)]
-    progress(1, 1, "held-out evaluation")
-    return pattern, evaluation, curve
-
-
-def _physical_examples(model: Any, pattern: Any, x: Any) -> tuple[Any, Any, Any, Any]:
-    """(clean, with the pattern, their labels from fresh queries) for the first held-out images.
-
-    A patch is placed under one draw of its conditions (seeded with EVAL_SEED); a sticker is
-    stamped as printed (pixels outside its mask unchanged); a universal perturbation is added."""
-    from modelshield.attacks.ops import make_generator
-    from modelshield.attacks.physical import EVAL_SEED
-    from modelshield.models import eval_mode
-
-    clean = x[:PHYSICAL_EXAMPLES]
-    if pattern.kind == "patch":
-        gen = make_generator(EVAL_SEED, clean.device)
-        adv = pattern.apply(clean, draws=pattern.transforms.draw(clean.shape[0], gen, device=clean.device,
-                                                                  dtype=clean.dtype))
-    else:
-        adv = pattern.apply(clean)
-    with eval_mode(model):
-        return clean, adv, model.predict(clean), model.predict(adv)
 
 
 @attack_app.command("physical")
@@ -515,6 +457,8 @@ def physical(
     The pattern is learned on the first --n-train images of the training split, tested on the first
     --n-test images of the test split under freshly drawn conditions (re-verified on the model), and
     written as a PNG to print; exits 2 on bad input."""
+    from modelshield.experiments.physical import learn_and_evaluate, train_split
+
     resolve_device(device, owner=PHYSICAL_OWNER)  # a bad --device fails before any work
     given = {"--size": size, "--mask": mask, "--palette": palette, "--eps": eps, "--norm": norm,
              "--method": method}
@@ -528,44 +472,28 @@ def physical(
                              trust_torchscript=trust_torchscript, device=device)
         _check_physical_target(target)
         atk = _physical_attack(kind, target, given, steps=steps, seed=seed)
-        train = _train_split(target, n_train, data_dir)
-        victim = target.adapted()
-        pattern, evaluation, curve = _learn_and_evaluate(atk, victim, target, train, draws=draws,
-                                                         target_class=target_class, progress=progress)
-        examples = _physical_examples(victim, pattern, target.x)
-    summary = _write_physical(files, pattern, evaluation, curve, target, examples,
-                              n_train=int(train[0].shape[0]), seed=seed, print_mm=print_mm, dpi=dpi,
-                              force=force)
+        train = train_split(target, n_train, data_dir=data_dir, owner=PHYSICAL_OWNER)
+        result = learn_and_evaluate(atk, target, train, target_class=target_class, draws=draws,
+                                    progress=progress)
+    summary = _write_physical(files, result, target, seed=seed, print_mm=print_mm, dpi=dpi, force=force)
     _say_physical(summary, out)
 
 
-def _write_physical(files: list[Path], pattern: Any, evaluation: Any, curve: list[Any], target: Target,
-                    examples: tuple[Any, Any, Any, Any], *, n_train: int, seed: int, print_mm: float,
+def _write_physical(files: list[Path], result: PhysicalRun, target: Target, *, seed: int, print_mm: float,
                     dpi: int, force: bool) -> dict[str, Any]:
     """Write the PNG to print, pattern.pt (plain tensors), examples.png and summary.json; the summary."""
-    import io
-
-    import torch
-
-    from modelshield._io import write_atomic
-    from modelshield.attacks.physical import save_pattern_png, save_sheet
+    from modelshield.experiments.physical import save_pattern_files
 
     png, pt, sheet, js = files
-    png.parent.mkdir(parents=True, exist_ok=True)
-    png_info = save_pattern_png(pattern, png, print_mm=print_mm, dpi=dpi)
-    tensors = {"pattern": pattern.pattern.detach().cpu().contiguous()}
-    if pattern.mask is not None:
-        tensors["mask"] = pattern.mask.detach().cpu().contiguous()
-    buf = io.BytesIO()
-    torch.save(tensors, buf)  # plain tensors only: loads with torch.load(..., weights_only=True)
-    write_atomic(pt, buf.getvalue(), force=force)
-    clean, adv, clean_pred, adv_pred = examples
-    save_sheet(sheet, clean, adv, clean_pred, adv_pred, bounds=target.bounds,
-               class_names=target.data_info.get("classes"))
+    saved = save_pattern_files(result, png=png, tensors=pt, sheet=sheet, bounds=target.bounds,
+                               class_names=target.data_info.get("classes"), print_mm=print_mm, dpi=dpi,
+                               force=force)
+    pattern, curve, n_train = result.pattern, result.curve, result.n_train
+    clean, _, clean_pred, adv_pred = result.examples
     n_test = int(target.x.shape[0])
     data_info = {**target.data_info, "n": n_test, "n_test": n_test, "n_train": n_train,
                  "train_split": "train (its first n_train rows)", "test_split": "test (held out)"}
-    ev = evaluation.to_dict()
+    ev = result.evaluation.to_dict()
     views = {"patch": "one draw of the patch's conditions", "sticker": "stamped as printed",
              "universal": "added"}
     summary = {
@@ -574,9 +502,9 @@ def _write_physical(files: list[Path], pattern: Any, evaluation: Any, curve: lis
         "pattern": pattern.to_dict(), "evaluation": ev,
         "strength_curve": [{k: e.to_dict()[k] for k in ("strength", "success_rate", "fooling_rate")}
                            for e in curve],
-        "png": {**png_info, "path": png.name},
+        "png": {**saved["png"], "path": png.name},
         "files": {"png": png.name, "tensors": pt.name, "examples": sheet.name, "summary": js.name},
-        "tensors": {k: list(v.shape) for k, v in tensors.items()},
+        "tensors": saved["tensors"],
         "examples": {"n": int(clean.shape[0]), "clean_pred": clean_pred.tolist(),
                      "adv_pred": adv_pred.tolist(), "views": views[pattern.kind]},
         "model": target.model_info, "data": data_info,

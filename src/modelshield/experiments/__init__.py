@@ -2,7 +2,9 @@
 
 ``backdoor``: plant a backdoor (poison, train, evaluate). ``poisoning``: poison a text data set,
 train on it and run the data validators. ``extraction``: steal a model through its outputs with
-optional output hardening and PRADA monitoring. The CLI, ``assess`` and the benchmarks share them.
+optional output hardening and PRADA monitoring. ``physical`` (imported on its own): learn a
+printable pattern on a target's training split, test it on held-out images and write its files.
+The CLI, ``assess`` and the benchmarks share them.
 """
 
 from __future__ import annotations
