@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _parts import run_parts, unknown_parts  # benchmarks/ is on sys.path when a script runs
 
 from modelshield import zoo
 from modelshield.attacks.physical import (
@@ -279,14 +280,6 @@ def _parts() -> dict[str, Callable[[argparse.Namespace], dict[str, Any]]]:
 PARTS = _parts()
 
 
-def save(report: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as fh:
-        json.dump(report, fh, indent=1, allow_nan=False)
-    tmp.replace(path)
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated: {', '.join(PARTS)}")
@@ -314,7 +307,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.steps, args.uap_passes, args.sgd_passes, args.seeds = 4, 1, 1, 1
         args.n_uap_deepfool, args.n_masked, args.masked_epochs = 5, 256, 1
         args.out = RESULTS / "physical_quick.json" if args.out == RESULTS / "physical.json" else args.out
-    unknown = [k for k in filter(None, args.parts.split(",")) if k not in PARTS]
+    unknown = unknown_parts(args.parts, PARTS)
     if unknown:
         p.error(f"--parts must be among {', '.join(PARTS)}; got {unknown}")
     return args
@@ -327,30 +320,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                               "n_cert", "n_masked", "masked_epochs", "steps",
                                               "batch_size", "lr", "eps", "uap_passes", "sgd_passes", "seeds",
                                               "seed")}
-    report: dict[str, Any] = {}
-    if args.out.exists() and not args.fresh:
-        try:
-            old = json.loads(args.out.read_text())
-        except ValueError:
-            old = {}
-        if old.get("settings") == settings:
-            report = old
-    if not report:
-        report = {"benchmark": "physical", "settings": settings, "parts": {}}
-    report.update({"python": platform.python_version(), "torch": torch.__version__,
-                   "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine()})
-    parts: dict[str, Any] = report["parts"]
-    for key in filter(None, args.parts.split(",")):
-        if key in parts:
-            continue
-        t0 = time.perf_counter()
-        result = PARTS[key](args)
-        result["time_s"] = round(time.perf_counter() - t0, 1)
-        parts[key] = result
-        save(report, args.out)
-        print(f"{key}: {result['time_s']} s", file=sys.stderr, flush=True)
-    print(json.dumps(report, indent=1))
-    return report
+    environment = {"python": platform.python_version(),
+                   "torch": torch.__version__,
+                   "threads": torch.get_num_threads(),
+                   "cpus": os.cpu_count(),
+                   "machine": platform.machine()}
+    return run_parts("physical", PARTS, args, settings=settings, environment=environment)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import sys
@@ -60,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _parts import run_parts, unknown_parts  # benchmarks/ is on sys.path when a script runs
 
 from modelshield import zoo
 from modelshield.runner import InlineExecutor, ProcessExecutor, RayExecutor, evasion_shards, run_jobs
@@ -225,14 +225,6 @@ PARTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 """Part name -> function(args) -> JSON-safe dict; run in this order, each saved as it finishes."""
 
 
-def save(report: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(report, fh, indent=1, allow_nan=False)
-    os.replace(tmp, path)
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--quick", action="store_true", help="6 PGD steps: checks the script, not the speed-up")
@@ -245,7 +237,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.steps = args.steps or (6 if args.quick else 1000)
     args.out = args.out or RESULTS / ("scale_quick.json" if args.quick else "scale.json")
-    unknown = [k for k in filter(None, args.parts.split(",")) if k not in PARTS]
+    unknown = unknown_parts(args.parts, PARTS)
     if unknown:
         p.error(f"--parts must be among {', '.join(PARTS)}; got {unknown}")
     return args
@@ -255,30 +247,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     torch.set_num_threads(1)
     settings = {"quick": args.quick, "n": args.n, "steps": args.steps, "seed": args.seed}
-    report: dict[str, Any] = {}
-    if args.out.exists() and not args.fresh:
-        try:
-            old = json.loads(args.out.read_text())
-        except ValueError:
-            old = {}
-        if old.get("settings") == settings:
-            report = old
-    if not report:
-        report = {"benchmark": "scale", "settings": settings, "parts": {}}
-    report.update({"python": platform.python_version(), "torch": torch.__version__,
-                   "cpus": os.cpu_count(), "machine": platform.machine()})
-    parts: dict[str, Any] = report["parts"]
-    for key in filter(None, args.parts.split(",")):
-        if key in parts:
-            continue
-        t0 = time.perf_counter()
-        result = PARTS[key](args)
-        result["time_s"] = round(time.perf_counter() - t0, 1)
-        parts[key] = result
-        save(report, args.out)
-        print(f"{key}: {result['time_s']} s", file=sys.stderr, flush=True)
-    print(json.dumps(report, indent=1))
-    return report
+    environment = {"python": platform.python_version(),
+                   "torch": torch.__version__,
+                   "cpus": os.cpu_count(),
+                   "machine": platform.machine()}
+    return run_parts("scale", PARTS, args, settings=settings, environment=environment)
 
 
 if __name__ == "__main__":  # the guard ProcessExecutor's spawned workers need
