@@ -47,9 +47,6 @@ from modelshield.cli._runner import (
 )
 from modelshield.cli._target import Target, check_model_fits, parse_norm, torch_threads
 from modelshield.cli.attack import (
-    ARCH_HELP,
-    DATA_DIR_HELP,
-    DATA_HELP,
     FEATURE_COLS_HELP,
     LABEL_COL_HELP,
     MODEL_HELP,
@@ -57,6 +54,9 @@ from modelshield.cli.attack import (
     TEXT_COL_HELP,
     TRUST_EXPORT_HELP,
     TRUST_PICKLE_HELP,
+    ArchOption,
+    DataDirOption,
+    DataOption,
     DeviceOption,
     TrustTorchScriptOption,
     target_options,
@@ -242,9 +242,9 @@ def _assess_and_write(target: Target, plan: AssessmentPlan, out: Path, *, force:
 def assess(
     model: Annotated[str, typer.Option("--model", help=MODEL_HELP)],
     out: Annotated[Path, typer.Option("--out", help="Folder for report.json and report.html.")],
-    data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
-    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
-    arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+    data: DataOption = None,
+    data_dir: DataDirOption = None,
+    arch: ArchOption = None,
     trust_torchscript: TrustTorchScriptOption = False,
     label_col: Annotated[str | None, typer.Option("--label-col", help=LABEL_COL_HELP)] = None,
     feature_cols: Annotated[str | None, typer.Option("--feature-cols", help=FEATURE_COLS_HELP)] = None,

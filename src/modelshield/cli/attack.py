@@ -79,6 +79,9 @@ TRUST_TORCHSCRIPT_HELP = (
     "loading, so pass this only for files from a source you trust."
 )
 TrustTorchScriptOption = Annotated[bool, typer.Option("--trust-torchscript", help=TRUST_TORCHSCRIPT_HELP)]
+DataOption = Annotated[str | None, typer.Option(help=DATA_HELP)]
+DataDirOption = Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)]
+ArchOption = Annotated[str | None, typer.Option(help=ARCH_HELP)]
 ATTACK_HELP = (
     f"One of: {', '.join(EVASION_ATTACKS)}, {TABULAR_ATTACK}. "
     f"Black-box ({', '.join(sorted(BLACK_BOX_ATTACKS))}): "
@@ -222,9 +225,9 @@ def evasion(
         help="Text: most words changed, as a share of each message's words.")] = 0.2,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics + provenance here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --json file.")] = False,
-    data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
-    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
-    arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+    data: DataOption = None,
+    data_dir: DataDirOption = None,
+    arch: ArchOption = None,
     trust_torchscript: TrustTorchScriptOption = False,
     device: DeviceOption = "cpu",
 ) -> None:
@@ -446,9 +449,9 @@ def physical(
     print_mm: Annotated[float, typer.Option(help="Width of the printed pattern in millimetres.")] = 50.0,
     dpi: Annotated[int, typer.Option(help="Printer resolution of the PNG, dots per inch.")] = 300,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
-    data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
-    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
-    arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+    data: DataOption = None,
+    data_dir: DataDirOption = None,
+    arch: ArchOption = None,
     trust_torchscript: TrustTorchScriptOption = False,
     device: DeviceOption = "cpu",
 ) -> None:

@@ -37,7 +37,13 @@ from modelshield.assess.suite import jsonable
 from modelshield.attacks.backdoor import BackdoorResult, BadNets, attack_success_rate, make_train_fn
 from modelshield.cli import _render as render
 from modelshield.cli._target import load_target
-from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, MODEL_HELP, DeviceOption, TrustTorchScriptOption
+from modelshield.cli.attack import (
+    MODEL_HELP,
+    ArchOption,
+    DataDirOption,
+    DeviceOption,
+    TrustTorchScriptOption,
+)
 from modelshield.errors import ConfigError, DataError
 from modelshield.experiments.backdoor import IMAGE_BACKDOOR_ATTACKS, build_backdoor_attack, plant_backdoor
 from modelshield.models import resolve_device
@@ -124,7 +130,7 @@ def plant(
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the zoo recipe's).")] = None,
     train_size: Annotated[int | None, typer.Option(help="Train on the first N training rows.")] = None,
     seed: Annotated[int, typer.Option(help="Seed (poisoned rows, trigger, training).")] = 0,
-    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    data_dir: DataDirOption = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
     device: DeviceOption = "cpu",
 ) -> None:
@@ -304,8 +310,8 @@ def scan(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results (and the recovered "
                                                   "trigger PNGs next to it).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --json file.")] = False,
-    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
-    arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+    data_dir: DataDirOption = None,
+    arch: ArchOption = None,
     trust_torchscript: TrustTorchScriptOption = False,
     device: DeviceOption = "cpu",
 ) -> None:

@@ -29,9 +29,10 @@ from modelshield.cli import _render as render
 from modelshield.cli._target import load_target
 from modelshield.cli.attack import (
     ARCH_HELP,
-    DATA_DIR_HELP,
-    DATA_HELP,
     MODEL_HELP,
+    ArchOption,
+    DataDirOption,
+    DataOption,
     DeviceOption,
     TrustTorchScriptOption,
 )
@@ -199,8 +200,8 @@ def adversarial_training(
     square_queries: Annotated[int, typer.Option(help="Square queries per point (masking check).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling and attacks.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out file.")] = False,
-    data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
-    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    data: DataOption = None,
+    data_dir: DataDirOption = None,
     arch: Annotated[str | None, typer.Option(help=ARCH_HELP + " With a zoo name: the architecture to "
                                               "train instead of the zoo model's, e.g. lenet-28-wide "
                                               "(Madry et al.'s MNIST model) for MNIST at eps 0.3.")] = None,
@@ -322,9 +323,9 @@ def distill(
     square_queries: Annotated[int, typer.Option(help="Square queries per point (masking check).")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling and attacks.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out file.")] = False,
-    data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
-    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
-    arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+    data: DataOption = None,
+    data_dir: DataDirOption = None,
+    arch: ArchOption = None,
     trust_torchscript: TrustTorchScriptOption = False,
     device: DeviceOption = "cpu",
 ) -> None:
@@ -405,9 +406,9 @@ def certify(
     seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results + provenance here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --json file.")] = False,
-    data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
-    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
-    arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+    data: DataOption = None,
+    data_dir: DataDirOption = None,
+    arch: ArchOption = None,
     trust_torchscript: TrustTorchScriptOption = False,
     device: DeviceOption = "cpu",
 ) -> None:

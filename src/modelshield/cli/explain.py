@@ -14,7 +14,13 @@ from rich.table import Table
 from modelshield._checks import check_range
 from modelshield.cli import _render as render
 from modelshield.cli._target import Target, load_target
-from modelshield.cli.attack import ARCH_HELP, DATA_DIR_HELP, DATA_HELP, MODEL_HELP, DeviceOption
+from modelshield.cli.attack import (
+    MODEL_HELP,
+    ArchOption,
+    DataDirOption,
+    DataOption,
+    DeviceOption,
+)
 from modelshield.errors import ConfigError
 
 __all__ = ["GRADIENT_METHODS", "METHODS", "explain", "usable_methods"]
@@ -223,9 +229,9 @@ def explain(
     steps: Annotated[int | None, typer.Option(
         help="ig: integration points (default 50); smoothgrad: noisy samples (default 50).")] = None,
     seed: Annotated[int, typer.Option(help="Seed (SmoothGrad noise, Kernel SHAP coalitions, shuffles).")] = 0,
-    data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
-    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
-    arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+    data: DataOption = None,
+    data_dir: DataDirOption = None,
+    arch: ArchOption = None,
     force: Annotated[bool, typer.Option("--force", help="Write into a folder that holds files.")] = False,
     device: DeviceOption = "cpu",
 ) -> None:

@@ -16,10 +16,10 @@ from modelshield.assess.suite import jsonable
 from modelshield.cli import _render as render
 from modelshield.cli._target import load_target
 from modelshield.cli.attack import (
-    ARCH_HELP,
-    DATA_DIR_HELP,
-    DATA_HELP,
     MODEL_HELP,
+    ArchOption,
+    DataDirOption,
+    DataOption,
     DeviceOption,
     TrustTorchScriptOption,
 )
@@ -113,9 +113,9 @@ def extract(
     seed: Annotated[int, typer.Option(help="Seed (query order, thief initialisation, noise).")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results + provenance here.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --json file.")] = False,
-    data: Annotated[str | None, typer.Option(help=DATA_HELP)] = None,
-    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
-    arch: Annotated[str | None, typer.Option(help=ARCH_HELP)] = None,
+    data: DataOption = None,
+    data_dir: DataDirOption = None,
+    arch: ArchOption = None,
     trust_torchscript: TrustTorchScriptOption = False,
     device: DeviceOption = "cpu",
 ) -> None:

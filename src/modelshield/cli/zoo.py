@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from modelshield.cli import _render as render
-from modelshield.cli.attack import DATA_DIR_HELP, DeviceOption
+from modelshield.cli.attack import DataDirOption, DeviceOption
 from modelshield.models import resolve_device
 
 __all__ = ["zoo_app"]
@@ -51,7 +50,7 @@ def list_models() -> None:
 def train(
     name: Annotated[str, typer.Argument(help="Zoo model to train (see 'modelshield zoo list').")],
     force: Annotated[bool, typer.Option("--force", help="Retrain even if the model is cached.")] = False,
-    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    data_dir: DataDirOption = None,
     device: DeviceOption = "cpu",
 ) -> None:
     """Train a zoo model (deterministic on the CPU) and cache its weights.
