@@ -12,9 +12,6 @@ its comments say.
 
 from __future__ import annotations
 
-import ast
-import importlib
-import importlib.util
 import json
 import os
 import re
@@ -24,42 +21,19 @@ import sys
 from pathlib import Path
 
 import pytest
-import typer
+from testkit.readme import REPO, block, command_options, commands, imported_modules
 
-from modelshield.cli.app import app
-
-REPO = Path(__file__).resolve().parents[2]
 OUT = re.compile(r"(?<![\w/])explained/")
 
 
-def block(name: str, fence: str) -> str:
-    text = (REPO / "README.md").read_text()
-    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    assert begin in text and end in text, f"README.md lost its {name} markers"
-    body = text.split(begin, 1)[1].split(end, 1)[0]
-    return body.split(f"```{fence}", 1)[1].rsplit("```", 1)[0]
-
-
-def commands() -> list[str]:
-    return [line.strip() for line in block("explain-examples", "bash").splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
-
-
-def options(command: str) -> set[str]:
-    group = typer.main.get_command(app)
-    sub = group.get_command(group.context_class(group), command)  # type: ignore[attr-defined]  # lazy
-    assert sub is not None
-    return {opt for p in sub.params for opt in p.opts}
-
-
 def test_commands_use_options_explain_has() -> None:
-    cmds = commands()
+    cmds = commands("explain-examples")
     assert len(cmds) >= 4
     for cmd in cmds:
         argv = shlex.split(cmd)
         assert argv[0] == "modelshield" and argv[1] in ("explain", "assess"), cmd
         used = {a for a in argv if a.startswith("--")}
-        known = options(argv[1])
+        known = command_options(argv[1])
         assert used <= known, f"{cmd}: unknown options {used - known}"
         assert "--out" in used and OUT.search(cmd), cmd
     assert any("explain" in shlex.split(c)[shlex.split(c).index("--sections") + 1].split(",")
@@ -67,22 +41,14 @@ def test_commands_use_options_explain_has() -> None:
 
 
 def test_python_compiles_and_imports_exist() -> None:
-    tree = ast.parse(block("explain-python", "python"))
-    imports = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-    assert imports
-    for node in imports:
-        assert node.module is not None
-        mod = importlib.import_module(node.module)
-        for alias in node.names:
-            found = hasattr(mod, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}")
-            assert found, f"{node.module} has no {alias.name}"
+    assert imported_modules(block("explain-python", "python"))
 
 
 @pytest.mark.slow
 def test_commands_run_as_written(tmp_path: Path) -> None:
     data = os.environ.get("MODELSHIELD_DATA", str(REPO.parent / "shared/data"))
     env = {**os.environ, "MODELSHIELD_DATA": data}
-    for cmd in commands():
+    for cmd in commands("explain-examples"):
         run = OUT.sub(f"{tmp_path}/", cmd)
         proc = subprocess.run(run, shell=True, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{cmd}\n{proc.stderr[-2000:]}"

@@ -12,9 +12,6 @@ interpreter and prints what the paragraph after it says.
 
 from __future__ import annotations
 
-import ast
-import importlib
-import importlib.util
 import json
 import os
 import re
@@ -24,33 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import typer
-
-from modelshield.cli.app import app
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def block(name: str, fence: str) -> str:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    assert text.count(begin) == 1 and text.count(end) == 1, f"README.md lost its {name} markers"
-    body = text.split(begin, 1)[1].split(end, 1)[0]
-    return body.split(f"```{fence}", 1)[1].rsplit("```", 1)[0]
-
-
-def commands() -> list[str]:
-    return [line.strip() for line in block("physical-examples", "bash").splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
-
-
-def physical_options() -> set[str]:
-    group = typer.main.get_command(app)
-    attack = group.get_command(group.context_class(group), "attack")  # type: ignore[attr-defined]  # lazy
-    assert attack is not None
-    sub = attack.get_command(attack.context_class(attack), "physical")  # type: ignore[attr-defined]
-    assert sub is not None
-    return {opt for p in sub.params for opt in p.opts}
+from testkit.readme import REPO, block, command_options, commands, imported_modules
 
 
 def option(argv: list[str], name: str) -> str | None:
@@ -58,8 +29,8 @@ def option(argv: list[str], name: str) -> str | None:
 
 
 def test_commands_use_options_physical_has() -> None:
-    cmds = commands()
-    known = physical_options()
+    cmds = commands("physical-examples")
+    known = command_options("attack", "physical")
     kinds, drawn = set(), set()
     for cmd in cmds:
         argv = shlex.split(cmd)
@@ -82,7 +53,7 @@ def test_commands_use_options_physical_has() -> None:
 def test_the_mask_command_draws_a_mask_load_mask_accepts(tmp_path: Path) -> None:
     from modelshield.attacks.physical import load_mask
 
-    (draw,) = [c for c in commands() if c.startswith("python -c")]
+    (draw,) = [c for c in commands("physical-examples") if c.startswith("python -c")]
     proc = subprocess.run([sys.executable, *shlex.split(draw)[1:]], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -92,16 +63,8 @@ def test_the_mask_command_draws_a_mask_load_mask_accepts(tmp_path: Path) -> None
 
 
 def test_python_compiles_and_imports_exist() -> None:
-    tree = ast.parse(block("physical-python", "python"))
-    imports = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-    modules = {n.module for n in imports}
+    modules = imported_modules(block("physical-python", "python"))
     assert modules >= {"modelshield.attacks.physical", "modelshield.defenses.certification"}
-    for node in imports:
-        assert node.module is not None
-        mod = importlib.import_module(node.module)
-        for alias in node.names:
-            found = hasattr(mod, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}")
-            assert found, f"{node.module} has no {alias.name}"
 
 
 @pytest.mark.slow
@@ -110,7 +73,7 @@ def test_commands_run_as_written(tmp_path: Path) -> None:
     if not (Path(data) / "mnist").is_dir():
         pytest.skip(f"MNIST files not found under {data}; set MODELSHIELD_DATA")
     env = {**os.environ, "MODELSHIELD_DATA": data}
-    for cmd in commands():
+    for cmd in commands("physical-examples"):
         proc = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True,
                               timeout=1200)
         assert proc.returncode == 0, f"{cmd}\n{proc.stderr[-2000:]}"

@@ -17,21 +17,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import typer
-
-from modelshield.cli.app import app
-
-REPO = Path(__file__).resolve().parents[2]
+from testkit.readme import block, command_options
 
 
 def commands() -> list[list[str]]:
     """The block's commands as argument lists (comments dropped, continuations joined)."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    begin, end = "<!-- regression-examples -->", "<!-- /regression-examples -->"
-    assert text.count(begin) == 1 and text.count(end) == 1, "README.md lost its regression-examples markers"
-    body = text.split(begin, 1)[1].split(end, 1)[0].split("```bash", 1)[1].rsplit("```", 1)[0]
     out, pending = [], ""
-    for line in body.splitlines():
+    for line in block("regression-examples").splitlines():
         if not pending and (not line.strip() or line.lstrip().startswith("#")):
             continue
         pending += line.rstrip().removesuffix("\\") + " "
@@ -46,16 +38,9 @@ def option(argv: list[str], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv else None
 
 
-def assess_options() -> set[str]:
-    group = typer.main.get_command(app)
-    assess = group.get_command(group.context_class(group), "assess")  # type: ignore[attr-defined]  # lazy
-    assert assess is not None
-    return {opt for p in assess.params for opt in p.opts}
-
-
 def test_the_block_is_a_baseline_then_a_gated_comparison() -> None:
     baseline, current = commands()
-    known = assess_options()
+    known = command_options("assess")
     for argv in (baseline, current):
         assert argv[:2] == ["modelshield", "assess"], argv
         used = {a for a in argv if a.startswith("--")}
