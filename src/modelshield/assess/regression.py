@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from modelshield.assess._section import SEVERITIES
 from modelshield.assess.suite import SCHEMA_VERSION
+from modelshield.assess.thresholds import section_not_run
 from modelshield.errors import ConfigError
 
 __all__ = [
@@ -302,16 +303,9 @@ def _number(v: object) -> float | None:
 
 
 def _not_run(section: Mapping[str, Any]) -> str | None:
-    """Why a section did not run (failed or skipped), or None when it ran."""
-    raw = section.get("metrics")
-    m: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
-    if m.get("failed") is True or m.get("skipped") is True:
-        state = "failed" if m.get("failed") is True else "skipped"
-        reason = str(m.get("reason") or "no reason given").rstrip(". ")
-        if m.get("error"):
-            reason = f"{m['error']}: {reason}"
-        return f"{state}: {reason}"
-    return None
+    """Why a section did not run ("failed: reason" or "skipped: reason"), or None when it ran."""
+    state = section_not_run(section.get("metrics"))
+    return None if state is None else f"{state[0]}: {state[1]}"
 
 
 def _severity_rank(sev: object) -> int:

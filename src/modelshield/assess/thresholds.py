@@ -19,7 +19,8 @@ from typing import Any, Literal
 from modelshield.assess.suite import Assessment
 from modelshield.errors import ConfigError
 
-__all__ = ["HEADLINE_METRICS", "Threshold", "check_threshold_metrics", "check_thresholds", "parse_threshold"]
+__all__ = ["HEADLINE_METRICS", "Threshold", "check_threshold_metrics", "check_thresholds", "parse_threshold",
+           "section_not_run"]
 
 _PATTERN = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(>=|<=|=)\s*(\S+)\s*$")
 _FIX = ("Write METRIC=VALUE (metric must be at least value), METRIC>=VALUE or METRIC<=VALUE, "
@@ -132,21 +133,29 @@ def check_threshold_metrics(thresholds: Iterable[Threshold], sections: Iterable[
         )
 
 
+def section_not_run(metrics: object) -> tuple[Literal["failed", "skipped"], str] | None:
+    """``("failed" or "skipped", reason)`` for the metrics of a section that did not run, else None
+    (also for metrics that are not a mapping, as in a hostile report file). A failed section's
+    reason starts with its error class."""
+    if not isinstance(metrics, Mapping):
+        return None
+    failed = metrics.get("failed") is True
+    if not failed and metrics.get("skipped") is not True:
+        return None
+    reason = str(metrics.get("reason") or "no reason given").rstrip(". ")
+    if failed and metrics.get("error"):
+        reason = f"{metrics['error']}: {reason}"
+    return ("failed" if failed else "skipped"), reason
+
+
 def _section_states(assessment: Assessment | Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """``(section id, "failed" or "skipped", reason)`` of each section that did not run."""
     if isinstance(assessment, Assessment):
-        sections: list[tuple[str, Mapping[str, Any]]] = [(s.id, s.metrics) for s in assessment.sections]
+        sections: list[tuple[str, object]] = [(s.id, s.metrics) for s in assessment.sections]
     else:
         raw = assessment.get("sections", [])
-        sections = [(str(s.get("id")), s.get("metrics") or {}) for s in raw if isinstance(s, Mapping)]
-    out: list[tuple[str, str, str]] = []
-    for sid, metrics in sections:
-        if metrics.get("failed") is True or metrics.get("skipped") is True:
-            reason = str(metrics.get("reason") or "no reason given").rstrip(". ")
-            if metrics.get("failed") is True and metrics.get("error"):
-                reason = f"{metrics['error']}: {reason}"
-            out.append((sid, "failed" if metrics.get("failed") is True else "skipped", reason))
-    return out
+        sections = [(str(s.get("id")), s.get("metrics")) for s in raw if isinstance(s, Mapping)]
+    return [(sid, *state) for sid, metrics in sections if (state := section_not_run(metrics)) is not None]
 
 
 def _not_run_message(t: Threshold, states: list[tuple[str, str, str]]) -> str | None:
