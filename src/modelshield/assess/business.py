@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from modelshield.assess._section import SEVERITIES
+
 __all__ = ["EU_AI_ACT", "IMPACTS", "OWASP_ML", "RISKS", "Risk", "business_view"]
 
 IMPACTS = ("operational", "financial", "reputational", "regulatory")
@@ -224,7 +226,7 @@ _ACCESS_WORDS = {
     "training": "needs to reach your training data or pipeline",
     "white-box": "needs your model's weights (a leak, an insider, or a stolen copy)",
 }
-_SEVERITY_RANK = {"critical": 4, "high": 3, "medium": 2, "low": 1, "none": 0}
+_SEVERITY_RANK: dict[str, int] = {sev: rank for rank, sev in enumerate(SEVERITIES)}
 _ACCESS_RANK = {"query": 0, "physical": 1, "files": 2, "training": 3, "white-box": 4}
 
 
@@ -260,7 +262,7 @@ def business_view(sections: Sequence[Mapping[str, Any]], *, model: str = "M") ->
             "impact": dict(risk.impact), "atlas": [a.get("id") for a in s.get("atlas", ())],
             **risk.frameworks(), "command": command, "action": risk.action,
         })
-        if severity not in ("none",) and not failed:
+        if severity != "none" and not failed:
             plan.append({"step": len(plan) + 1, "section": s.get("id"), "severity": severity,
                          "do": risk.action, "command": command})
     return {"executive_summary": _summary(rows), "risks": risks, "remediation_plan": plan,
