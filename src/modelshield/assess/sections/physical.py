@@ -452,8 +452,7 @@ class _Run:
             provenance={"plan": plan.to_dict(), "attacks": attacks, "data": dict(data.source),
                         "eval_seed": self.eval_seed,
                         "transforms": head_patch.transforms.to_dict()},
-            points=_points(data, int(ctx.x.shape[0]),
-                           certified=min(plan.certify_n, int(data.x_test.shape[0]))),
+            points=_points(data, int(ctx.x.shape[0]), certified=defence["points"]),
         )
 
     # -- parts ---------------------------------------------------------------------------------
